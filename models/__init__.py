@@ -1,0 +1,1 @@
+"""Model families, init schemes, losses, optimizers and the LightningModule that wraps them."""

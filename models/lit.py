@@ -1,0 +1,76 @@
+"""The one LightningModule: wraps any family with its loss, optimizer and schedule."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from models.base import Family
+from models.losses import LOSSES
+from models.optim import make_optimizer, make_schedule
+
+
+class LitModel(pl.LightningModule):
+    """Loss, optimizer and metrics around a plain `Family` network; clipping is the Trainer's."""
+
+    def __init__(
+        self,
+        net: Family,
+        *,
+        task: str,
+        loss: str = "ce",
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        schedule: str = "none",
+        max_steps: int = 1,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.task = task
+        self.loss_fn = LOSSES[loss].for_task(task)
+        if self.loss_fn is None:
+            raise ValueError(f"loss {loss!r} does not fit a {task} task")
+        self.optim_args = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        self.schedule, self.max_steps = schedule, max_steps
+        self.last_loss: Tensor | None = None  # the training loss of the current step, for the probe
+        self.after_clipping: Callable[[], None] | None = None  # set by the probe on logging steps
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:  # noqa: D102
+        x, y = batch
+        loss = self.loss_fn(self.net(x), y)
+        self.last_loss = loss.detach()
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # noqa: D102
+        x, y = batch
+        out = self.net(x)
+        self.log("val/loss", self.loss_fn(out, y), on_epoch=True, batch_size=len(x))
+        if self.task == "classification":
+            self.log("val/acc", (out.argmax(-1) == y).float().mean(), on_epoch=True, batch_size=len(x))
+
+    def configure_optimizers(self):  # noqa: D102
+        args = dict(self.optim_args)
+        opt = make_optimizer(args.pop("optimizer"), self.parameters(), **args)
+        sched = make_schedule(self.schedule, opt, lr=args["lr"], max_steps=self.max_steps)
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's clipping, then let the probe read the clipped gradients."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if self.after_clipping is not None:
+            self.after_clipping()
+
+
+def n_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Run config, data, gradient probe, recorder and the train entry point."""

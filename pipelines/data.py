@@ -1,0 +1,238 @@
+"""Tasks as in-memory tensors and the Lightning data module that serves them.
+
+Synthetic tasks and splits use a fixed data seed, so every run of a study sees the same data and the
+run's `seed` varies only initialization and batch order. MNIST and CIFAR-10 are read from local files
+in their standard formats; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+DATA_SEED = 0
+VAL_BATCH = 1024
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_val, y_val
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A task: what it predicts, how its inputs are laid out, and how to load it."""
+
+    task: str  # classification (integer labels) or regression
+    layout: str  # image (C, H, W), signal (C, L), sequence (T, F) or vector (F,)
+    load: Callable[[str, int], Arrays]  # (data_dir, seq_len) -> arrays
+    files: str = ""  # where local files must be, for the error message; "" when none are needed
+
+
+def _split(x: np.ndarray, y: np.ndarray, val_share: float = 0.2) -> Arrays:
+    order = np.random.default_rng(DATA_SEED).permutation(len(x))
+    n_val = int(round(len(x) * val_share))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def _standardize(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = x_train.mean(), x_train.std()
+    return [((a - mean) / std).astype(np.float32) for a in (x_train, *others)]
+
+
+@functools.lru_cache(maxsize=None)
+def load_digits(data_dir: str = "", seq_len: int = 0) -> Arrays:
+    """scikit-learn's bundled 8×8 digits (1,797 images), standardized, 80/20 split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    xt, yt, xv, yv = _split(d.data.reshape(-1, 1, 8, 8), d.target)
+    xt, xv = _standardize(xt, xv)
+    return xt, yt, xv, yv
+
+
+@functools.lru_cache(maxsize=None)
+def load_mnist1d(data_dir: str = "", seq_len: int = 0) -> Arrays:
+    """MNIST-1D (Greydanus 2020), generated procedurally: 4,000 train and 1,000 test signals of length 40."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())
+    f32 = np.float32
+    return d["x"][:, None].astype(f32), d["y"], d["x_test"][:, None].astype(f32), d["y_test"]
+
+
+@functools.lru_cache(maxsize=None)
+def load_teacher(data_dir: str = "", seq_len: int = 0, n: int = 4096, d_in: int = 16, hidden: int = 32) -> Arrays:
+    """Regression on a random two-hidden-layer tanh teacher network, standardized targets."""
+    rng = np.random.default_rng(DATA_SEED)
+    x = rng.standard_normal((n, d_in))
+    w1 = rng.standard_normal((d_in, hidden)) / np.sqrt(d_in)
+    w2 = rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)
+    w3 = rng.standard_normal((hidden, 1)) / np.sqrt(hidden)
+    y = np.tanh(np.tanh(x @ w1 * 2) @ w2 * 2) @ w3
+    y = (y - y.mean()) / y.std()
+    xt, yt, xv, yv = _split(x.astype(np.float32), y.astype(np.float32))
+    return xt, yt, xv, yv
+
+
+def adding_problem(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Hochreiter & Schmidhuber's adding problem: (n, T, 2) inputs, (n, 1) targets.
+
+    Channel 0 holds values uniform in [0, 1], channel 1 marks one step in the first half and one in
+    the second; the target is the sum of the two marked values. Predicting the mean (1.0) scores
+    MSE = Var(U + U') = 1/6 ≈ 0.167.
+    """
+    values = rng.uniform(0.0, 1.0, (n, seq_len))
+    half = max(1, seq_len // 2)
+    first = rng.integers(0, half, n)
+    second = rng.integers(half, seq_len, n) if seq_len > 1 else first
+    markers = np.zeros((n, seq_len))
+    markers[np.arange(n), first] = 1.0
+    markers[np.arange(n), second] = 1.0
+    x = np.stack([values, markers], axis=-1).astype(np.float32)
+    y = (values * markers).sum(axis=1, keepdims=True).astype(np.float32)
+    return x, y
+
+
+@functools.lru_cache(maxsize=None)
+def load_adding(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_val: int = 1000) -> Arrays:
+    """The adding problem with `seq_len` steps: 8,000 training and 1,000 validation sequences."""
+    rng = np.random.default_rng(DATA_SEED)
+    xt, yt = adding_problem(n_train, seq_len, rng)
+    xv, yv = adding_problem(n_val, seq_len, rng)
+    return xt, yt, xv, yv
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def mnist_dir(data_dir: str) -> Path:
+    """Where the MNIST IDX files are looked for."""
+    return Path(data_dir) / "mnist"
+
+
+def cifar_dir(data_dir: str) -> Path:
+    """Where the CIFAR-10 python batches are looked for."""
+    return Path(data_dir) / "cifar-10-batches-py"
+
+
+@functools.lru_cache(maxsize=None)
+def load_mnist(data_dir: str, seq_len: int = 0) -> Arrays:
+    """MNIST from its four IDX files under `data_dir/mnist/`; the test set serves as validation."""
+    folder = mnist_dir(data_dir)
+    xt, yt, xv, yv = (read_idx(_find(folder, name)) for name in MNIST_FILES)
+    xt, xv = ((a[:, None] / 255.0 - 0.1307) / 0.3081 for a in (xt, xv))
+    return xt.astype(np.float32), yt.astype(np.int64), xv.astype(np.float32), yv.astype(np.int64)
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
+
+
+@functools.lru_cache(maxsize=None)
+def load_cifar10(data_dir: str, seq_len: int = 0) -> Arrays:
+    """CIFAR-10 from its python batches under `data_dir/cifar-10-batches-py/`; test batch as validation."""
+    folder = cifar_dir(data_dir)
+    parts = [_cifar_batch(folder / name) for name in CIFAR_FILES]
+    xt = np.concatenate([p[0] for p in parts[:-1]])
+    yt = np.concatenate([p[1] for p in parts[:-1]])
+    xv, yv = parts[-1]
+    mean = xt.mean(axis=(0, 2, 3), keepdims=True) / 255.0
+    std = xt.std(axis=(0, 2, 3), keepdims=True) / 255.0
+    xt, xv = (((a / 255.0 - mean) / std).astype(np.float32) for a in (xt, xv))
+    return xt, yt.astype(np.int64), xv, yv.astype(np.int64)
+
+
+DATASETS: dict[str, Dataset] = {
+    "digits": Dataset("classification", "image", load_digits),
+    "mnist1d": Dataset("classification", "signal", load_mnist1d),
+    "teacher": Dataset("regression", "vector", load_teacher),
+    "adding": Dataset("regression", "sequence", load_adding),
+    "mnist": Dataset("classification", "image", load_mnist, files="mnist"),
+    "cifar10": Dataset("classification", "image", load_cifar10, files="cifar10"),
+}
+
+
+def missing_files(dataset: str, data_dir: str) -> str | None:
+    """Why `dataset` cannot be read from `data_dir` (a sentence), or None when its files are there."""
+    if DATASETS[dataset].files == "mnist":
+        folder = mnist_dir(data_dir)
+        absent = [n for n in MNIST_FILES if _find(folder, n) is None]
+        if absent:
+            return (
+                f"MNIST needs its IDX files {', '.join(n + '[.gz]' for n in MNIST_FILES)} in {folder}/; "
+                f"missing: {', '.join(absent)} (see the README, 'Datasets')"
+            )
+    if DATASETS[dataset].files == "cifar10":
+        folder = cifar_dir(data_dir)
+        absent = [n for n in CIFAR_FILES if not (folder / n).exists()]
+        if absent:
+            return (
+                f"CIFAR-10 needs the python batches ({', '.join(CIFAR_FILES)}) in {folder}/; "
+                f"missing: {', '.join(absent)} (see the README, 'Datasets')"
+            )
+    return None
+
+
+class TaskData(pl.LightningDataModule):
+    """Serves a dataset as shuffled mini-batches (seeded) and sequential validation batches."""
+
+    def __init__(self, dataset: str, *, data_dir: str = "data", batch_size: int = 64, seq_len: int = 50, seed: int = 0):
+        super().__init__()
+        self.info = DATASETS[dataset]
+        self.batch_size, self.seed = batch_size, seed
+        xt, yt, xv, yv = self.info.load(data_dir, seq_len)
+        label = torch.long if self.info.task == "classification" else torch.float32
+        self.train = TensorDataset(torch.from_numpy(np.asarray(xt)), torch.as_tensor(yt, dtype=label))
+        self.val = TensorDataset(torch.from_numpy(np.asarray(xv)), torch.as_tensor(yv, dtype=label))
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of one input example."""
+        return tuple(self.train.tensors[0].shape[1:])
+
+    @property
+    def n_outputs(self) -> int:
+        """Classes for classification, target dimensions for regression."""
+        y = self.train.tensors[1]
+        return int(y.max()) + 1 if self.info.task == "classification" else y.shape[1]
+
+    def _loader(self, data: TensorDataset, sampler) -> DataLoader:
+        # batch_size=None hands each index list to TensorDataset in one go: one gather per batch
+        # instead of collating examples one by one.
+        return DataLoader(data, batch_size=None, sampler=sampler)
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        n = len(self.train)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = BatchSampler(RandomSampler(self.train, generator=generator), min(self.batch_size, n), drop_last=True)
+        return self._loader(self.train, sampler)
+
+    def val_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader(self.val, BatchSampler(SequentialSampler(self.val), VAL_BATCH, drop_last=False))

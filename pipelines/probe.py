@@ -1,0 +1,168 @@
+"""The gradient probe: a Lightning callback that records per-layer statistics on a schedule.
+
+On a logging step it hooks every hidden block (activations, and ∂loss/∂output through a tensor hook),
+unrolls recurrent layers (for ∂loss/∂h_t), reads the weight gradients before clipping
+(`on_before_optimizer_step`) and after (`LitModel.after_clipping`), and the update after the step. All
+statistics stay on the device until the end of the step, where they are concatenated and copied to the
+host once. Between logging steps no hook is registered; only the divergence guard runs (one sync).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from models.base import READOUT
+from models.recurrent import GATE_NAME, RecurrentLayer
+from pipelines import keys as K
+from pipelines import stats
+
+
+def is_logging_step(step: int, log_every: int, max_steps: int) -> bool:
+    """The schedule: step 0, every `log_every`-th step, and the last step."""
+    return step % log_every == 0 or step == max_steps - 1
+
+
+class GradientProbe(pl.Callback):
+    """Records the metric contract's per-layer statistics into a recorder; stops on divergence."""
+
+    def __init__(self, record: Callable[[int, list[str], list[float]], None], *, activation: str,
+                 log_every: int, max_steps: int) -> None:  # fmt: skip
+        self.record = record
+        self.activation = activation
+        self.log_every, self.max_steps = log_every, max_steps
+        self.diverged_step: int | None = None
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._active = False
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # noqa: D102
+        blocks = pl_module.net.named_blocks()
+        self.names = [name for name, _ in blocks]
+        self.hidden = [module for name, module in blocks if name != READOUT]
+        self.weights = [module.main_weight for module in self.hidden] + [pl_module.net.readout.weight]
+        self.params = [p for p in pl_module.parameters() if p.requires_grad]
+        self.recurrent = [isinstance(m, RecurrentLayer) for m in self.hidden]
+
+    # -- one step ---------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        self.step = trainer.global_step
+        self._active = is_logging_step(self.step, self.log_every, self.max_steps)
+        pl_module.after_clipping = self._after_clipping if self._active else None
+        if self._active:
+            self._attach(pl_module)
+
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        n = len(self.names)
+        self.backprop: list[Tensor] = [torch.full((), math.nan)] * n
+        self.act: list[Tensor] = [torch.full((3,), math.nan)] * (n - 1)
+        self.bptt: list[list[Tensor]] = [[] for _ in self.hidden]
+        self.gates: list[Tensor | None] = [None] * (n - 1)
+        self.global_clipped: Tensor | None = None
+
+        def on_output(i: int) -> Callable:
+            def hook(module: nn.Module, inputs, output: Tensor) -> None:
+                if output.requires_grad:
+                    output.register_hook(lambda g: self.backprop.__setitem__(i, g.detach().norm()))
+                if isinstance(module, RecurrentLayer):
+                    self._on_recurrent(i, module)
+
+            return hook
+
+        def on_act(i: int) -> Callable:
+            def hook(module: nn.Module, inputs, output: Tensor) -> None:
+                self.act[i] = stats.activation_stats(self.activation, output, inputs[0])
+
+            return hook
+
+        modules = self.hidden + [pl_module.net.readout]
+        for i, module in enumerate(modules):
+            self._hooks.append(module.register_forward_hook(on_output(i)))
+            if getattr(module, "act", None) is not None:
+                self._hooks.append(module.act.register_forward_hook(on_act(i)))
+            if isinstance(module, RecurrentLayer):
+                module.unroll = True
+
+    def _on_recurrent(self, i: int, layer: RecurrentLayer) -> None:
+        h = torch.stack(layer.states).detach()
+        self.act[i] = stats.activation_stats(layer.activation, h)
+        if layer.gate_values is not None:
+            self.gates[i] = stats.gate_stats(layer.gate_values)
+        norms: list[Tensor] = [torch.full((), math.nan)] * len(layer.states)
+        self.bptt[i] = norms
+        for t, state in enumerate(layer.states):
+            if state.requires_grad:
+                state.register_hook(lambda g, t=t: norms.__setitem__(t, g.detach().norm()))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+        grads = [p.grad for p in self.params if p.grad is not None]
+        self.global_l2 = stats.global_norm(grads)
+        loss = pl_module.last_loss if pl_module.last_loss is not None else torch.zeros(())
+        finite = bool(torch.isfinite(self.global_l2) & torch.isfinite(loss))
+        if self._active or not finite:
+            self.grad = stats.tensor_stats([w.grad for w in self.weights])
+            self.before = [w.detach().clone() for w in self.weights]
+        self.nonfinite = torch.zeros(len(self.weights))
+        if not finite:
+            # Divergence is a result: record what this step produced, take no step, stop training.
+            self.nonfinite = stats.nonfinite_counts([w.grad for w in self.weights])
+            self.diverged_step = self.step
+            self._active = True
+            for p in self.params:
+                p.grad = None
+            trainer.should_stop = True
+
+    def _after_clipping(self) -> None:
+        self.global_clipped = stats.global_norm([p.grad for p in self.params if p.grad is not None])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        if not self._active:
+            return
+        self._detach(pl_module)
+        names, parts = self._collect(pl_module)
+        values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host copy
+        self.record(self.step, names, values)
+
+    def _collect(self, pl_module: pl.LightningModule) -> tuple[list[str], list[Tensor]]:
+        """Keys and the matching device tensors of one logging step, in one fixed order."""
+        names = [K.TRAIN_LOSS, K.GLOBAL_NORM, K.GLOBAL_NORM_CLIPPED]
+        clipped = self.global_clipped if self.global_clipped is not None else self.global_l2
+        loss = pl_module.last_loss if pl_module.last_loss is not None else torch.full((), math.nan)
+        parts = [loss.reshape(1), self.global_l2.reshape(1), clipped.reshape(1)]
+        for stat in ("l2", "rms", "absmax", "mean", "std"):
+            names += [K.key("grad", layer, stat) for layer in self.names]
+            parts.append(self.grad[stat])
+        names += [K.key("grad", layer, "nonfinite") for layer in self.names]
+        parts.append(self.nonfinite)
+        if self.diverged_step is None:
+            names += [K.key("backprop", layer, "l2") for layer in self.names]
+            parts.append(torch.stack(self.backprop))
+            for i, layer in enumerate(self.names[:-1]):
+                names += [K.key("act", layer, stat) for stat in K.ACT_STATS]
+                parts.append(self.act[i])
+            names += [K.key("update", layer, "ratio") for layer in self.names]
+            parts.append(stats.update_ratios(self.before, [w.detach() for w in self.weights]))
+            for i, layer in enumerate(self.names[:-1]):
+                if self.bptt[i]:
+                    per_t = torch.stack(self.bptt[i])
+                    names += [K.key("bptt", layer, K.time_stat(t)) for t in range(len(per_t))]
+                    names += [K.key("bptt", layer, stat) for stat in K.BPTT_SUMMARY]
+                    parts += [per_t, stats.bptt_summary(per_t)]
+                if self.gates[i] is not None:
+                    gate = GATE_NAME[self.hidden[i].cell]
+                    names += [K.key("gate", layer, f"{gate}_{stat}") for stat in K.GATE_STATS]
+                    parts.append(self.gates[i])
+        return names, parts
+
+    def _detach(self, pl_module: pl.LightningModule) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        pl_module.after_clipping = None
+        for module in self.hidden:
+            if isinstance(module, RecurrentLayer):
+                module.unroll, module.states, module.gate_values = False, [], None

@@ -1,0 +1,107 @@
+"""The recorder: full-resolution statistics to a parquet artifact, a downsampled subset to MLflow.
+
+MLflow receives metrics through `MlflowClient.log_batch` in chunks of 1,000 from a background thread,
+so training never waits on the tracking store. Downsampling (only when needed): of the R recorded
+steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
+Per-time-step BPTT norms go to the parquet table only (`keys.browsable`).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from pipelines import keys as K
+
+STATS_ARTIFACT = "stats/gradient_stats.parquet"
+BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1,000 metrics per call
+
+
+class Recorder:
+    """Collects (step, key, value) records for one run and ships them to MLflow and parquet."""
+
+    def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int) -> None:
+        self.client, self.run_id = client, run_id
+        self.stride = 1 if metric_points == 0 else max(1, math.ceil(expected_records / metric_points))
+        self._steps: list[int] = []
+        self._keys: list[list[str]] = []
+        self._values: list[list[float]] = []
+        self._last_sent = -1  # index of the last record sent to MLflow
+        self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._ship, name="mlflow-recorder", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def record(self, step: int, keys: list[str], values: list[float]) -> None:
+        """Keep one logging step's statistics; send it to MLflow if the downsampling picks it."""
+        self._steps.append(step)
+        self._keys.append(keys)
+        self._values.append(values)
+        index = len(self._steps) - 1
+        if index % self.stride == 0:
+            self._send(index)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Send run-level scalars (validation metrics) to MLflow as they are, without downsampling."""
+        now = int(time.time() * 1000)
+        self._queue.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def _send(self, index: int) -> None:
+        now = int(time.time() * 1000)
+        step = self._steps[index]
+        self._queue.put(
+            [Metric(k, v, now, step) for k, v in zip(self._keys[index], self._values[index]) if K.browsable(k)]
+        )
+        self._last_sent = index
+
+    def _ship(self) -> None:
+        while (metrics := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                for start in range(0, len(metrics), BATCH_LIMIT):
+                    self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH_LIMIT], synchronous=True)
+            except BaseException as exc:  # kept, and raised by close() once the parquet table is safe
+                self._error = exc
+
+    def table(self) -> pd.DataFrame:
+        """Everything recorded so far as the long table: step, layer, family, stat, value."""
+        counts = [len(k) for k in self._keys]
+        flat_keys = [k for keys in self._keys for k in keys]
+        parsed = {k: K.parse(k) for k in set(flat_keys)}
+        family, layer, stat = (zip(*(parsed[k] for k in flat_keys)) if flat_keys else ((), (), ()))
+        return pd.DataFrame(
+            {
+                "step": np.repeat(np.asarray(self._steps, dtype=np.int64), counts),
+                "layer": pd.Categorical(layer),
+                "family": pd.Categorical(family),
+                "stat": pd.Categorical(stat),
+                "value": np.fromiter((v for vals in self._values for v in vals), dtype=np.float64, count=sum(counts)),
+            }
+        )
+
+    def close(self) -> None:
+        """Send the last step, finish shipping, and log the parquet table; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._steps and self._last_sent != len(self._steps) - 1:
+            self._send(len(self._steps) - 1)
+        self._queue.put(None)
+        self._thread.join()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(STATS_ARTIFACT).name
+            self.table().to_parquet(path, index=False)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=str(Path(STATS_ARTIFACT).parent))
+        if self._error is not None:
+            raise RuntimeError(f"sending metrics to MLflow failed: {self._error}") from self._error

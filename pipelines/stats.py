@@ -1,0 +1,61 @@
+"""The gradient statistics themselves: every number the probe records is computed here, on the device.
+
+Each function returns stacked tensors and never synchronizes; the probe copies everything to the host
+once per logging step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models.activations import saturation
+
+
+def tensor_stats(tensors: list[Tensor]) -> dict[str, Tensor]:
+    """l2, rms, absmax, mean, std (population) of each tensor, as 1-D tensors over the list.
+
+    Fused: two `_foreach_norm` kernels plus one sum per tensor; std comes from rms² − mean².
+    `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
+    """
+    l2 = torch.stack(torch._foreach_norm(tensors))
+    absmax = torch.stack(torch._foreach_norm(tensors, float("inf")))
+    numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
+    mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
+    rms = l2 / numel.sqrt()
+    std = (rms * rms - mean * mean).clamp_min(0).sqrt()
+    return {"l2": l2, "rms": rms, "absmax": absmax, "mean": mean, "std": std}
+
+
+def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
+    """Number of NaN/±inf entries of each tensor."""
+    return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).float()
+
+
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """L2 norm of all tensors taken together (what norm clipping compares with its threshold)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def activation_stats(activation: str, a: Tensor, z: Tensor | None = None) -> Tensor:
+    """[mean, std, saturation] of a layer's activations a = φ(z) (std over all entries, population)."""
+    a = a.detach()
+    return torch.stack([a.mean(), a.std(correction=0), saturation(activation, a, None if z is None else z.detach())])
+
+
+def gate_stats(gates: Tensor) -> Tensor:
+    """[mean, saturation] of sigmoid gate values (saturated: σ' below 5 % of its maximum)."""
+    return torch.stack([gates.mean(), saturation("sigmoid", gates)])
+
+
+def update_ratios(before: list[Tensor], after: list[Tensor]) -> Tensor:
+    """‖W_after − W_before‖ / ‖W_before‖ for each weight."""
+    delta = torch._foreach_sub(after, before)
+    return torch.stack(torch._foreach_norm(delta)) / torch.stack(torch._foreach_norm(before))
+
+
+def bptt_summary(norms: Tensor) -> Tensor:
+    """[first, last, first/last] of per-time-step gradient norms ‖∂L/∂h_t‖."""
+    return torch.stack([norms[0], norms[-1], norms[0] / norms[-1]])

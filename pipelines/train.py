@@ -1,0 +1,236 @@
+"""Train one configuration as one MLflow run, recording per-layer gradient statistics.
+
+    python -m pipelines.train --model mlp --activation sigmoid --depth 20 --init xavier_normal
+    mlflow run . -e train -P activation=sigmoid -P depth=20 --env-manager local
+
+Under `mlflow run` the run MLflow created is taken over; standalone, a run is created in the
+experiment named by MLFLOW_EXPERIMENT_NAME (default: Default) of MLFLOW_TRACKING_URI (default: the
+SQLite store ./mlflow.db). Bad input exits with code 2 before any run exists; a diverged run is a
+result (outcome=diverged, exit code 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import mlflow
+import pytorch_lightning as pl
+from mlflow.tracking import MlflowClient
+
+from models.init import initialize
+from models.lit import LitModel
+from models.registry import create_model
+from pipelines import keys as K
+from pipelines.config import ConfigError, RunConfig, choices, field_names
+from pipelines.data import TaskData, missing_files
+from pipelines.probe import GradientProbe
+from pipelines.recorder import Recorder
+
+# Lightning's start-up banners (accelerators, tips) would repeat for every trial of a study.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+
+ValidationHook = Callable[[int, dict[str, float]], bool]  # (step, metrics) -> stop (prune) now?
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one training run ended with."""
+
+    run_id: str
+    outcome: str  # completed, diverged, pruned
+    steps: int
+    metrics: dict[str, float]  # the last train/val metrics
+    diverged_step: int | None = None
+    seconds: float = 0.0
+
+
+class ValidationRelay(pl.Callback):
+    """Sends validation metrics to the recorder and to an optional hook that may stop (prune) the run."""
+
+    def __init__(self, recorder: Recorder, hook: ValidationHook | None) -> None:
+        self.recorder, self.hook = recorder, hook
+        self.metrics: dict[str, float] = {}
+        self.step = -1
+        self.pruned = False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        self.step = trainer.global_step
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in (K.VAL_LOSS, K.VAL_ACC)}
+        self.recorder.log_metrics(self.step, self.metrics)
+        if self.hook is not None and not trainer.sanity_checking and self.hook(self.step, self.metrics):
+            self.pruned = True
+            trainer.should_stop = True
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Checks that need the file system (local datasets), before any run is created."""
+    problem = missing_files(cfg.dataset, cfg.data_dir)
+    if problem:
+        raise ConfigError("data_dir", cfg.data_dir, problem)
+
+
+def build(cfg: RunConfig) -> tuple[TaskData, LitModel]:
+    """The data module and the LightningModule for `cfg`, seeded."""
+    data = TaskData(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+    pl.seed_everything(cfg.seed, verbose=False)
+    net = create_model(
+        cfg.model, in_shape=data.in_shape, layout=data.info.layout, n_outputs=data.n_outputs,
+        depth=cfg.depth, width=cfg.width, activation=cfg.activation, norm=cfg.norm, res_scale=cfg.res_scale,
+        kernel_size=cfg.kernel_size, padding=cfg.padding, stride=cfg.stride, pool=cfg.pool, head=cfg.head,
+    )  # fmt: skip
+    initialize(net, cfg.init, cfg.init_gain)
+    lit = LitModel(
+        net, task=cfg.task, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum, schedule=cfg.schedule, max_steps=cfg.max_steps,
+    )  # fmt: skip
+    return data, lit
+
+
+def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
+    """Lightning's Trainer for `cfg`: step-based, validation every `val_every` steps, clipping as configured."""
+    val_every = cfg.val_every or max(1, math.ceil(cfg.max_steps / 5))
+    return pl.Trainer(
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        accelerator="auto",
+        devices=1,
+        logger=False,  # the recorder logs; Lightning's MLFlowLogger would open a run of its own
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        num_sanity_val_steps=0,
+        val_check_interval=min(val_every, cfg.max_steps),
+        check_val_every_n_epoch=None,
+        gradient_clip_val=None if cfg.clip == "none" else cfg.clip_threshold,
+        gradient_clip_algorithm=None if cfg.clip == "none" else cfg.clip,
+        callbacks=callbacks,
+    )
+
+
+def run_name(cfg: RunConfig) -> str:
+    """A readable name for the MLflow UI."""
+    extra = f"-{cfg.norm}" if cfg.norm != "none" else ""
+    return f"{cfg.model}-{cfg.activation}-d{cfg.depth}{extra}-{cfg.init}-{cfg.optimizer}"
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    on_validation: ValidationHook | None = None,
+    progress_bar: bool | None = None,
+) -> RunResult:
+    """Train `cfg` as one MLflow run (nested under `parent_run_id` if given) and return how it ended."""
+    check_inputs(cfg)
+    started = time.perf_counter()
+    data, lit = build(cfg)
+    client = MlflowClient()
+    if progress_bar is None:
+        progress_bar = sys.stderr.isatty()
+    with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags) as active:
+        run_id = active.info.run_id
+        mlflow.log_params(cfg.to_dict())
+        expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
+        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
+        probe = GradientProbe(recorder.record, activation=cfg.activation, log_every=cfg.log_every,
+                              max_steps=cfg.max_steps)  # fmt: skip
+        relay = ValidationRelay(recorder, on_validation)
+        trainer = make_trainer(cfg, [probe, relay], progress_bar)
+        interrupted = False
+        try:
+            trainer.fit(lit, datamodule=data)
+            if probe.diverged_step is None and not relay.pruned and relay.step != trainer.global_step:
+                trainer.validate(lit, datamodule=data, verbose=False)
+        except (KeyboardInterrupt, SystemExit):
+            # Lightning turns Ctrl-C into SystemExit(1) after its own clean-up.
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        finally:
+            recorder.close()
+        outcome = "diverged" if probe.diverged_step is not None else "pruned" if relay.pruned else "completed"
+        end_tags = {"outcome": outcome if not interrupted else "interrupted"}
+        if probe.diverged_step is not None:
+            end_tags["diverged_step"] = str(probe.diverged_step)
+        mlflow.set_tags(end_tags)
+        last = {K.TRAIN_LOSS: float(lit.last_loss)} if lit.last_loss is not None else {}
+        if interrupted:
+            mlflow.end_run(status="KILLED")
+            raise KeyboardInterrupt
+    return RunResult(
+        run_id=run_id,
+        outcome=outcome,
+        steps=trainer.global_step,
+        metrics={**last, **relay.metrics},
+        diverged_step=probe.diverged_step,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """One `--kebab-case` flag per RunConfig field, with its default and allowed values in --help."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(RunConfig):
+        allowed = choices(f.name)
+        text = f.metadata["help"] + (f" [{', '.join(allowed)}]" if allowed else "") + f" (default: {f.default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=f.default, metavar=f.type.upper(), help=text
+        )
+    return parser
+
+
+def _convert(name: str, text: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(RunConfig)}[name]
+    if kind == "str" or not isinstance(text, str):
+        return text
+    try:
+        return int(text) if kind == "int" else float(text)
+    except ValueError:
+        raise ConfigError(name, text, f"a value of type {kind}") from None
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> RunConfig:
+    """Parse command-line flags into a validated RunConfig (ConfigError on bad values)."""
+    args = vars(make_parser().parse_args(argv))
+    return RunConfig.from_dict({name: _convert(name, args[name]) for name in field_names()})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, validate, train; exit code 2 on bad input."""
+    try:
+        cfg = config_from_args(argv)
+        check_inputs(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    try:
+        result = run(cfg)
+    except KeyboardInterrupt:
+        print("interrupted: the statistics recorded so far are in the run (status KILLED)", file=sys.stderr)
+        return 130
+    print(f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
+          + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
