@@ -186,16 +186,16 @@ def missing_files(dataset: str, data_dir: str) -> str | None:
         absent = [n for n in MNIST_FILES if _find(folder, n) is None]
         if absent:
             return (
-                f"MNIST needs its IDX files {', '.join(n + '[.gz]' for n in MNIST_FILES)} in {folder}/; "
-                f"missing: {', '.join(absent)} (see the README, 'Datasets')"
+                f"a folder whose mnist/ holds the IDX files {', '.join(n + '[.gz]' for n in MNIST_FILES)}; "
+                f"{folder}/ lacks {', '.join(absent)} (see the README, 'Datasets')"
             )
     if DATASETS[dataset].files == "cifar10":
         folder = cifar_dir(data_dir)
         absent = [n for n in CIFAR_FILES if not (folder / n).exists()]
         if absent:
             return (
-                f"CIFAR-10 needs the python batches ({', '.join(CIFAR_FILES)}) in {folder}/; "
-                f"missing: {', '.join(absent)} (see the README, 'Datasets')"
+                f"a folder whose cifar-10-batches-py/ holds the python batches {', '.join(CIFAR_FILES)}; "
+                f"{folder}/ lacks {', '.join(absent)} (see the README, 'Datasets')"
             )
     return None
 
