@@ -14,7 +14,7 @@ the scheme's variance, as in the usual per-gate LSTM/GRU practice. Every other s
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.activations import ACTIVATIONS
 from models.init import INITS
 from models.losses import LOSSES, tasks_for
 from models.norms import NORMS
-from models.activations import ACTIVATIONS
 from models.optim import OPTIMIZERS, SCHEDULES
 from models.recurrent import RNN_ACTIVATIONS
 from models.registry import ACCEPTS, MODELS

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import gzip
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -46,7 +46,7 @@ def _standardize(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((a - mean) / std).astype(np.float32) for a in (x_train, *others)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_digits(data_dir: str = "", seq_len: int = 0) -> Arrays:
     """scikit-learn's bundled 8×8 digits (1,797 images), standardized, 80/20 split."""
     from sklearn.datasets import load_digits as sk_digits
@@ -57,7 +57,7 @@ def load_digits(data_dir: str = "", seq_len: int = 0) -> Arrays:
     return xt, yt, xv, yv
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mnist1d(data_dir: str = "", seq_len: int = 0) -> Arrays:
     """MNIST-1D (Greydanus 2020), generated procedurally: 4,000 train and 1,000 test signals of length 40."""
     from mnist1d.data import get_dataset_args, make_dataset
@@ -67,7 +67,7 @@ def load_mnist1d(data_dir: str = "", seq_len: int = 0) -> Arrays:
     return d["x"][:, None].astype(f32), d["y"], d["x_test"][:, None].astype(f32), d["y_test"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_teacher(data_dir: str = "", seq_len: int = 0, n: int = 4096, d_in: int = 16, hidden: int = 32) -> Arrays:
     """Regression on a random two-hidden-layer tanh teacher network, standardized targets."""
     rng = np.random.default_rng(DATA_SEED)
@@ -100,7 +100,7 @@ def adding_problem(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.n
     return x, y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_adding(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_val: int = 1000) -> Arrays:
     """The adding problem with `seq_len` steps: 8,000 training and 1,000 validation sequences."""
     rng = np.random.default_rng(DATA_SEED)
@@ -140,7 +140,7 @@ def cifar_dir(data_dir: str) -> Path:
     return Path(data_dir) / "cifar-10-batches-py"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mnist(data_dir: str, seq_len: int = 0) -> Arrays:
     """MNIST from its four IDX files under `data_dir/mnist/`; the test set serves as validation."""
     folder = mnist_dir(data_dir)
@@ -155,7 +155,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_cifar10(data_dir: str, seq_len: int = 0) -> Arrays:
     """CIFAR-10 from its python batches under `data_dir/cifar-10-batches-py/`; test batch as validation."""
     folder = cifar_dir(data_dir)

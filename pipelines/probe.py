@@ -10,7 +10,7 @@ host once. Between logging steps no hook is registered; only the divergence guar
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch

@@ -20,8 +20,9 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import mlflow
 import pytorch_lightning as pl
@@ -131,6 +132,7 @@ def run(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     on_validation: ValidationHook | None = None,
+    on_start: Callable[[str], None] | None = None,
     progress_bar: bool | None = None,
 ) -> RunResult:
     """Train `cfg` as one MLflow run (nested under `parent_run_id` if given) and return how it ended."""
@@ -142,6 +144,8 @@ def run(
         progress_bar = sys.stderr.isatty()
     with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags) as active:
         run_id = active.info.run_id
+        if on_start is not None:
+            on_start(run_id)
         mlflow.log_params(cfg.to_dict())
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
         recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)

@@ -1,0 +1,1 @@
+"""Analysis of measured gradient statistics against theory."""

@@ -1,0 +1,353 @@
+"""Training-step overhead of the gradient probe, side by side in one run (DESIGN.md section 5).
+
+    python -m benchmarks.train_overhead                       # the reference workload
+    python -m benchmarks.train_overhead --steps 50 --repeats 1 --depth 5 --width 64
+
+Variants, all on the same model (`pipelines.train.build`), data loader and optimizer:
+  (a) a plain PyTorch loop (zero_grad / backward / step by hand);
+  (b) Lightning's Trainer from `make_trainer` without the probe (logger=False) — the baseline;
+  (c) the production path `pipelines.train.run` (GradientProbe + Recorder → temporary SQLite MLflow store),
+      log_every=1;
+  (d) the same with log_every=10;
+  (e) what a user would otherwise write: `grad_norm` in `on_before_optimizer_step`, `self.log_dict` every
+      step, Lightning's `MLFlowLogger` (log_every_n_steps=1) on the same kind of store.
+
+"step ms" is the training portion (on_train_start → on_train_end, minus the validation passes inside it)
+per optimizer step; "total ms/step" is the whole call (build + fit incl. validation + recorder close/flush
+or logger finalize) per step. Each variant is warmed up once; the medians over --repeats runs are shown,
+variants interleaved within each repeat. Times are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+from unittest import mock
+
+import mlflow
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import grad_norm
+
+from models.lit import LitModel
+from pipelines import train
+from pipelines.config import RunConfig
+from pipelines.recorder import Recorder
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_overhead.json"
+TARGETS = {"c": 1.25, "d": 1.05}  # step-time ratio to (b), at most
+LABELS = {
+    "a": "(a) plain PyTorch loop",
+    "b": "(b) Lightning, no probe",
+    "c": "(c) Lightning + probe, log_every=1",
+    "d": "(d) Lightning + probe, log_every=10",
+    "e": "(e) Lightning grad_norm + MLFlowLogger",
+}
+
+for name in ("mlflow", "alembic", "pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+
+
+class StepTimer(pl.Callback):
+    """Wall time from on_train_start to on_train_end, minus the validation passes that run inside it."""
+
+    def __init__(self) -> None:
+        self.train_s = self.val_s = 0.0
+        self._t0 = self._v0 = 0.0
+        self._fitting = False
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._fitting, self.val_s, self._t0 = True, 0.0, time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
+        self.train_s, self._fitting = time.perf_counter() - self._t0, False
+
+    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # noqa: D102
+        if self._fitting:
+            self.val_s += time.perf_counter() - self._v0
+
+    @property
+    def step_s(self) -> float:
+        """Training time without validation."""
+        return self.train_s - self.val_s
+
+
+class GradNormLit(LitModel):
+    """The hand-written alternative of Lightning's docs: per-parameter gradient norms via self.log_dict."""
+
+    values_per_step = 0
+
+    def on_before_optimizer_step(self, optimizer) -> None:  # noqa: D102
+        norms = grad_norm(self, norm_type=2)
+        GradNormLit.values_per_step = len(norms)
+        self.log_dict(norms)
+
+
+class Store:
+    """A temporary MLflow SQLite store (artifacts in the same temporary folder), created once."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-mlflow-")
+        root = Path(self._tmp.name)
+        self.db = root / "mlflow.db"
+        self.uri = f"sqlite:///{self.db}"
+        self.artifacts = (root / "artifacts").as_uri()
+        mlflow.set_tracking_uri(self.uri)
+        self.experiment_id = mlflow.create_experiment("bench-probe", artifact_location=self.artifacts)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+
+    def train_points(self, run_id: str) -> int:
+        """Metric values the run stored in MLflow, validation metrics excluded."""
+        with sqlite3.connect(self.db) as con:
+            sql = "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key NOT LIKE 'val/%'"
+            return con.execute(sql, (run_id,)).fetchone()[0]
+
+    def close(self) -> None:  # noqa: D102
+        self._tmp.cleanup()
+
+
+def _trainer_with(cfg: RunConfig, callbacks: list[pl.Callback], **overrides: Any) -> pl.Trainer:
+    """`make_trainer` with some Trainer arguments replaced (for the logger of variant (e))."""
+    real = pl.Trainer
+    with mock.patch.object(pl, "Trainer", lambda **kw: real(**{**kw, **overrides})):
+        return train.make_trainer(cfg, callbacks, progress_bar=False)
+
+
+# -- the variants: each returns seconds of training, seconds of the whole call, steps and extras ------------
+
+
+def plain_loop(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any]:
+    """(a) The same network, loss, loader and optimizer in a hand-written loop."""
+    t0 = time.perf_counter()
+    data, lit = train.build(cfg)
+    net, loss_fn = lit.net, lit.loss_fn
+    opt = lit.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    loader = data.train_dataloader()
+    net.train()
+    t1 = time.perf_counter()
+    step = 0
+    while step < cfg.max_steps:
+        for x, y in loader:
+            loss = loss_fn(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == cfg.max_steps:
+                break
+    t2 = time.perf_counter()
+    return {"step_s": t2 - t1, "total_s": t2 - t0, "steps": step}
+
+
+def lightning_bare(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any]:
+    """(b) make_trainer without the probe (only the timer callback), logger=False."""
+    t0 = time.perf_counter()
+    data, lit = train.build(cfg)
+    timer = StepTimer()
+    trainer = train.make_trainer(cfg, [timer], progress_bar=False)
+    trainer.fit(lit, datamodule=data)
+    return {"step_s": timer.step_s, "total_s": time.perf_counter() - t0, "steps": trainer.global_step}
+
+
+def production(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any]:
+    """(c), (d) pipelines.train.run as in production, plus a timer callback and a timer around Recorder.close."""
+    timer = StepTimer()
+    real_make, real_close, real_record = train.make_trainer, Recorder.close, Recorder.record
+    closing = {"s": 0.0}
+    recorded: list[int] = []
+
+    def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
+        return real_make(cfg, [*callbacks, timer], progress_bar)
+
+    def close(self: Recorder) -> None:
+        t = time.perf_counter()
+        try:
+            real_close(self)
+        finally:
+            closing["s"] += time.perf_counter() - t
+
+    def record(self: Recorder, step: int, keys: list[str], values: list[float]) -> None:
+        recorded.append(len(values))
+        real_record(self, step, keys, values)
+
+    patches = [mock.patch.object(train, "make_trainer", make_trainer), mock.patch.object(Recorder, "close", close)]
+    if count:  # counting only in the warm-up run: the timed runs keep the production record()
+        patches.append(mock.patch.object(Recorder, "record", record))
+    for p in patches:
+        p.start()
+    try:
+        t0 = time.perf_counter()
+        result = train.run(cfg, progress_bar=False)
+        total = time.perf_counter() - t0
+    finally:
+        for p in reversed(patches):
+            p.stop()
+    out = {"step_s": timer.step_s, "total_s": total, "steps": result.steps, "close_s": closing["s"],
+           "outcome": result.outcome}  # fmt: skip
+    if count:
+        out["values_per_record"] = recorded[0] if recorded else 0
+        out["records"] = len(recorded)
+        out["mlflow_points"] = store.train_points(result.run_id)
+    return out
+
+
+def grad_norm_logger(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any]:
+    """(e) grad_norm + self.log_dict every step through Lightning's MLFlowLogger (its own run)."""
+    t0 = time.perf_counter()
+    with mock.patch.object(train, "LitModel", GradNormLit):
+        data, lit = train.build(cfg)
+    logger = MLFlowLogger(experiment_name="bench-grad-norm", tracking_uri=store.uri, artifact_location=store.artifacts)
+    timer = StepTimer()
+    trainer = _trainer_with(cfg, [timer], logger=logger, log_every_n_steps=1)
+    trainer.fit(lit, datamodule=data)
+    out = {"step_s": timer.step_s, "total_s": time.perf_counter() - t0, "steps": trainer.global_step}
+    if count:
+        out["values_per_record"] = GradNormLit.values_per_step
+        out["records"] = trainer.global_step
+        out["mlflow_points"] = store.train_points(logger.run_id)
+    return out
+
+
+# -- driver -----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:  # noqa: D103
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_overhead", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default: 300)")
+    p.add_argument("--depth", type=int, default=20, help="MLP hidden layers (default: 20)")
+    p.add_argument("--width", type=int, default=256, help="MLP width (default: 256)")
+    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: 128)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant, median reported (default: 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every variant (default: 2)")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: D103
+    args = parse_args(argv)
+    base = RunConfig(dataset="digits", model="mlp", activation="relu", depth=args.depth, width=args.width,
+                     batch_size=args.batch_size, max_steps=args.steps)  # fmt: skip
+    variants: dict[str, tuple[Callable[..., dict[str, Any]], RunConfig]] = {
+        "a": (plain_loop, base),
+        "b": (lightning_bare, base),
+        "c": (production, base.replace(log_every=1)),
+        "d": (production, base.replace(log_every=10)),
+        "e": (grad_norm_logger, base),
+    }
+    started = time.perf_counter()
+    store = Store()
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    counts: dict[str, dict[str, Any]] = {}
+    threads_seen: set[int] = set()
+
+    def once(key: str, count: bool) -> dict[str, Any]:
+        fn, cfg = variants[key]
+        torch.set_num_threads(args.threads)
+        gc.collect()
+        out = fn(cfg, store, count)
+        threads_seen.add(torch.get_num_threads())
+        if out["steps"] != cfg.max_steps:
+            print(f"warning: {LABELS[key]} stopped after {out['steps']} of {cfg.max_steps} steps "
+                  f"({out.get('outcome', '?')})", file=sys.stderr)  # fmt: skip
+        return out
+
+    try:
+        for key in variants:  # warm-up, also counts the values each route records
+            print(f"warm-up {LABELS[key]} ...", file=sys.stderr, flush=True)
+            warm = once(key, count=True)
+            counts[key] = {k: warm[k] for k in ("values_per_record", "records", "mlflow_points") if k in warm}
+        for r in range(args.repeats):
+            for key in variants:
+                print(f"repeat {r + 1}/{args.repeats} {LABELS[key]} ...", file=sys.stderr, flush=True)
+                runs[key].append(once(key, count=False))
+    finally:
+        store.close()
+    elapsed = time.perf_counter() - started
+
+    med = {k: {m: statistics.median(x[m] / x["steps"] for x in v) for m in ("step_s", "total_s")} for k, v in runs.items()}
+    for k, v in runs.items():
+        if "close_s" in v[0]:
+            med[k]["close_s"] = statistics.median(x["close_s"] for x in v)
+    ref = med["b"]
+    results: dict[str, Any] = {}
+    for k in variants:
+        row = {
+            "label": LABELS[k],
+            "step_ms": 1e3 * med[k]["step_s"],
+            "step_ratio": med[k]["step_s"] / ref["step_s"],
+            "total_ms_per_step": 1e3 * med[k]["total_s"],
+            "total_ratio": med[k]["total_s"] / ref["total_s"],
+            "step_ms_runs": [1e3 * x["step_s"] / x["steps"] for x in runs[k]],
+            "total_ms_per_step_runs": [1e3 * x["total_s"] / x["steps"] for x in runs[k]],
+            **counts.get(k, {}),
+        }
+        if "close_s" in med[k]:
+            row["close_ms"] = 1e3 * med[k]["close_s"]
+        if "mlflow_points" in row:
+            row["mlflow_points_per_step"] = row["mlflow_points"] / variants[k][1].max_steps
+        results[k] = row
+    targets = {
+        "c/b<=1.25": {"value": results["c"]["step_ratio"], "met": results["c"]["step_ratio"] <= TARGETS["c"]},
+        "d/b<=1.05": {"value": results["d"]["step_ratio"], "met": results["d"]["step_ratio"] <= TARGETS["d"]},
+        "c<e": {"value": results["c"]["step_ms"] / results["e"]["step_ms"],
+                "met": results["c"]["step_ms"] < results["e"]["step_ms"]},  # fmt: skip
+    }
+    target_text = {
+        "c": f"≤ {TARGETS['c']:.2f} {'met' if targets['c/b<=1.25']['met'] else 'MISSED'}",
+        "d": f"≤ {TARGETS['d']:.2f} {'met' if targets['d/b<=1.05']['met'] else 'MISSED'}",
+        "e": f"(c) faster: {'met' if targets['c<e']['met'] else 'MISSED'}",
+    }
+
+    print(f"\nworkload: mlp depth {args.depth} width {args.width} relu, digits, batch {args.batch_size}, "
+          f"{args.steps} steps; torch threads {args.threads}; median of {args.repeats} (after 1 warm-up); "
+          f"benchmark wall time {elapsed:.0f} s")  # fmt: skip
+    head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
+           f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15}"  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for k, row in results.items():
+        flush = f"{row['close_ms']:.0f}" if "close_ms" in row else ""
+        vals = str(row.get("values_per_record", ""))
+        pts = f"{row['mlflow_points_per_step']:.1f}" if "mlflow_points_per_step" in row else ""
+        print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f}  {target_text.get(k, ''):<18} "
+              f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15}")  # fmt: skip
+
+    report = {
+        "workload": {"dataset": "digits", "model": "mlp", "activation": "relu", "depth": args.depth,
+                     "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
+                     "repeats": args.repeats, "threads": args.threads, "threads_seen": sorted(threads_seen)},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning":
+                        pl.__version__, "mlflow": mlflow.__version__, "cpus": os.cpu_count(),
+                        "machine": platform.machine()},
+        "results": results,
+        "targets": targets,
+        "wall_time_s": elapsed,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

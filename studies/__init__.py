@@ -1,0 +1,1 @@
+"""Study specs (YAML, in specs/), their validation and the one generic Optuna runner."""

@@ -1,0 +1,53 @@
+"""Run or resume a study: `python -m studies.run --spec default` (MLproject entry point `study`).
+
+    mlflow run . -e study --env-manager local                       # the default spec
+    mlflow run . -e study -P spec=vanishing -P workers=2 --env-manager local
+    python -m studies.run --spec studies/specs/recurrent.yaml --storage postgresql://user:pw@host/db
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from studies.runner import run_study
+from studies.spec import SpecError, list_specs, load_spec
+from studies.storage import DEFAULT_STORAGE
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Flags mirroring the MLproject `study` parameters."""
+    parser = argparse.ArgumentParser(prog="python -m studies.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--spec", default="default", help=f"a shipped spec ({', '.join(list_specs())}) or a YAML path")
+    parser.add_argument("--n-trials", type=int, default=0, help="the study's total trials (0: the spec's n_trials)")
+    parser.add_argument("--study-name", default="", help="Optuna study name (default: the spec's name)")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage: a journal file path or an RDB URL")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Validate the spec and arguments (exit 2 on a problem), then run the study."""
+    args = make_parser().parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1 or args.n_trials < 0:
+        bad = ("workers", args.workers, "an integer ≥ 1") if args.workers < 1 else ("n_trials", args.n_trials, "an integer ≥ 0")
+        print(f"error: {bad[0]}={bad[1]!r} is not allowed; allowed: {bad[2]}", file=sys.stderr)
+        return 2
+    try:
+        run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
+                  storage=args.storage, workers=args.workers, report=not args.no_report)  # fmt: skip
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Study specs: YAML files that declare a sweep as data, validated before anything runs.
+
+A spec has a `name`, `fixed` run-config fields, a search `space`, a `sampler`, a `pruner`, an
+`objective` and `n_trials` (see the README, 'Writing a study'). A parameter of the space is one of
+    [a, b, c]                                   categorical shorthand
+    {choices: [a, b, c]}                        categorical
+    {int: [low, high], log: false, step: 1}     integer range
+    {float: [low, high], log: true}             float range
+    {bundles: {name: {field: value, …}, …}}     named sets of fields chosen together (e.g. model+norm)
+A parameter named like a run-config field sets that field; a bundle parameter may have any other name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from pipelines.config import ConfigError, RunConfig, field_names
+from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_LOSS
+
+SPEC_DIR = Path(__file__).resolve().parent / "specs"
+TOP_LEVEL = ("name", "description", "fixed", "space", "sampler", "pruner", "objective", "n_trials", "retries")
+SAMPLERS = ("grid", "tpe", "random")
+PRUNERS = ("none", "median", "percentile", "hyperband")
+OBJECTIVE_METRICS = (VAL_ACC, VAL_LOSS, TRAIN_LOSS)
+GRID_CHECK_LIMIT = 20_000  # grids up to this size are validated point by point
+
+
+class SpecError(ValueError):
+    """A spec problem: names the spec file, the field and the problem, on one line."""
+
+    def __init__(self, source: str, where: str, problem: str) -> None:
+        self.source, self.where, self.problem = source, where, problem
+        super().__init__(f"{source}: {where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of the search space."""
+
+    name: str
+    kind: str  # categorical, int, float, bundle
+    choices: tuple[Any, ...] = ()
+    low: float = 0
+    high: float = 0
+    log: bool = False
+    step: int | None = None
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The run-config fields this parameter sets for `trial`."""
+        if self.kind == "categorical":
+            return {self.name: trial.suggest_categorical(self.name, list(self.choices))}
+        if self.kind == "bundle":
+            return dict(self.bundles[trial.suggest_categorical(self.name, list(self.bundles))])
+        if self.kind == "int":
+            return {self.name: trial.suggest_int(self.name, int(self.low), int(self.high), step=self.step or 1, log=self.log)}
+        return {self.name: trial.suggest_float(self.name, self.low, self.high, log=self.log)}
+
+    def grid_values(self) -> list[Any]:
+        """The values a grid sampler walks through (categorical and bundle parameters only)."""
+        return list(self.bundles) if self.kind == "bundle" else list(self.choices)
+
+    def expand(self, value: Any) -> dict[str, Any]:
+        """Run-config fields for one sampled value."""
+        return dict(self.bundles[value]) if self.kind == "bundle" else {self.name: value}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec."""
+
+    name: str
+    source: str
+    description: str
+    fixed: dict[str, Any]
+    space: tuple[Param, ...]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    metric: str
+    direction: str
+    n_trials: int
+    retries: int = 0
+
+    def config(self, values: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: fixed fields, then the sampled ones."""
+        return RunConfig.from_dict({**self.fixed, **values})
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid sampler's search space."""
+        return {p.name: p.grid_values() for p in self.space}
+
+    def make_sampler(self, worker: int = 0) -> optuna.samplers.BaseSampler:
+        """Optuna's sampler; each worker gets its own seed so parallel workers do not propose alike."""
+        seed = self.sampler.get("seed", 0) + worker
+        kind = self.sampler["type"]
+        if kind == "grid":
+            return optuna.samplers.GridSampler(self.grid(), seed=seed)
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.sampler.get("n_startup_trials", 10))
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        """Optuna's pruner, acting on the objective's values reported at each validation."""
+        kind, opts = self.pruner["type"], {k: v for k, v in self.pruner.items() if k != "type"}
+        if kind == "none":
+            return optuna.pruners.NopPruner()
+        if kind == "median":
+            return optuna.pruners.MedianPruner(**opts)
+        if kind == "percentile":
+            return optuna.pruners.PercentilePruner(**opts)
+        return optuna.pruners.HyperbandPruner(**opts)
+
+
+def _param(source: str, name: str, raw: Any) -> Param:
+    where = f"space.{name}"
+    if isinstance(raw, list):
+        raw = {"choices": raw}
+    if not isinstance(raw, dict):
+        raise SpecError(source, where, f"expected a list of choices or a mapping, got {raw!r}")
+    keys = set(raw)
+    if "choices" in keys:
+        if not raw["choices"]:
+            raise SpecError(source, where, "the choice list is empty")
+        return Param(name, "categorical", choices=tuple(raw["choices"]))
+    if "bundles" in keys:
+        bundles = raw["bundles"]
+        if not isinstance(bundles, dict) or not bundles:
+            raise SpecError(source, where, "bundles must be a non-empty mapping of name -> {field: value}")
+        for label, values in bundles.items():
+            if not isinstance(values, dict):
+                raise SpecError(source, f"{where}.{label}", f"expected a mapping of run-config fields, got {values!r}")
+            for key in values:
+                if key not in field_names():
+                    raise SpecError(source, f"{where}.{label}.{key}", f"unknown run-config field; allowed: {', '.join(field_names())}")
+        return Param(name, "bundle", bundles={str(k): v for k, v in bundles.items()})
+    for kind in ("int", "float"):
+        if kind in keys:
+            bounds = raw[kind]
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)):
+                raise SpecError(source, where, f"{kind} needs [low, high], got {bounds!r}")
+            low, high = bounds
+            log = bool(raw.get("log", False))
+            if low > high:
+                raise SpecError(source, where, f"low={low} > high={high}")
+            if log and low <= 0:
+                raise SpecError(source, where, f"a log range needs low > 0, got low={low}")
+            unknown = keys - {kind, "log", "step"}
+            if unknown:
+                raise SpecError(source, where, f"unknown keys {sorted(unknown)}; allowed: {kind}, log, step")
+            return Param(name, kind, low=low, high=high, log=log, step=raw.get("step"))
+    raise SpecError(source, where, f"unknown parameter form {sorted(keys)}; use choices, int, float or bundles")
+
+
+def _check_configs(spec: StudySpec) -> None:
+    """Every value the space can produce must make a valid run config together with `fixed`."""
+    params = spec.space
+    for p in params:
+        if p.kind not in ("bundle",) and p.name not in field_names():
+            raise SpecError(spec.source, f"space.{p.name}", f"not a run-config field (allowed: {', '.join(field_names())}); use bundles for grouped values")
+    try:
+        spec.config({})
+    except ConfigError as exc:
+        raise SpecError(spec.source, f"fixed.{exc.field}", str(exc)) from None
+    discrete = [p for p in params if p.kind in ("categorical", "bundle")]
+    ranges = [p for p in params if p.kind in ("int", "float")]
+    range_points = [[p.expand(p.low), p.expand(p.high)] for p in ranges]
+    size = math.prod(len(p.grid_values()) for p in discrete) * 2 ** len(ranges)
+    if size <= GRID_CHECK_LIMIT:
+        axes = [[(p, v) for v in p.grid_values()] for p in discrete]
+        for combo in itertools.product(*axes, *range_points):
+            values: dict[str, Any] = {}
+            for item in combo:
+                values.update(item[0].expand(item[1]) if isinstance(item, tuple) else item)
+            _try(spec, values, combo)
+    else:  # too many to enumerate: each value against the fixed fields alone
+        for p in discrete:
+            for v in p.grid_values():
+                _try(spec, p.expand(v), ((p, v),))
+        for pts in range_points:
+            for values in pts:
+                _try(spec, values, ())
+
+
+def _try(spec: StudySpec, values: dict[str, Any], combo: tuple) -> None:
+    try:
+        spec.config(values)
+    except ConfigError as exc:
+        where = next((f"space.{item[0].name}" for item in combo if isinstance(item, tuple) and exc.field in item[0].expand(item[1])), f"space.{exc.field}")
+        shown = {k: v for k, v in values.items()}
+        raise SpecError(spec.source, where, f"{exc} (with {shown})") from None
+
+
+def parse_spec(raw: Any, source: str) -> StudySpec:
+    """Validate a spec mapping and build the StudySpec (SpecError on the first problem)."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, "(top level)", "a spec is a YAML mapping")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise SpecError(source, str(key), f"unknown field; allowed: {', '.join(TOP_LEVEL)}")
+    for key in ("name", "space", "objective"):
+        if key not in raw:
+            raise SpecError(source, key, "missing")
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise SpecError(source, "fixed", "expected a mapping of run-config fields")
+    for key in fixed:
+        if key not in field_names():
+            raise SpecError(source, f"fixed.{key}", f"unknown run-config field; allowed: {', '.join(field_names())}")
+    space_raw = raw["space"]
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise SpecError(source, "space", "expected a non-empty mapping of parameters")
+    space = tuple(_param(source, str(name), value) for name, value in space_raw.items())
+    sampler = raw.get("sampler") or {"type": "tpe"}
+    if isinstance(sampler, str):
+        sampler = {"type": sampler}
+    if sampler.get("type") not in SAMPLERS:
+        raise SpecError(source, "sampler.type", f"{sampler.get('type')!r}; allowed: {', '.join(SAMPLERS)}")
+    pruner = raw.get("pruner") or {"type": "none"}
+    if isinstance(pruner, str):
+        pruner = {"type": pruner}
+    if pruner.get("type") not in PRUNERS:
+        raise SpecError(source, "pruner.type", f"{pruner.get('type')!r}; allowed: {', '.join(PRUNERS)}")
+    objective = raw["objective"]
+    if not isinstance(objective, dict) or objective.get("metric") not in OBJECTIVE_METRICS:
+        raise SpecError(source, "objective.metric", f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; allowed: {', '.join(OBJECTIVE_METRICS)}")
+    direction = objective.get("direction", "maximize" if objective["metric"] == VAL_ACC else "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise SpecError(source, "objective.direction", f"{direction!r}; allowed: minimize, maximize")
+    if sampler["type"] == "grid":
+        ranged = [p.name for p in space if p.kind in ("int", "float")]
+        if ranged:
+            raise SpecError(source, f"space.{ranged[0]}", "a grid sampler needs choices or bundles, not ranges")
+    n_trials = raw.get("n_trials")
+    grid_size = math.prod(len(p.grid_values()) for p in space)
+    if n_trials is None:
+        if sampler["type"] != "grid":
+            raise SpecError(source, "n_trials", "missing (only a grid may leave it out: it is the grid size)")
+        n_trials = grid_size
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise SpecError(source, "n_trials", f"{n_trials!r}; allowed: an integer ≥ 1")
+    retries = raw.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SpecError(source, "retries", f"{retries!r}; allowed: an integer ≥ 0")
+    spec = StudySpec(
+        name=str(raw["name"]), source=source, description=str(raw.get("description", "")).strip(), fixed=dict(fixed),
+        space=space, sampler=dict(sampler), pruner=dict(pruner), metric=objective["metric"], direction=direction,
+        n_trials=n_trials, retries=retries,
+    )  # fmt: skip
+    _check_configs(spec)
+    if spec.metric == VAL_ACC and spec.config({}).task != "classification":
+        raise SpecError(source, "objective.metric", f"{VAL_ACC} needs a classification dataset, not {spec.config({}).dataset!r}")
+    try:
+        spec.make_pruner()
+    except TypeError as exc:
+        raise SpecError(source, "pruner", str(exc)) from None
+    return spec
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-4 as a string; resolve exponent floats without a dot as floats too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def spec_path(name_or_path: str) -> Path:
+    """A shipped spec's file (by name) or the given YAML path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return SPEC_DIR / f"{name_or_path}.yaml"
+
+
+def list_specs() -> list[str]:
+    """Names of the shipped specs."""
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def load_spec(name_or_path: str) -> StudySpec:
+    """Read and validate a spec by shipped name or path."""
+    path = spec_path(name_or_path)
+    if not path.exists():
+        raise SpecError(str(path), "spec", f"no such file; shipped specs: {', '.join(list_specs())}")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), "yaml", " ".join(str(exc).split())) from None
+    return parse_spec(raw, str(path))

@@ -1,0 +1,117 @@
+"""The recorder against a real temporary MLflow store: the parquet artifact, downsampling, parquet-only keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.recorder import STATS_ARTIFACT, Recorder
+
+# (family, layer, stat); layer "" for run-wide keys.
+KEYS = [
+    ("train", "", "loss"),
+    ("grad", "", "global_l2"),
+    ("grad", "L000", "l2"),
+    ("grad", "out", "absmax"),
+    ("act", "L001", "saturation"),
+    ("bptt", "L000", "t0000"),
+    ("bptt", "L000", "t0001"),
+    ("bptt", "L000", "t0002"),
+    ("bptt", "L000", "first"),
+    ("bptt", "L000", "ratio"),
+]
+
+
+def _key(family: str, layer: str, stat: str) -> str:
+    return f"{family}/{stat}" if not layer else f"{family}/{layer}/{stat}"
+
+
+def _value(step: int, index: int) -> float:
+    return step * 1000.0 + index + 0.125
+
+
+def _record_run(n_records: int, every: int, metric_points: int, expected: int | None = None) -> tuple[str, list[int]]:
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    steps = [i * every for i in range(n_records)]
+    recorder = Recorder(client, run_id, expected_records=expected or n_records, metric_points=metric_points)
+    for step in steps:
+        recorder.record(step, [_key(*k) for k in KEYS], [_value(step, i) for i in range(len(KEYS))])
+    recorder.close()
+    recorder.close()  # idempotent
+    client.set_terminated(run_id)
+    return run_id, steps
+
+
+def _parquet(run_id: str, tmp_path: Path) -> pd.DataFrame:
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATS_ARTIFACT, dst_path=str(tmp_path / "dl"))
+    return pd.read_parquet(local)
+
+
+def test_parquet_artifact_holds_every_record(tracking, tmp_path) -> None:
+    run_id, steps = _record_run(n_records=7, every=3, metric_points=0)
+    assert STATS_ARTIFACT == "stats/gradient_stats.parquet"
+    df = _parquet(run_id, tmp_path)
+    assert list(df.columns) == ["step", "layer", "family", "stat", "value"]
+    assert len(df) == len(steps) * len(KEYS)
+    rows = {(int(r.step), str(r.family), str(r.layer), str(r.stat)): r.value for r in df.itertuples()}
+    for step in steps:
+        for i, (family, layer, stat) in enumerate(KEYS):
+            assert rows[(step, family, layer, stat)] == _value(step, i)  # exact: float64 all the way
+
+
+def test_all_points_reach_mlflow_when_not_downsampled(tracking) -> None:
+    run_id, steps = _record_run(n_records=7, every=3, metric_points=0)
+    client = MlflowClient()
+    history = client.get_metric_history(run_id, "grad/L000/l2")
+    assert sorted((m.step, m.value) for m in history) == [(s, _value(s, 2)) for s in steps]
+    assert [m.value for m in client.get_metric_history(run_id, "train/loss")] != []
+
+
+@pytest.mark.parametrize("n_records, metric_points", [(50, 10), (41, 7), (10, 3), (5, 200)])
+def test_downsampling_keeps_first_and_last_and_at_most_metric_points(tracking, n_records, metric_points) -> None:
+    run_id, steps = _record_run(n_records=n_records, every=2, metric_points=metric_points)
+    client = MlflowClient()
+    for i, k in enumerate(KEYS[:5]):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, _key(*k)))
+        got_steps = [s for s, _ in history]
+        assert got_steps[0] == 0 and got_steps[-1] == steps[-1]
+        assert len(got_steps) == len(set(got_steps))
+        assert len(got_steps) <= metric_points + 1  # the last step may come on top of the stride
+        assert len(got_steps) >= min(n_records, metric_points) // 2  # still a usable curve
+        assert all(v == _value(s, i) for s, v in history)  # points are real records, not averages
+        gaps = {b - a for a, b in zip(got_steps[:-2], got_steps[1:-1])}
+        assert len(gaps) <= 1  # evenly spaced apart from the final point
+
+
+def test_downsampling_when_fewer_records_arrive_than_expected(tracking) -> None:
+    """A diverged run stops early: step 0 and its last step are still in MLflow."""
+    run_id, steps = _record_run(n_records=13, every=1, metric_points=10, expected=101)
+    got = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "grad/L000/l2"))
+    assert got[0] == 0 and got[-1] == 12
+
+
+def test_per_time_step_bptt_keys_are_parquet_only(tracking, tmp_path) -> None:
+    run_id, _ = _record_run(n_records=3, every=1, metric_points=0)
+    logged = set(MlflowClient().get_run(run_id).data.metrics)
+    browsable = {_key(*k) for k in KEYS if not (k[0] == "bptt" and k[2].startswith("t"))}
+    assert logged == browsable
+    df = _parquet(run_id, tmp_path)
+    per_t = df[(df.family == "bptt") & df.stat.astype(str).str.match(r"t\d{4}$")]
+    assert sorted(set(per_t.stat.astype(str))) == ["t0000", "t0001", "t0002"]
+    assert len(per_t) == 3 * 3
+
+
+def test_validation_metrics_are_sent_as_they_are(tracking) -> None:
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    recorder = Recorder(client, run_id, expected_records=100, metric_points=2)
+    for step in range(0, 50, 10):
+        recorder.log_metrics(step, {"val/loss": 1.0 / (step + 1), "val/acc": step / 100})
+    recorder.close()
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/loss"))
+    assert history == [(s, 1.0 / (s + 1)) for s in range(0, 50, 10)]

@@ -1,0 +1,128 @@
+"""Every statistic of pipelines/stats.py against a direct computation (torch.linalg, autograd)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.activations import ACTIVATIONS, SATURATION_SHARE, make_activation
+from pipelines import stats
+
+
+def _tensors(dtype=torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(64, 32, generator=g, dtype=dtype) * 0.01,
+        torch.randn(16, 3, 5, 5, generator=g, dtype=dtype) + 0.5,  # non-zero mean
+        -torch.rand(7, generator=g, dtype=dtype) * 100,
+        torch.tensor([[3.0]], dtype=dtype),  # one element: std 0
+        torch.zeros(4, 4, dtype=dtype),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tensor_stats_match_torch(dtype) -> None:
+    tensors = _tensors(dtype)
+    got = stats.tensor_stats(tensors)
+    assert set(got) == {"l2", "rms", "absmax", "mean", "std"}
+    expected = {
+        "l2": [torch.linalg.norm(t.flatten()) for t in tensors],
+        "rms": [t.pow(2).mean().sqrt() for t in tensors],
+        "absmax": [t.abs().max() for t in tensors],
+        "mean": [t.mean() for t in tensors],
+        "std": [t.std(correction=0) for t in tensors],
+    }
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for name, values in expected.items():
+        assert got[name].shape == (len(tensors),)
+        torch.testing.assert_close(got[name], torch.stack(values), rtol=tol, atol=tol, msg=name)
+
+
+def test_tensor_stats_on_a_gradient_like_tensor_with_offset() -> None:
+    """std stays accurate when |mean| is a few times the spread (rms² − mean² cancels partly)."""
+    t = torch.randn(10_000, generator=torch.Generator().manual_seed(1)) * 1e-3 + 4e-3
+    got = stats.tensor_stats([t])
+    assert got["std"].item() == pytest.approx(t.double().std(correction=0).item(), rel=1e-3)
+
+
+def test_nonfinite_counts() -> None:
+    a = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 2.0])
+    b = torch.ones(3, 3)
+    c = torch.full((2,), float("nan"))
+    assert stats.nonfinite_counts([a, b, c]).tolist() == [3.0, 0.0, 2.0]
+
+
+def test_global_norm_is_the_norm_of_everything_concatenated() -> None:
+    tensors = _tensors(torch.float64)
+    expected = torch.linalg.vector_norm(torch.cat([t.flatten() for t in tensors]))
+    torch.testing.assert_close(stats.global_norm(tensors), expected, rtol=1e-12, atol=0)
+    assert stats.global_norm([]).item() == 0.0
+
+
+def _autograd_derivative(name: str, z: torch.Tensor) -> torch.Tensor:
+    """φ'(z) of the activation module, elementwise, by autograd (not by the module's formula)."""
+    z = z.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(make_activation(name)(z).sum(), z)
+    return grad
+
+
+def _max_derivative(name: str) -> float:
+    grid = torch.linspace(-10, 10, 200_001, dtype=torch.float64)
+    return _autograd_derivative(name, grid).max().item()
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_stats_follow_the_saturation_definition(name: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    # Pre-activations spread over the saturating and the linear regimes, with some exact zeros.
+    z = torch.cat([torch.randn(4000, generator=g, dtype=torch.float64) * 4, torch.zeros(10, dtype=torch.float64)])
+    z = z.reshape(-1, 10)
+    a = make_activation(name)(z)
+    threshold = SATURATION_SHARE * _max_derivative(name)
+    expected_sat = (_autograd_derivative(name, z) < threshold).double().mean().item()
+    got = stats.activation_stats(name, a, z)
+    assert got.shape == (3,)
+    assert got[0].item() == pytest.approx(a.mean().item(), abs=1e-12)
+    assert got[1].item() == pytest.approx(a.std(correction=0).item(), rel=1e-12)
+    assert got[2].item() == pytest.approx(expected_sat, abs=1e-6)  # a float32 share
+    if name in ("sigmoid", "tanh", "relu"):  # these can tell saturation from the output alone
+        assert stats.activation_stats(name, a)[2].item() == pytest.approx(expected_sat, abs=1e-6)
+    if name != "linear":
+        assert 0 < expected_sat < 1  # the case discriminates
+
+
+def test_saturation_by_hand() -> None:
+    """A few values checked against the README's wording: tanh near ±1, sigmoid near 0/1, ReLU exactly 0."""
+    z = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0])
+    # tanh'(z) = 1 − tanh²: 0.00018, 0.42, 1, 0.42, 0.00018 → 2 of 5 below 0.05
+    assert stats.activation_stats("tanh", torch.tanh(z), z)[2].item() == pytest.approx(0.4)
+    # σ'(z) = σ(1 − σ): 0.0066, 0.197, 0.25, 0.197, 0.0066 → below 0.0125: 2 of 5
+    assert stats.activation_stats("sigmoid", torch.sigmoid(z), z)[2].item() == pytest.approx(0.4)
+    # ReLU: off for z ≤ 0 → 3 of 5
+    assert stats.activation_stats("relu", torch.relu(z), z)[2].item() == pytest.approx(0.6)
+
+
+def test_gate_stats() -> None:
+    z = torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5
+    gates = torch.sigmoid(z)
+    d = _autograd_derivative("sigmoid", z)
+    got = stats.gate_stats(gates)
+    assert got[0].item() == pytest.approx(gates.mean().item(), abs=1e-12)
+    assert got[1].item() == pytest.approx((d < SATURATION_SHARE * 0.25).double().mean().item(), abs=1e-6)
+
+
+def test_update_ratios() -> None:
+    before = _tensors(torch.float64)[:3]
+    g = torch.Generator().manual_seed(4)
+    after = [b + 0.1 * torch.randn(b.shape, generator=g, dtype=b.dtype) for b in before]
+    expected = [torch.linalg.norm((a - b).flatten()) / torch.linalg.norm(b.flatten()) for a, b in zip(after, before)]
+    torch.testing.assert_close(stats.update_ratios(before, after), torch.stack(expected), rtol=1e-12, atol=0)
+    assert stats.update_ratios(before, before).abs().max().item() == 0.0
+
+
+def test_bptt_summary() -> None:
+    norms = torch.tensor([0.5, 0.25, 2.0, 4.0])
+    assert stats.bptt_summary(norms).tolist() == [0.5, 4.0, 0.125]
+    assert math.isinf(stats.bptt_summary(torch.tensor([1.0, 0.0]))[2].item())
