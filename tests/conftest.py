@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -12,14 +14,33 @@ if str(ROOT) not in sys.path:  # the project runs from its root, it is not insta
     sys.path.insert(0, str(ROOT))
 
 import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipelines.config import RunConfig  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema made, once: MLflow's migrations take seconds per new file."""
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def copy_store(empty_store: Path, folder: Path) -> str:
+    """A fresh copy of the empty store in `folder`, its Default experiment storing artifacts in folder/mlruns."""
+    db = folder / "mlflow.db"
+    shutil.copyfile(empty_store, db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),))
+    con.close()
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
-def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> str:
     """A SQLite tracking store under tmp_path, the working directory (so ./mlruns artifacts land there)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = copy_store(empty_store, tmp_path)
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -1,0 +1,243 @@
+"""The train entry point end to end: one MLflow run per config, divergence as a result, bad input rejected early."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import train
+from pipelines.config import RunConfig, field_names
+from pipelines.recorder import STATS_ARTIFACT
+from tests.conftest import ROOT, copy_store
+
+LAYERS = ["L000", "L001", "L002", "out"]
+CONTRACT_METRICS = {
+    "grad/L000/l2", "backprop/L000/l2", "act/L000/saturation", "update/L000/ratio",
+    "grad/global_l2", "grad/global_l2_clipped", "train/loss", "val/loss", "val/acc",
+}  # fmt: skip
+
+
+def _parquet(run_id: str, dst: Path) -> pd.DataFrame:
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATS_ARTIFACT, dst_path=str(dst))
+    return pd.read_parquet(local)
+
+
+def _flags(cfg: RunConfig) -> list[str]:
+    """The command line that makes `cfg` (every field, as the MLproject command passes them)."""
+    return [a for name, value in cfg.to_dict().items() for a in ("--" + name.replace("_", "-"), str(value))]
+
+
+def _env(tmp: Path, tracking_uri: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}"
+    return env
+
+
+# -- one run in-process ---------------------------------------------------------------------------
+
+
+def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
+    result = train.run(tiny_cfg, progress_bar=False)
+    assert result.outcome == "completed" and result.steps == tiny_cfg.max_steps and result.diverged_step is None
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith(str(tmp_path)) or str(tmp_path) in run.info.artifact_uri
+    assert run.data.params == {k: str(v) for k, v in tiny_cfg.to_dict().items()}
+    assert run.data.tags["outcome"] == "completed" and "diverged_step" not in run.data.tags
+    metrics = run.data.metrics
+    assert CONTRACT_METRICS <= set(metrics)
+    for layer in LAYERS:
+        assert {f"grad/{layer}/l2", f"backprop/{layer}/l2", f"update/{layer}/ratio"} <= set(metrics)
+    assert 0 <= metrics["val/acc"] <= 1 and math.isfinite(metrics["val/loss"])
+    history = sorted(m.step for m in client.get_metric_history(result.run_id, "grad/L000/l2"))
+    assert history == list(range(tiny_cfg.max_steps))
+    df = _parquet(result.run_id, tmp_path / "dl")
+    assert list(df.columns) == ["step", "layer", "family", "stat", "value"]
+    assert sorted(df.step.unique()) == list(range(tiny_cfg.max_steps))
+    step0 = df[df.step == 0]
+    grad_l2 = step0[(step0.family == "grad") & (step0.layer == "L000") & (step0.stat == "l2")].value
+    assert len(grad_l2) == 1
+    first = client.get_metric_history(result.run_id, "grad/L000/l2")
+    assert next(m.value for m in first if m.step == 0) == pytest.approx(grad_l2.item(), rel=1e-6)
+    # The last train/loss MLflow holds is the one the run reports.
+    assert metrics["train/loss"] == pytest.approx(result.metrics["train/loss"], rel=1e-6)
+
+
+def test_same_config_and_seed_give_identical_tables(tracking, tiny_cfg, tmp_path) -> None:
+    cfg = tiny_cfg.replace(max_steps=4, norm="batch", activation="tanh")
+    tables = [_parquet(train.run(c, progress_bar=False).run_id, tmp_path / f"dl{i}")
+              for i, c in enumerate([cfg, cfg, cfg.replace(seed=1)])]  # fmt: skip
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+    assert not tables[0].value.equals(tables[2].value)  # the seed matters, so the comparison can fail
+
+
+# -- divergence -----------------------------------------------------------------------------------
+
+
+def _diverging(cfg: RunConfig) -> RunConfig:
+    return cfg.replace(lr=1e6, init="kaiming_normal")
+
+
+def _check_diverged(client: MlflowClient, run_id: str, dst: Path, max_steps: int) -> None:
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["outcome"] == "diverged"
+    step = int(run.data.tags["diverged_step"])
+    assert 0 <= step < max_steps - 1  # stopped before the end
+    df = _parquet(run_id, dst)
+    assert sorted(df.step.unique()) == list(range(step + 1))  # statistics kept, up to the diverged step
+
+    def value(s: int, key: str) -> float:
+        family, stat = key.split("/")
+        return df[(df.step == s) & (df.family == family) & (df.layer == "") & (df.stat == stat)].value.item()
+
+    finite = [math.isfinite(value(s, "train/loss")) and math.isfinite(value(s, "grad/global_l2")) for s in range(step + 1)]
+    assert finite == [True] * step + [False]  # the first non-finite step is the one named
+    assert {m.step for m in client.get_metric_history(run_id, "grad/L000/l2")} == set(range(step + 1))
+
+
+def test_divergence_is_a_result(tracking, tiny_cfg, tmp_path) -> None:
+    cfg = _diverging(tiny_cfg)
+    result = train.run(cfg, progress_bar=False)
+    assert result.outcome == "diverged" and result.diverged_step is not None
+    _check_diverged(MlflowClient(), result.run_id, tmp_path / "dl", cfg.max_steps)
+
+
+def test_divergence_from_the_command_line_exits_0(tmp_path, tiny_cfg, empty_store) -> None:
+    cfg = _diverging(tiny_cfg)
+    uri = copy_store(empty_store, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", *_flags(cfg)],
+        cwd=tmp_path, env=_env(tmp_path, uri), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(["0"])
+    with mlflow.utils.tracking_uri_context(uri) if hasattr(mlflow.utils, "tracking_uri_context") else _uri(uri):
+        _check_diverged(client, run.info.run_id, tmp_path / "dl", cfg.max_steps)
+
+
+class _uri:
+    """Point the fluent API (artifact download) at `uri` for a moment."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def __enter__(self) -> None:
+        self.previous = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.uri)
+
+    def __exit__(self, *exc) -> None:
+        mlflow.set_tracking_uri(None)
+        if self.previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = self.previous
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+BAD_INPUT = {
+    "unknown-model": (["--model", "transformer"], "model", "transformer"),
+    "depth-0": (["--depth", "0"], "depth", "0"),
+    "width-0": (["--width", "0"], "width", "0"),
+    "lr-0": (["--lr", "0"], "lr", "0"),
+    "clip-threshold-0": (["--clip", "norm", "--clip-threshold", "0"], "clip_threshold", "0"),
+    "lstm-on-digits": (["--model", "lstm"], "model", "lstm"),
+    "mnist-missing": (["--dataset", "mnist", "--data-dir", "{tmp}/nowhere"], "data_dir", "{tmp}/nowhere"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every bad-input case and --help, started at once (each pays Lightning's import time)."""
+    cases = {name: args for name, (args, _, _) in BAD_INPUT.items()} | {"help": ["--help"]}
+    started = {}
+    for name, args in cases.items():
+        tmp = tmp_path_factory.mktemp(f"cli-{name}")
+        argv = [a.replace("{tmp}", str(tmp)) for a in args]
+        started[name] = tmp, subprocess.Popen(
+            [sys.executable, "-m", "pipelines.train", *argv], cwd=tmp, env=_env(tmp),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    results = {}
+    for name, (tmp, proc) in started.items():
+        out, err = proc.communicate(timeout=300)
+        results[name] = tmp, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli_results, case: str) -> None:
+    tmp, proc = cli_results[case]
+    _, field, value = BAD_INPUT[case]
+    value = value.replace("{tmp}", str(tmp))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert re.search(rf"\b{field}=", lines[0]), lines[0]
+    assert value in lines[0].split(f"{field}=", 1)[1], lines[0]
+    assert not (tmp / "mlflow.db").exists() and not (tmp / "mlruns").exists()
+    assert sorted(p.name for p in tmp.iterdir()) == []
+
+
+def test_bad_input_message_lists_the_allowed_values(cli_results) -> None:
+    line = cli_results["unknown-model"][1].stderr.strip()
+    for model in ("mlp", "resmlp", "cnn", "rnn", "lstm", "gru"):
+        assert model in line.split("allowed", 1)[1]
+    assert "mnist/" in cli_results["mnist-missing"][1].stderr  # says where the files go
+
+
+def test_help_lists_every_field_as_a_flag(cli_results) -> None:
+    _, proc = cli_results["help"]
+    assert proc.returncode == 0, proc.stderr
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", proc.stdout)) - {"--help"}
+    assert flags == {"--" + name.replace("_", "-") for name in field_names()}
+
+
+def test_main_in_process_parses_every_flag(tmp_path, monkeypatch) -> None:
+    """config_from_args turns every flag back into the field value (types included)."""
+    cfg = RunConfig(dataset="adding", model="gru", loss="huber", depth=2, width=5, lr=0.125, init_gain=0.5,
+                    clip="value", clip_threshold=0.25, seq_len=7, metric_points=0, seed=3)  # fmt: skip
+    assert train.config_from_args(_flags(cfg)) == cfg
+    assert train.config_from_args([]) == RunConfig()
+    assert [f.name for f in dataclasses.fields(RunConfig)] == field_names()
+
+
+# -- under `mlflow run` ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point(tmp_path, empty_store) -> None:
+    bin_dir = Path(sys.executable).parent
+    env = _env(tmp_path, copy_store(empty_store, tmp_path))
+    env.pop("PYTHONPATH")  # `mlflow run` runs the command from the project root
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    mlflow_cli = shutil.which("mlflow", path=env["PATH"])
+    assert mlflow_cli is not None and Path(mlflow_cli).parent == bin_dir
+    before = set(os.listdir(ROOT))
+    proc = subprocess.run(
+        [mlflow_cli, "run", ".", "-e", "train", "--env-manager", "local", "-P", "max_steps=3", "-P", "depth=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(["0"])
+    assert len(runs) == 1  # the entry point took over the run `mlflow run` created
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["outcome"] == "completed"
+    assert run.data.params["depth"] == "2" and run.data.params["max_steps"] == "3"
+    assert "grad/L001/l2" in run.data.metrics
+    assert set(os.listdir(ROOT)) == before  # nothing written into the project
