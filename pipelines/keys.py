@@ -12,6 +12,7 @@ BPTT_SUMMARY = ("first", "last", "ratio")  # ‖∂L/∂h_t‖ at t = 0, at t = 
 GATE_STATS = ("mean", "saturation")
 GLOBAL_NORM, GLOBAL_NORM_CLIPPED, TRAIN_LOSS = "grad/global_l2", "grad/global_l2_clipped", "train/loss"
 VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
+ELAPSED = "time/elapsed"  # wall-clock seconds since training started, at each logging step
 
 
 def key(family: str, layer: str | None, stat: str) -> str:

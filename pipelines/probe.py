@@ -10,6 +10,7 @@ host once. Between logging steps no hook is registered; only the divergence guar
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -47,6 +48,9 @@ class GradientProbe(pl.Callback):
         self.weights = [module.main_weight for module in self.hidden] + [pl_module.net.readout.weight]
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
         self.recurrent = [isinstance(m, RecurrentLayer) for m in self.hidden]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        self.started = time.perf_counter()
 
     # -- one step ---------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
@@ -125,7 +129,7 @@ class GradientProbe(pl.Callback):
         self._detach(pl_module)
         names, parts = self._collect(pl_module)
         values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host copy
-        self.record(self.step, names, values)
+        self.record(self.step, [*names, K.ELAPSED], [*values, time.perf_counter() - self.started])
 
     def _collect(self, pl_module: pl.LightningModule) -> tuple[list[str], list[Tensor]]:
         """Keys and the matching device tensors of one logging step, in one fixed order."""

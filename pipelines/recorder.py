@@ -1,5 +1,8 @@
 """The recorder: full-resolution statistics to a parquet artifact, a downsampled subset to MLflow.
 
+The parquet table (step, layer, family, stat, value) holds every recorded statistic and the
+validation metrics (family `val`), so analysis reads one file per run.
+
 MLflow receives metrics through `MlflowClient.log_batch` in chunks of 1,000 from a background thread,
 so training never waits on the tracking store. Downsampling (only when needed): of the R recorded
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
@@ -35,6 +38,7 @@ class Recorder:
         self._steps: list[int] = []
         self._keys: list[list[str]] = []
         self._values: list[list[float]] = []
+        self._extra: list[tuple[int, list[str], list[float]]] = []  # validation metrics, not downsampled
         self._last_sent = -1  # index of the last record sent to MLflow
         self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -52,7 +56,8 @@ class Recorder:
             self._send(index)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Send run-level scalars (validation metrics) to MLflow as they are, without downsampling."""
+        """Run-level scalars (validation metrics): kept in the table too, sent to MLflow as they are."""
+        self._extra.append((step, list(metrics), [float(v) for v in metrics.values()]))
         now = int(time.time() * 1000)
         self._queue.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
 
@@ -76,17 +81,20 @@ class Recorder:
 
     def table(self) -> pd.DataFrame:
         """Everything recorded so far as the long table: step, layer, family, stat, value."""
-        counts = [len(k) for k in self._keys]
-        flat_keys = [k for keys in self._keys for k in keys]
+        steps = self._steps + [e[0] for e in self._extra]
+        all_keys = self._keys + [e[1] for e in self._extra]
+        all_values = self._values + [e[2] for e in self._extra]
+        counts = [len(k) for k in all_keys]
+        flat_keys = [k for keys in all_keys for k in keys]
         parsed = {k: K.parse(k) for k in set(flat_keys)}
-        family, layer, stat = (zip(*(parsed[k] for k in flat_keys)) if flat_keys else ((), (), ()))
+        family, layer, stat = zip(*(parsed[k] for k in flat_keys)) if flat_keys else ((), (), ())
         return pd.DataFrame(
             {
-                "step": np.repeat(np.asarray(self._steps, dtype=np.int64), counts),
+                "step": np.repeat(np.asarray(steps, dtype=np.int64), counts),
                 "layer": pd.Categorical(layer),
                 "family": pd.Categorical(family),
                 "stat": pd.Categorical(stat),
-                "value": np.fromiter((v for vals in self._values for v in vals), dtype=np.float64, count=sum(counts)),
+                "value": np.fromiter((v for vals in all_values for v in vals), dtype=np.float64, count=sum(counts)),
             }
         )
 

@@ -38,6 +38,12 @@ def copy_store(empty_store: Path, folder: Path) -> str:
 
 
 @pytest.fixture
+def store_uri(tmp_path: Path, empty_store: Path) -> str:
+    """The URI of an empty store under tmp_path, for subprocesses (the global tracking URI is left alone)."""
+    return copy_store(empty_store, tmp_path)
+
+
+@pytest.fixture
 def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> str:
     """A SQLite tracking store under tmp_path, the working directory (so ./mlruns artifacts land there)."""
     uri = copy_store(empty_store, tmp_path)

@@ -169,7 +169,7 @@ def assert_matches(got: dict[str, float], expected: dict[str, float], rel: float
 
 def contract_keys(n_hidden: int) -> set[str]:
     hidden = [f"L{i:03d}" for i in range(n_hidden)]
-    keys = {"train/loss", "grad/global_l2", "grad/global_l2_clipped"}
+    keys = {"train/loss", "grad/global_l2", "grad/global_l2_clipped", "time/elapsed"}
     keys |= {f"grad/{layer}/{s}" for layer in hidden + ["out"] for s in GRAD_STATS}
     keys |= {f"backprop/{layer}/l2" for layer in hidden + ["out"]}
     keys |= {f"update/{layer}/ratio" for layer in hidden + ["out"]}

@@ -106,7 +106,7 @@ def test_per_time_step_bptt_keys_are_parquet_only(tracking, tmp_path) -> None:
     assert len(per_t) == 3 * 3
 
 
-def test_validation_metrics_are_sent_as_they_are(tracking) -> None:
+def test_validation_metrics_are_sent_as_they_are_and_kept_in_the_table(tracking, tmp_path) -> None:
     client = MlflowClient()
     run_id = client.create_run("0").info.run_id
     recorder = Recorder(client, run_id, expected_records=100, metric_points=2)
@@ -115,3 +115,6 @@ def test_validation_metrics_are_sent_as_they_are(tracking) -> None:
     recorder.close()
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/loss"))
     assert history == [(s, 1.0 / (s + 1)) for s in range(0, 50, 10)]
+    df = _parquet(run_id, tmp_path)
+    val = df[(df.family == "val") & (df.layer == "") & (df.stat == "acc")]
+    assert list(zip(val.step, val.value)) == [(s, s / 100) for s in range(0, 50, 10)]

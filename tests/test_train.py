@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from pipelines import train
 from pipelines.config import RunConfig, field_names
 from pipelines.recorder import STATS_ARTIFACT
-from tests.conftest import ROOT, copy_store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = ["L000", "L001", "L002", "out"]
 CONTRACT_METRICS = {
@@ -28,9 +28,9 @@ CONTRACT_METRICS = {
 }  # fmt: skip
 
 
-def _parquet(run_id: str, dst: Path) -> pd.DataFrame:
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATS_ARTIFACT, dst_path=str(dst))
-    return pd.read_parquet(local)
+def _parquet(client: MlflowClient, run_id: str, dst: Path) -> pd.DataFrame:
+    dst.mkdir(parents=True, exist_ok=True)
+    return pd.read_parquet(client.download_artifacts(run_id, STATS_ARTIFACT, str(dst)))
 
 
 def _flags(cfg: RunConfig) -> list[str]:
@@ -64,9 +64,11 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
     assert 0 <= metrics["val/acc"] <= 1 and math.isfinite(metrics["val/loss"])
     history = sorted(m.step for m in client.get_metric_history(result.run_id, "grad/L000/l2"))
     assert history == list(range(tiny_cfg.max_steps))
-    df = _parquet(result.run_id, tmp_path / "dl")
+    df = _parquet(client, result.run_id, tmp_path / "dl")
     assert list(df.columns) == ["step", "layer", "family", "stat", "value"]
-    assert sorted(df.step.unique()) == list(range(tiny_cfg.max_steps))
+    assert sorted(df[df.family != "val"].step.unique()) == list(range(tiny_cfg.max_steps))
+    val = df[(df.family == "val") & (df.stat == "loss")]
+    assert val.value.iloc[-1] == pytest.approx(metrics["val/loss"], rel=1e-6)
     step0 = df[df.step == 0]
     grad_l2 = step0[(step0.family == "grad") & (step0.layer == "L000") & (step0.stat == "l2")].value
     assert len(grad_l2) == 1
@@ -78,7 +80,8 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
 
 def test_same_config_and_seed_give_identical_tables(tracking, tiny_cfg, tmp_path) -> None:
     cfg = tiny_cfg.replace(max_steps=4, norm="batch", activation="tanh")
-    tables = [_parquet(train.run(c, progress_bar=False).run_id, tmp_path / f"dl{i}")
+    client = MlflowClient()
+    tables = [_parquet(client, train.run(c, progress_bar=False).run_id, tmp_path / f"dl{i}")
               for i, c in enumerate([cfg, cfg, cfg.replace(seed=1)])]  # fmt: skip
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
     assert not tables[0].value.equals(tables[2].value)  # the seed matters, so the comparison can fail
@@ -97,7 +100,8 @@ def _check_diverged(client: MlflowClient, run_id: str, dst: Path, max_steps: int
     assert run.data.tags["outcome"] == "diverged"
     step = int(run.data.tags["diverged_step"])
     assert 0 <= step < max_steps - 1  # stopped before the end
-    df = _parquet(run_id, dst)
+    df = _parquet(client, run_id, dst)
+    df = df[df.family != "val"]  # validation of the diverged model may come after
     assert sorted(df.step.unique()) == list(range(step + 1))  # statistics kept, up to the diverged step
 
     def value(s: int, key: str) -> float:
@@ -116,9 +120,9 @@ def test_divergence_is_a_result(tracking, tiny_cfg, tmp_path) -> None:
     _check_diverged(MlflowClient(), result.run_id, tmp_path / "dl", cfg.max_steps)
 
 
-def test_divergence_from_the_command_line_exits_0(tmp_path, tiny_cfg, empty_store) -> None:
+def test_divergence_from_the_command_line_exits_0(tmp_path, tiny_cfg, store_uri) -> None:
     cfg = _diverging(tiny_cfg)
-    uri = copy_store(empty_store, tmp_path)
+    uri = store_uri
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.train", *_flags(cfg)],
         cwd=tmp_path, env=_env(tmp_path, uri), capture_output=True, text=True, timeout=300,
@@ -127,24 +131,7 @@ def test_divergence_from_the_command_line_exits_0(tmp_path, tiny_cfg, empty_stor
     assert "Traceback" not in proc.stderr
     client = MlflowClient(uri)
     (run,) = client.search_runs(["0"])
-    with mlflow.utils.tracking_uri_context(uri) if hasattr(mlflow.utils, "tracking_uri_context") else _uri(uri):
-        _check_diverged(client, run.info.run_id, tmp_path / "dl", cfg.max_steps)
-
-
-class _uri:
-    """Point the fluent API (artifact download) at `uri` for a moment."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def __enter__(self) -> None:
-        self.previous = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(self.uri)
-
-    def __exit__(self, *exc) -> None:
-        mlflow.set_tracking_uri(None)
-        if self.previous is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = self.previous
+    _check_diverged(client, run.info.run_id, tmp_path / "dl", cfg.max_steps)
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -220,9 +207,9 @@ def test_main_in_process_parses_every_flag(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_run_train_entry_point(tmp_path, empty_store) -> None:
+def test_mlflow_run_train_entry_point(tmp_path, store_uri) -> None:
     bin_dir = Path(sys.executable).parent
-    env = _env(tmp_path, copy_store(empty_store, tmp_path))
+    env = _env(tmp_path, store_uri)
     env.pop("PYTHONPATH")  # `mlflow run` runs the command from the project root
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     mlflow_cli = shutil.which("mlflow", path=env["PATH"])

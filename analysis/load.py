@@ -1,0 +1,149 @@
+"""The only reader of what runs wrote: runs, params and tags from MLflow, statistics from parquet, as tidy frames.
+
+Reads in bulk: one `search_runs` for the runs of a study, then each run's parquet artifact straight
+from a local artifact store (or downloaded from a remote one), in a thread pool; never per-key
+`get_metric_history` loops.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipelines.keys import time_of
+from pipelines.recorder import STATS_ARTIFACT
+
+READ_THREADS = 8
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study's trial runs (one row each) and their statistics (long format, with run_id)."""
+
+    name: str
+    runs: pd.DataFrame
+    stats: pd.DataFrame
+    parent_run_id: str | None
+
+
+def _numeric(column: pd.Series) -> pd.Series:
+    converted = pd.to_numeric(column, errors="coerce")
+    return converted if converted.notna().sum() == column.notna().sum() else column
+
+
+def runs(study: str | None = None, *, run_ids: list[str] | None = None, role: str | None = "trial") -> pd.DataFrame:
+    """One row per run: run_id, status, times, tags (study, trial, role, outcome, …), params and last metrics.
+
+    Select by `study` tag (runs of any experiment) or by `run_ids`; `role` keeps trial runs only
+    (None keeps the parent and worker runs too). Param columns are numeric where every value is.
+    """
+    if study is not None:
+        frame = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.study = '{study}'",
+                                   output_format="pandas")  # fmt: skip
+    else:
+        client = MlflowClient()
+        rows = [client.get_run(r) for r in run_ids or []]
+        frame = pd.DataFrame(
+            [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "status": r.info.status,
+              "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True),
+              "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True) if r.info.end_time else pd.NaT,
+              **{f"params.{k}": v for k, v in r.data.params.items()},
+              **{f"tags.{k}": v for k, v in r.data.tags.items()},
+              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in rows]  # fmt: skip
+        )
+    if frame.empty:
+        return pd.DataFrame(columns=["run_id", "status", "role", "trial", "outcome"])
+    renamed = {c: c.split(".", 1)[1] for c in frame.columns if c.startswith(("params.", "tags."))}
+    renamed["tags.mlflow.parentRunId"] = "parent_run_id"
+    frame = frame.rename(columns=renamed)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    for column in [c for c in frame.columns if c in renamed.values() and c not in ("parent_run_id", "study", "role")]:
+        frame[column] = _numeric(frame[column])
+    if role is not None and "role" in frame:
+        frame = frame[frame["role"] == role]
+    if "trial" in frame:
+        frame["trial"] = frame["trial"].astype("Int64")
+        frame = frame.sort_values("trial", kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def _local_path(artifact_uri: str) -> Path | None:
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path)) / STATS_ARTIFACT
+    return None
+
+
+def _read_one(run_id: str, artifact_uri: str) -> pd.DataFrame:
+    path = _local_path(artifact_uri)
+    if path is None or not path.exists():
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATS_ARTIFACT))
+        except Exception:  # a run that crashed before writing its table contributes no rows
+            return pd.DataFrame()
+    table = pd.read_parquet(path)
+    table.insert(0, "run_id", run_id)
+    return table
+
+
+def stats(run_frame: pd.DataFrame, families: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Long table of every run's statistics: run_id, step, layer, family, stat, value."""
+    if run_frame.empty:
+        return pd.DataFrame(columns=["run_id", "step", "layer", "family", "stat", "value"])
+    uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
+        MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        tables = list(pool.map(_read_one, run_frame["run_id"], uris))
+    tables = [t for t in tables if not t.empty]
+    if not tables:
+        return pd.DataFrame(columns=["run_id", "step", "layer", "family", "stat", "value"])
+    table = pd.concat(tables, ignore_index=True)
+    for column in ("layer", "family", "stat"):
+        table[column] = table[column].astype(str)
+    if families is not None:
+        table = table[table["family"].isin(families)].reset_index(drop=True)
+    return table
+
+
+def study(name: str, families: tuple[str, ...] | None = None) -> StudyData:
+    """A study's trial runs and statistics, found through the `study` tag (no Optuna storage needed)."""
+    everything = runs(name, role=None)
+    parent = everything.loc[everything.get("role", pd.Series(dtype=str)) == "parent", "run_id"]
+    trials = everything[everything["role"] == "trial"] if "role" in everything else everything
+    trials = trials.reset_index(drop=True)
+    return StudyData(name, trials, stats(trials, families), parent.iloc[0] if len(parent) else None)
+
+
+def layer_index(layer: str, depth: int | None = None) -> float:
+    """Position of a layer from the input side: L007 → 7, out → depth (NaN for run-wide rows)."""
+    if layer.startswith("L") and layer[1:].isdigit():
+        return float(int(layer[1:]))
+    if layer == "out":
+        return float(depth) if depth is not None else np.inf
+    return np.nan
+
+
+def with_layer_index(table: pd.DataFrame) -> pd.DataFrame:
+    """Add a numeric `layer_index` column (out = one past the last hidden layer of its run)."""
+    table = table.copy()
+    hidden = table["layer"].str.match(r"^L\d{3}$")
+    index = pd.Series(np.nan, index=table.index)
+    index[hidden] = table.loc[hidden, "layer"].str[1:].astype(int)
+    depth = index.groupby(table["run_id"]).transform("max") + 1
+    index[table["layer"] == "out"] = depth[table["layer"] == "out"]
+    table["layer_index"] = index
+    return table
+
+
+def bptt_by_time(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-time-step rows of the `bptt` family with an integer `t` column."""
+    rows = table[table["family"] == "bptt"].copy()
+    rows["t"] = rows["stat"].map(time_of)
+    return rows.dropna(subset=["t"]).astype({"t": int})
