@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from studies.runner import run_study
-from studies.spec import SpecError, list_specs, load_spec
+from studies.spec import SpecError, list_specs, load_spec, parse_overrides
 from studies.storage import DEFAULT_STORAGE
 
 
@@ -25,6 +25,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study-name", default="", help="Optuna study name (default: the spec's name)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage: a journal file path or an RDB URL")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a fixed run-config field of the spec (repeatable), e.g. --set max_steps=20")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     return parser
 
@@ -33,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Validate the spec and arguments (exit 2 on a problem), then run the study."""
     args = make_parser().parse_args(argv)
     try:
-        spec = load_spec(args.spec)
+        overrides = parse_overrides(args.set)
+        spec = load_spec(args.spec, overrides)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -43,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
-                  storage=args.storage, workers=args.workers, report=not args.no_report)  # fmt: skip
+                  storage=args.storage, workers=args.workers, report=not args.no_report,
+                  overrides=overrides)  # fmt: skip
     except KeyboardInterrupt:
         return 130
     return 0

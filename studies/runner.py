@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from pipelines import train
 from studies.spec import StudySpec, load_spec
-from studies.storage import is_rdb, mask, open_storage
+from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
@@ -50,6 +50,7 @@ class StudyContext:
     experiment_id: str
     tracking_uri: str
     n_trials: int
+    overrides: dict[str, Any]
 
 
 def _experiment_id() -> str:
@@ -164,7 +165,7 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
     torch.set_num_threads(threads)
     mlflow.set_tracking_uri(ctx.tracking_uri)
     mlflow.set_experiment(experiment_id=ctx.experiment_id)
-    spec = load_spec(ctx.spec_source)
+    spec = load_spec(ctx.spec_source, ctx.overrides)
     study = open_study(spec, ctx.study_name, ctx.storage, worker)
     remaining = ctx.n_trials - finished_trials(study)
     if remaining <= 0:
@@ -219,16 +220,21 @@ def log_summary(study: optuna.Study, spec: StudySpec, run_id: str, client: Mlflo
 
 
 def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | None = None,
-              storage: str = "optuna.journal", workers: int = 1, report: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) a study to its total of n_trials and return its summary."""
-    spec = load_spec(spec_name)
+              storage: str = DEFAULT_STORAGE, workers: int = 1, report: bool = True,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) a study to its total of n_trials and return its summary.
+
+    `overrides` replace fixed run-config fields of the spec (e.g. fewer steps for a smoke test).
+    """
+    spec = load_spec(spec_name, overrides)
     n_trials = n_trials or spec.n_trials
     study_name = study_name or spec.name
     client = MlflowClient()
     study = open_study(spec, study_name, storage)
     parent, own, role = attach_parent(study, spec, storage, client)
     experiment_id = client.get_run(parent).info.experiment_id
-    ctx = StudyContext(spec.source, study_name, storage, parent, experiment_id, mlflow.get_tracking_uri(), n_trials)
+    ctx = StudyContext(spec.source, study_name, storage, parent, experiment_id, mlflow.get_tracking_uri(), n_trials,
+                       dict(overrides or {}))  # fmt: skip
     done = finished_trials(study)
     print(f"study {study_name!r} ({spec.name}): {done}/{n_trials} trials done; {workers} worker(s); "
           f"storage {mask(storage)}; this run {own} is the study's {role}", file=sys.stderr)  # fmt: skip

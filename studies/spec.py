@@ -288,8 +288,8 @@ def list_specs() -> list[str]:
     return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
 
-def load_spec(name_or_path: str) -> StudySpec:
-    """Read and validate a spec by shipped name or path."""
+def load_spec(name_or_path: str, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a spec by shipped name or path, with `overrides` replacing fixed fields."""
     path = spec_path(name_or_path)
     if not path.exists():
         raise SpecError(str(path), "spec", f"no such file; shipped specs: {', '.join(list_specs())}")
@@ -297,4 +297,17 @@ def load_spec(name_or_path: str) -> StudySpec:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise SpecError(str(path), "yaml", " ".join(str(exc).split())) from None
+    if overrides and isinstance(raw, dict):
+        raw["fixed"] = {**(raw.get("fixed") or {}), **overrides}
     return parse_spec(raw, str(path))
+
+
+def parse_overrides(items: list[str], source: str = "--set") -> dict[str, Any]:
+    """`field=value` strings (YAML-typed values) into a dict of fixed-field overrides."""
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SpecError(source, item, "expected field=value")
+        overrides[name.strip()] = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return overrides

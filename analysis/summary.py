@@ -1,0 +1,191 @@
+"""Per-run summaries shared by the figures and the report: gains at initialization, verdicts, training outcomes.
+
+Conventions (see analysis/theory.py): backprop/<layer>/l2 at step 0 is ‖∂L/∂x_l‖ over the batch, hidden
+layers L000… input side first. The measured per-layer gain is theory.measured_gain of those norms (the
+readout `out` is left out: its Wᵀ has another fan-in and no φ′); the prediction is the geometric mean of
+the per-layer factors theory gives for layers 1…depth−1, the same layers the measurement spans.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import theory
+
+VERDICT_TOLERANCE = 0.05  # theory.verdict's default: a per-layer gain outside [0.95, 1.05] is pathological
+STALL_SHARE = 0.9  # a run whose final training loss is ≥ 90 % of its initial loss has not learned
+TAIL_SHARE = 0.2  # the "final" training loss is the mean over the last 20 % of logged steps (mini-batch noise)
+
+# Which closed form predicts a run's gain; the legend and the summary table name it.
+MEAN_FIELD, BATCH_NORM, RESIDUAL, NO_THEORY = (
+    "mean field √χ₁",
+    "batch norm √rate (Yang 2019)",
+    "residual √(1+α²χ₁)",
+    "no closed form",
+)
+RECURRENT = ("rnn", "lstm", "gru")
+CONFIG_COLUMNS = ("model", "activation", "depth", "width", "norm", "init", "init_gain", "res_scale", "optimizer",
+                  "lr", "clip", "clip_threshold", "loss", "batch_size", "seq_len", "dataset", "seed")  # fmt: skip
+
+
+def select(stats: pd.DataFrame, family: str, stat: str | None = None, step: int | None = None) -> pd.DataFrame:
+    """Rows of one family (and stat, and step) of the long stats table."""
+    mask = stats["family"] == family
+    if stat is not None:
+        mask &= stats["stat"] == stat
+    if step is not None:
+        mask &= stats["step"] == step
+    return stats[mask]
+
+
+def hidden(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of hidden layers only (L000…), with an integer layer_index column."""
+    rows = table[table["layer"].str.match(r"^L\d{3}$")].copy()
+    rows["layer_index"] = rows["layer"].str[1:].astype(int)
+    return rows
+
+
+def value(run: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """A run's param/tag, or `default` when the column is absent or empty."""
+    got = run.get(name, default)
+    return default if got is None or (isinstance(got, float) and math.isnan(got)) else got
+
+
+def arch(run: Mapping[str, Any]) -> str:
+    """plain / batch norm / layer norm / residual (α) / the model name for the other families."""
+    model, norm = value(run, "model", "mlp"), value(run, "norm", "none")
+    suffix = {"batch": " + batch norm", "layer": " + layer norm"}.get(norm, "")
+    if model == "mlp":
+        return {"none": "plain", "batch": "batch norm", "layer": "layer norm"}.get(norm, norm)
+    if model == "resmlp":
+        return f"residual α={float(value(run, 'res_scale', 1.0)):.3g}{suffix}"
+    return f"{model}{suffix}"
+
+
+def label(run: Mapping[str, Any]) -> str:
+    """A short configuration label: activation/init ×gain, depth, architecture."""
+    gain = float(value(run, "init_gain", 1.0))
+    scale = f"×{gain:g}" if gain != 1.0 else ""
+    return f"{value(run, 'activation', '?')}/{value(run, 'init', '?')}{scale} d{value(run, 'depth', '?')} {arch(run)}"
+
+
+# ------------------------------------------------------------------------------------------ gains
+
+
+@lru_cache(maxsize=64)
+def _bn_rate(batch_size: int, activation: str) -> float:
+    return theory.bn_gradient_explosion_rate(batch_size, activation)  # Monte Carlo: cache per (B, φ)
+
+
+def predicted_layer_gains(run: Mapping[str, Any], first_m2: float) -> tuple[np.ndarray, str]:
+    """Predicted ‖∂L/∂x_{l−1}‖/‖∂L/∂x_l‖ for hidden layers l = 1…depth−1, and the rule that gave it.
+
+    `first_m2` is the measured E[x₀²] of layer 0's output at step 0: the input statistics are the data's,
+    which the runs do not record, so the length map starts from what layer 0 produced.
+    """
+    depth, act, init = int(value(run, "depth", 0)), value(run, "activation"), value(run, "init")
+    n = depth - 1
+    model, norm = value(run, "model", "mlp"), value(run, "norm", "none")
+    if n < 1 or act not in theory.ACTIVATIONS or init not in theory.INITS:
+        return np.full(max(n, 0), np.nan), NO_THEORY
+    width, gain = int(value(run, "width")), float(value(run, "init_gain", 1.0))
+    sw2 = theory.sigma_w2(init, width, width, gain)
+    if model == "mlp" and norm == "none" and math.isfinite(first_m2):
+        q1 = sw2 * first_m2 + theory.bias_variance(init, width)
+        return theory.predicted_backprop_gain(act, init, width, width, gain, q0=q1, depth=n), MEAN_FIELD
+    if model == "mlp" and norm == "batch":
+        return np.full(n, math.sqrt(_bn_rate(int(value(run, "batch_size", 64)), act))), BATCH_NORM
+    if model == "resmlp" and norm == "none":
+        growth = theory.residual_variance_growth(float(value(run, "res_scale", 1.0)), act, sw2)
+        if math.isfinite(growth):
+            return np.full(n, math.sqrt(growth)), RESIDUAL
+    return np.full(n, np.nan), NO_THEORY
+
+
+def step0_backprop(stats: pd.DataFrame) -> pd.DataFrame:
+    """Step-0 back-propagated norms of hidden layers: run_id, layer, layer_index, value (input side first)."""
+    rows = hidden(select(stats, "backprop", "l2", step=0))
+    return rows[["run_id", "layer", "layer_index", "value"]].sort_values(["run_id", "layer_index"])
+
+
+def first_layer_m2(stats: pd.DataFrame) -> pd.Series:
+    """E[x₀²] = mean² + std² of layer L000's output at step 0, by run_id (where the length map starts)."""
+    rows = select(stats, "act", step=0)
+    rows = rows[(rows["layer"] == "L000") & rows["stat"].isin(["mean", "std"])]
+    wide = rows.pivot_table(index="run_id", columns="stat", values="value", aggfunc="first")
+    if not {"mean", "std"} <= set(wide.columns):
+        return pd.Series(dtype=float)
+    return wide["mean"] ** 2 + wide["std"] ** 2
+
+
+def _verdict(gain: float, tolerance: float) -> str:
+    return "n/a" if math.isnan(gain) else theory.verdict(gain, tolerance)
+
+
+def gain_table(runs: pd.DataFrame, stats: pd.DataFrame, tolerance: float = VERDICT_TOLERANCE) -> pd.DataFrame:
+    """One row per run: measured and predicted per-layer gain at step 0, the theory used, the verdict."""
+    norms = step0_backprop(stats)
+    by_run = {run_id: group["value"].to_numpy() for run_id, group in norms.groupby("run_id", sort=False)}
+    m2 = first_layer_m2(stats)
+    rows = []
+    for run in runs.to_dict("records"):
+        measured_norms = by_run.get(run["run_id"], np.empty(0))
+        measured = theory.measured_gain(measured_norms) if measured_norms.size >= 2 else math.nan
+        per_layer, rule = predicted_layer_gains(run, float(m2.get(run["run_id"], math.nan)))
+        predicted = float(np.exp(np.log(per_layer).mean())) if per_layer.size and np.all(per_layer > 0) else math.nan
+        rows.append({"run_id": run["run_id"], "measured_gain": measured, "predicted_gain": predicted,
+                     "theory": rule if math.isfinite(predicted) else NO_THEORY,
+                     "verdict": _verdict(measured, tolerance), "verdict_tolerance": tolerance})  # fmt: skip
+    columns = ["run_id", "measured_gain", "predicted_gain", "theory", "verdict", "verdict_tolerance"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def theory_profile(run: Mapping[str, Any], norms: np.ndarray, first_m2: float) -> np.ndarray:
+    """Predicted backprop norms of layers 0…depth−1, anchored at the measured norm of the last hidden layer."""
+    per_layer, _ = predicted_layer_gains(run, first_m2)
+    if per_layer.size != norms.size - 1 or not np.all(np.isfinite(per_layer)):
+        return np.full(norms.size, np.nan)
+    # norm_l = norm_{D−1} · Π_{k=l+1}^{D−1} g_k: multiply the gains from the output side inwards.
+    inward = np.concatenate([np.cumprod(per_layer[::-1])[::-1], [1.0]])
+    return norms[-1] * inward
+
+
+# -------------------------------------------------------------------------------------- outcomes
+
+
+def final_loss_ratio(stats: pd.DataFrame) -> pd.Series:
+    """Final training loss (mean of the last 20 % of logged steps) over the step-0 loss, by run_id."""
+    loss = select(stats, "train", "loss").sort_values(["run_id", "step"])
+
+    def ratio(group: pd.DataFrame) -> float:
+        values = group["value"].to_numpy()
+        tail = values[-max(1, math.ceil(TAIL_SHARE * len(values))) :]
+        return float(np.mean(tail) / values[0]) if values[0] > 0 else math.nan
+
+    return loss.groupby("run_id").apply(ratio, include_groups=False) if not loss.empty else pd.Series(dtype=float)
+
+
+def training_outcome(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.Series:
+    """trained / vanished / diverged by run_id (the rule is OUTCOME_RULE)."""
+    ratios = final_loss_ratio(stats)
+    result = {}
+    for run in runs.to_dict("records"):
+        r = ratios.get(run["run_id"], math.nan)
+        if value(run, "outcome") == "diverged" or not math.isfinite(r):
+            result[run["run_id"]] = "diverged"
+        else:
+            result[run["run_id"]] = "vanished" if r >= STALL_SHARE else "trained"
+    return pd.Series(result, dtype=object, name="training")
+
+
+OUTCOME_RULE = (
+    f"diverged = the loss or a gradient became non-finite (outcome tag); vanished = the run finished but its "
+    f"training loss at the end (mean of the last {TAIL_SHARE:.0%} of logged steps) is still ≥ {STALL_SHARE:.0%} "
+    f"of its value at initialization, i.e. the objective stayed at chance; trained = everything else"
+)
