@@ -1,0 +1,218 @@
+"""Datasets: shapes, dtypes and tasks; seeded splits; the adding problem; MNIST and CIFAR-10 from real-format files."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import data as D
+from pipelines.config import ConfigError, RunConfig
+from pipelines.data import DATASETS, TaskData, adding_problem
+from pipelines.train import check_inputs
+
+# dataset: (task, layout, input shape, outputs)
+EXPECTED = {
+    "digits": ("classification", "image", (1, 8, 8), 10),
+    "mnist1d": ("classification", "signal", (1, 40), 10),
+    "teacher": ("regression", "vector", (16,), 1),
+    "adding": ("regression", "sequence", (12, 2), 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_builtin_datasets_load_with_the_right_shapes(name: str) -> None:
+    task, layout, in_shape, n_out = EXPECTED[name]
+    data = TaskData(name, batch_size=16, seq_len=12)
+    assert (data.info.task, data.info.layout, data.in_shape, data.n_outputs) == (task, layout, in_shape, n_out)
+    for tensors in (data.train.tensors, data.val.tensors):
+        x, y = tensors
+        assert x.dtype == torch.float32 and x.shape[1:] == in_shape
+        if task == "classification":
+            assert y.dtype == torch.int64 and y.dim() == 1 and int(y.min()) == 0 and int(y.max()) == n_out - 1
+        else:
+            assert y.dtype == torch.float32 and y.shape == (len(x), n_out)
+        assert torch.isfinite(x).all() and len(x) > 0
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (16, *in_shape) and len(y) == 16
+
+
+def test_every_dataset_is_covered() -> None:
+    assert set(DATASETS) == set(EXPECTED) | {"mnist", "cifar10"}
+
+
+def test_digits_is_the_whole_sklearn_set_split_80_20() -> None:
+    from sklearn.datasets import load_digits
+
+    xt, yt, xv, yv = D.load_digits()
+    target = load_digits().target
+    assert (len(xt), len(xv)) == (1438, 359)
+    assert sorted(np.concatenate([yt, yv]).tolist()) == sorted(target.tolist())
+    assert not np.array_equal(yt, target[: len(yt)])  # shuffled before splitting
+    assert abs(xt.mean()) < 1e-5 and xt.std() == pytest.approx(1.0, rel=1e-4)  # standardized on the training set
+
+
+@pytest.mark.parametrize("loader", [D.load_digits, D.load_teacher, D.load_adding])
+def test_splits_are_seeded(loader) -> None:
+    loader.cache_clear()
+    first = loader()
+    loader.cache_clear()
+    second = loader()
+    assert first is not second
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_order_follows_the_run_seed() -> None:
+    def first_labels(seed: int) -> list[int]:
+        return next(iter(TaskData("digits", batch_size=64, seed=seed).train_dataloader()))[1].tolist()
+
+    assert first_labels(0) == first_labels(0)
+    assert first_labels(0) != first_labels(1)
+
+
+def test_batch_larger_than_the_training_set_is_the_full_batch() -> None:
+    data = TaskData("digits", batch_size=100_000)
+    batches = list(data.train_dataloader())
+    assert len(batches) == 1 and len(batches[0][0]) == 1438
+
+
+@pytest.mark.parametrize("seq_len", [50, 7, 2])
+def test_adding_problem_has_one_marker_in_each_half(seq_len: int) -> None:
+    x, y = adding_problem(10_000, seq_len, np.random.default_rng(1))
+    assert x.shape == (10_000, seq_len, 2) and y.shape == (10_000, 1)
+    values, markers = x[..., 0], x[..., 1]
+    assert ((values >= 0) & (values <= 1)).all()
+    assert set(np.unique(markers)) == {0.0, 1.0}
+    assert (markers.sum(axis=1) == 2).all()
+    half = seq_len // 2
+    assert (markers[:, :half].sum(axis=1) == 1).all() and (markers[:, half:].sum(axis=1) == 1).all()
+    rows, cols = np.nonzero(markers)
+    expected = np.zeros(10_000)
+    np.add.at(expected, rows, values[rows, cols].astype(np.float64))
+    np.testing.assert_allclose(y[:, 0], expected, rtol=1e-6)
+
+
+def test_adding_problem_baseline_is_one_sixth() -> None:
+    """Hochreiter & Schmidhuber 1997: always predicting the mean scores MSE = Var(U + U') = 1/6."""
+    _, y = adding_problem(10_000, 50, np.random.default_rng(2))
+    assert float(np.mean((y - y.mean()) ** 2)) == pytest.approx(1 / 6, abs=0.01)
+    assert float(np.mean((y - 1.0) ** 2)) == pytest.approx(1 / 6, abs=0.01)
+
+
+# -- MNIST and CIFAR-10 from files in their real formats ----------------------------------------
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """The IDX format: magic 0x0000 08 <ndim> (big-endian), one 4-byte big-endian size per dimension, uint8 data."""
+    magic = 0x00000800 | array.ndim  # 0x00000803 for images, 0x00000801 for labels
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def _write_mnist(root: Path, compress: bool, sizes: tuple[int, int] = (6, 4)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (sizes[0], 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.array([0, 1, 2, 3, 4, 9][: sizes[0]], dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (sizes[1], 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([7, 2, 1, 0][: sizes[1]], dtype=np.uint8),
+    }
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    for name, array in arrays.items():
+        raw = _idx(array)
+        if compress:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+    return arrays
+
+
+def test_idx_header_is_what_the_format_says() -> None:
+    header = _idx(np.zeros((2, 28, 28), dtype=np.uint8))[:16]
+    assert header == bytes.fromhex("00000803" "00000002" "0000001c" "0000001c")
+    assert _idx(np.zeros(3, dtype=np.uint8))[:8] == bytes.fromhex("00000801" "00000003")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_mnist_from_idx_files(tmp_path: Path, compress: bool) -> None:
+    arrays = _write_mnist(tmp_path, compress)
+    assert D.missing_files("mnist", str(tmp_path)) is None
+    data = TaskData("mnist", data_dir=str(tmp_path), batch_size=4)
+    assert data.in_shape == (1, 28, 28) and data.info.task == "classification"
+    x, y = data.train.tensors
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    expected = (arrays["train-images-idx3-ubyte"][:, None] / 255.0 - 0.1307) / 0.3081
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    xv, yv = data.val.tensors
+    assert xv.shape == (4, 1, 28, 28) and yv.tolist() == [7, 2, 1, 0]
+    np.testing.assert_allclose(xv[2, 0, 5, 7].item(), (arrays["t10k-images-idx3-ubyte"][2, 5, 7] / 255 - 0.1307) / 0.3081, rtol=1e-5)
+
+
+def _write_cifar(root: Path, per_batch: int = 2, n_test: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CIFAR-10's python batches: pickled dicts, b'data' (N, 3072) uint8 = 1024 red, 1024 green, 1024 blue, row-major."""
+    rng = np.random.default_rng(4)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = [], []
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        n = n_test if name == "test_batch" else per_batch
+        img = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        rows = np.stack([np.concatenate([img[j, 0].ravel(), img[j, 1].ravel(), img[j, 2].ravel()]) for j in range(n)])
+        lab = [int(v) for v in rng.integers(0, 10, n)]
+        lab[0] = i  # every class index up to 5 appears
+        batch = {b"batch_label": name.encode(), b"labels": lab, b"data": rows, b"filenames": [b"x.png"] * n}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        images.append(img)
+        labels.append(lab)
+    xt, yt = np.concatenate(images[:-1]), np.concatenate(labels[:-1])
+    return xt, yt, images[-1], np.asarray(labels[-1])
+
+
+def test_cifar10_from_python_batches(tmp_path: Path) -> None:
+    xt, yt, xv, yv = _write_cifar(tmp_path)
+    assert D.missing_files("cifar10", str(tmp_path)) is None
+    data = TaskData("cifar10", data_dir=str(tmp_path), batch_size=4)
+    assert data.in_shape == (3, 32, 32) and data.info.task == "classification"
+    x, y = data.train.tensors
+    assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == yt.tolist() and data.val.tensors[1].tolist() == yv.tolist()
+    # Per-channel standardization with the training set's statistics.
+    got = x.double().numpy()
+    np.testing.assert_allclose(got.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(got.std(axis=(0, 2, 3)), 1, rtol=1e-5)
+    for c in range(3):
+        mean, std = xt[:, c].mean() / 255, xt[:, c].std() / 255
+        np.testing.assert_allclose(got[:, c], (xt[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(data.val.tensors[0][:, c].numpy(), (xv[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "mnist"), ("cifar10", "cifar-10-batches-py")])
+def test_missing_files_are_a_config_error_naming_data_dir(tmp_path: Path, dataset: str, folder: str) -> None:
+    missing = tmp_path / "nowhere"
+    cfg = RunConfig(dataset=dataset, data_dir=str(missing))
+    with pytest.raises(ConfigError) as err:
+        check_inputs(cfg)
+    assert err.value.field == "data_dir"
+    assert "data_dir" in str(err.value) and str(missing) in str(err.value) and folder in str(err.value)
+
+
+def test_a_partial_mnist_folder_names_what_is_missing(tmp_path: Path) -> None:
+    _write_mnist(tmp_path, compress=True)
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ConfigError) as err:
+        check_inputs(RunConfig(dataset="mnist", data_dir=str(tmp_path)))
+    message = str(err.value)
+    assert "lacks t10k-labels-idx1-ubyte" in message
+    assert "lacks train" not in message
+
+
+def test_builtin_datasets_need_no_files(tmp_path: Path) -> None:
+    for name in EXPECTED:
+        assert D.missing_files(name, str(tmp_path / "nowhere")) is None
