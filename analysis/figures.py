@@ -59,10 +59,11 @@ def styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
     return wrapper
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 5.0, height: float = 3.8,
+def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 5.0, height: float = 3.8, min_width: float = 8.5,
                **subplots) -> tuple[Figure, np.ndarray]:  # fmt: skip
-    """A Figure on the Agg canvas with a 2-D array of axes, each `width` × `height` inches."""
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    """A Figure on the Agg canvas with a 2-D array of axes, each about `width` × `height` inches."""
+    # At least min_width wide: the title and an outside legend must fit beside a single panel.
+    fig = Figure(figsize=(max(width * ncols, min_width), height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False, **subplots)
 
@@ -257,14 +258,26 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
                              cmap=HEATMAP_CMAP, vmin=vmin, vmax=vmax)  # fmt: skip
         ax.set_facecolor("0.85")  # masked (non-finite) cells show as grey
         run = info.loc[run_id].to_dict()
-        g = gains.loc[run_id]
-        ax.set_title(f"{label(run)}\ngain {g['measured_gain']:.2f}/layer: {g['verdict']}", fontsize="small")
+        ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(gains.loc[run_id], run)}", fontsize="small")
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (0 = input; top = readout)")
         ax.grid(False)
     fig.colorbar(mesh, ax=list(axes.values()), label="log₁₀ ‖∂L/∂W‖₂ (grad/<layer>/l2)", shrink=0.8)
     fig.suptitle("Weight-gradient norm by layer and step")
     return fig
+
+
+def _training_setup(run: dict) -> str:
+    clip = value(run, "clip", "none")
+    clip_text = "no clip" if clip == "none" else f"clip {clip} {float(value(run, 'clip_threshold')):g}"
+    return f"{value(run, 'optimizer', '?')} lr {float(value(run, 'lr', math.nan)):g}, {clip_text}"
+
+
+def _gain_text(gain: pd.Series, run: dict) -> str:
+    text = f"gain {gain['measured_gain']:.2f}/layer: {gain['verdict']}"
+    if value(run, "outcome") == "diverged":
+        text += f"; diverged at step {value(run, 'diverged_step', '?')}"
+    return text
 
 
 # ----------------------------------------------------------------------------- 4. phase diagram
@@ -362,7 +375,8 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
             left.axhline(float(value(run, "clip_threshold")), color=color, lw=0.8, ls=":")
     left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm",
              title="before (solid) vs after (dashed) clipping")  # fmt: skip
-    left.legend(fontsize="x-small", title="clip · optimizer", title_fontsize="x-small")
+    left.legend(fontsize="x-small", title="clip · optimizer", title_fontsize="x-small", ncols=2,
+                loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below the axes: the curves fill the panel
     share = both.groupby("run_id")["clipped"].mean().rename("share").reset_index().merge(info, on="run_id")
     order = sorted(share["setting"].unique(), key=lambda s: (s.split()[0], float(s.split()[1])))
     hues = [o for o in OPTIMIZER_COLORS if o in set(share["optimizer"])] or sorted(set(share["optimizer"]))
@@ -370,7 +384,8 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
                 palette={o: _color(OPTIMIZER_COLORS, o) for o in hues}, errorbar=None)  # fmt: skip
     right.set(ylim=(0, 1.05), xlabel="clipping (algorithm, threshold)", ylabel="share of logged steps clipped",
               title="how often clipping acted")  # fmt: skip
-    right.legend(fontsize="x-small", title="optimizer", title_fontsize="x-small")
+    right.legend(fontsize="x-small", title="optimizer", title_fontsize="x-small", ncols=len(hues),
+                 loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.suptitle("Gradient clipping")
     return fig
 
@@ -451,9 +466,11 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     right.set(xlabel="training step", title="over training (median over layers)")
     left.text(0.02, 1.05e-3, "10⁻³ rule of thumb", transform=left.get_yaxis_transform(), fontsize="x-small",
               va="bottom")  # fmt: skip
+    _no_legend(left)
     _no_legend(right)
-    left.legend(fontsize="small", title="optimizer (median, IQR band)", title_fontsize="small")
-    fig.suptitle("Weight-update ratio")
+    handles = [Line2D([], [], color=palette[o], lw=2, marker="o", ms=4, label=o) for o in hues]
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="optimizer\n(median, IQR band)")
+    fig.suptitle("Weight-update ratio ‖ΔW‖/‖W‖")
     return fig
 
 
@@ -463,27 +480,32 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
 def _elapsed_at(stats: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     """Wall-clock seconds at each row's step, interpolated in its run's (step, time/elapsed) record."""
     clock = select(stats, "time", "elapsed")
+    clock = {run_id: group.sort_values("step") for run_id, group in clock.groupby("run_id")}
     out = np.full(len(rows), np.nan)
+    steps = rows["step"].to_numpy(float)
     for run_id, index in rows.groupby("run_id").indices.items():
-        run_clock = clock[clock["run_id"] == run_id].sort_values("step")
-        if not run_clock.empty:
-            out[index] = np.interp(rows["step"].to_numpy()[index], run_clock["step"], run_clock["value"])
+        if run_id in clock:
+            out[index] = np.interp(steps[index], clock[run_id]["step"], clock[run_id]["value"])
     return out
 
 
-def _median_curve(rows: pd.DataFrame, x: str, points: int = 60) -> pd.DataFrame:
-    """Median and quartiles over runs of y(x), each run interpolated on one grid inside its own x range."""
-    rows = rows[np.isfinite(rows[x]) & np.isfinite(rows["value"])]
-    grid = np.linspace(rows[x].min(), rows[x].max(), points)
-    curves = []
+def _median_curve(rows: pd.DataFrame, points: int = 60) -> pd.DataFrame:
+    """Quartiles over runs of value and elapsed time on one step grid (each run interpolated inside its range).
+
+    Time is the median wall clock at each step rather than a grid of its own: runs end at different times, and
+    a median over whichever runs cover a time point jumps as runs drop out.
+    """
+    grid = np.linspace(rows["step"].min(), rows["step"].max(), points)
+    loss, time = [], []
     for _, run in rows.groupby("run_id"):
-        run = run.sort_values(x)
-        curve = np.interp(grid, run[x], run["value"], left=np.nan, right=np.nan)
-        curves.append(curve)
+        run = run.sort_values("step")
+        loss.append(np.interp(grid, run["step"], run["value"], left=np.nan, right=np.nan))
+        time.append(np.interp(grid, run["step"], run["elapsed"], left=np.nan, right=np.nan))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # grid points beyond every run's range are all-NaN
-        q = np.nanpercentile(np.vstack(curves), [25, 50, 75], axis=0)
-    return pd.DataFrame({"x": grid, "lo": q[0], "median": q[1], "hi": q[2]})
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points no run covers are all-NaN
+        q = np.nanpercentile(np.vstack(loss), [25, 50, 75], axis=0)
+        elapsed = np.nanmedian(np.vstack(time), axis=0)
+    return pd.DataFrame({"step": grid, "elapsed": elapsed, "lo": q[0], "median": q[1], "hi": q[2]})
 
 
 @styled
@@ -491,27 +513,27 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """train/loss and val/loss against step and against wall-clock time, one median line per optimizer."""
     if "optimizer" not in runs:
         return None
-    fig, axes = new_figure(2, 2, width=5.0, height=3.5)
-    drew = False
+    fig, axes = new_figure(2, 2, width=4.6, height=3.3)
+    drew: dict[str, int] = {}
     for i, (family, name) in enumerate((("train", "training loss"), ("val", "validation loss"))):
         rows = select(stats, family, "loss").merge(runs[["run_id", "optimizer"]], on="run_id")
-        rows = rows.assign(elapsed=_elapsed_at(stats, rows)) if not rows.empty else rows
-        for j, (x, xlabel) in enumerate((("step", "training step"), ("elapsed", "wall-clock time (s)"))):
-            ax = axes[i, j]
-            for optimizer, group in rows.groupby("optimizer"):
-                finite = group[np.isfinite(group[x]) & np.isfinite(group["value"]) & (group["value"] > 0)]
-                if finite.empty:
-                    continue
-                curve = _median_curve(finite, x)
-                color = _color(OPTIMIZER_COLORS, optimizer)
-                n = finite["run_id"].nunique()
-                ax.plot(curve["x"], curve["median"], color=color, lw=1.8, label=f"{optimizer} ({n} run{'s' * (n > 1)})")
-                ax.fill_between(curve["x"], curve["lo"], curve["hi"], color=color, alpha=0.15, lw=0)
-                drew = True
+        rows = rows[np.isfinite(rows["value"]) & (rows["value"] > 0)]
+        rows = rows.assign(elapsed=_elapsed_at(stats, rows))
+        for optimizer, group in rows.groupby("optimizer"):
+            curve, color = _median_curve(group), _color(OPTIMIZER_COLORS, optimizer)
+            drew[optimizer] = max(drew.get(optimizer, 0), group["run_id"].nunique())
+            for ax, x in zip(axes[i], ("step", "elapsed")):
+                ax.plot(curve[x], curve["median"], color=color, lw=1.8)
+                ax.fill_between(curve[x], curve["lo"], curve["hi"], color=color, alpha=0.15, lw=0)
+        for ax, xlabel in zip(axes[i], ("training step", "wall-clock time (s, median over runs)")):
             ax.set(yscale="log", xlabel=xlabel, ylabel=name)
+            _plain_log_ticks(ax.yaxis)
     if not drew:
         return None
-    axes[0, 0].legend(fontsize="small", title="optimizer (median, IQR band)", title_fontsize="small")
+    order = [o for o in OPTIMIZER_COLORS if o in drew] + sorted(set(drew) - set(OPTIMIZER_COLORS))
+    handles = [Line2D([], [], color=_color(OPTIMIZER_COLORS, o), lw=2, label=f"{o} ({drew[o]} run{'s' * (drew[o] > 1)})")
+               for o in order]  # fmt: skip
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Optimizers: loss against steps and against wall-clock time")
     return fig
 

@@ -35,7 +35,13 @@ class StudyData:
 
 def _numeric(column: pd.Series) -> pd.Series:
     converted = pd.to_numeric(column, errors="coerce")
-    return converted if converted.notna().sum() == column.notna().sum() else column
+    if converted.notna().sum() != column.notna().sum():
+        return column
+    # Integer params (depth, width, …) stay integers even where a run without them (the study's parent,
+    # read in the same search) puts NaN in the column, which would make pandas store them as floats.
+    if column.dropna().astype(str).str.fullmatch(r"-?\d+").all():
+        return converted.astype("Int64")
+    return converted
 
 
 def runs(study: str | None = None, *, run_ids: list[str] | None = None, role: str | None = "trial") -> pd.DataFrame:

@@ -54,7 +54,7 @@ def hidden(table: pd.DataFrame) -> pd.DataFrame:
 def value(run: Mapping[str, Any], name: str, default: Any = None) -> Any:
     """A run's param/tag, or `default` when the column is absent or empty."""
     got = run.get(name, default)
-    return default if got is None or (isinstance(got, float) and math.isnan(got)) else got
+    return default if got is None or (pd.api.types.is_scalar(got) and pd.isna(got)) else got
 
 
 def arch(run: Mapping[str, Any]) -> str:

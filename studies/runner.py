@@ -27,7 +27,7 @@ import mlflow
 import optuna
 import torch
 from mlflow.tracking import MlflowClient
-from optuna.study import MaxTrialsCallback
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from pipelines import train
@@ -116,13 +116,15 @@ def _log_spec(client: MlflowClient, run_id: str, spec: StudySpec, storage: str) 
 
 
 def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
-    """The Optuna objective: one trial = one nested MLflow training run."""
+    """The Optuna objective: one trial = one nested MLflow training run (`.interrupted` lists Ctrl-C'd trials)."""
+    interrupted: list[int] = []
 
     def objective(trial: optuna.Trial) -> float:
         values: dict[str, Any] = {}
         for param in spec.space:
             values.update(param.suggest(trial))
         cfg = spec.config(values)
+        trial.set_user_attr("outcome", "running")  # a retry inherits its failed trial's attributes
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
 
@@ -132,14 +134,21 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
             trial.report(metrics[spec.metric], step)
             return trial.should_prune()
 
-        result = train.run(
-            cfg,
-            parent_run_id=parent_run_id,
-            tags={"study": study_name, "trial": str(trial.number), "role": "trial"},
-            on_validation=report,
-            on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-            progress_bar=False,
-        )
+        try:
+            result = train.run(
+                cfg,
+                parent_run_id=parent_run_id,
+                tags={"study": study_name, "trial": str(trial.number), "role": "trial"},
+                on_validation=report,
+                on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+                progress_bar=False,
+            )
+        except KeyboardInterrupt:
+            # End this trial cleanly (pruned, not a traceback), stop the study; a resume re-runs it.
+            trial.set_user_attr("outcome", "interrupted")
+            interrupted.append(trial.number)
+            trial.study.stop()
+            raise optuna.TrialPruned("interrupted") from None
         trial.set_user_attr("outcome", result.outcome)
         if result.outcome == "diverged":
             trial.set_user_attr("diverged_step", result.diverged_step)
@@ -152,12 +161,81 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
             raise optuna.TrialPruned(f"{spec.metric} is {value}")
         return value
 
+    objective.interrupted = interrupted
     return objective
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the failed trials that already have a retry (Optuna's retry_history)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def recover(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowClient) -> list[int]:
+    """Fail trials whose worker died, retry them if the spec allows, and close orphaned MLflow runs.
+
+    RDB storages detect dead workers by heartbeat (Optuna fails and retries them). For the journal file,
+    the rule is: a RUNNING trial started on this host by a process that no longer exists is dead (a
+    worker on another host cannot be checked from here; use an RDB storage for many machines). A trial
+    interrupted by Ctrl-C is retried once, whatever `retries` says. Retries are Optuna's own
+    (RetryFailedTrialCallback: same params, a new trial). Returns the numbers of the trials failed here.
+    """
+    failed = []
+    if not is_rdb(storage):
+        host, store = socket.gethostname(), open_storage(storage)
+        study_id = store.get_study_id_from_name(study.study_name)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = t.user_attrs.get("pid")
+            if t.user_attrs.get("host") == host and pid is not None and not _alive(int(pid)):
+                trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                store.set_trial_state_values(trial_id, TrialState.FAIL)
+                failed.append(t.number)
+                if spec.retries:
+                    RetryFailedTrialCallback(max_retry=spec.retries)(study, study.get_trials()[t.number])
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.user_attrs.get("outcome") == "interrupted" and t.state.is_finished() and t.number not in _retried(trials):
+            RetryFailedTrialCallback()(study, t)
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    orphans = client.search_runs(
+        [study.user_attrs.get(EXPERIMENT_ATTR, "0")],
+        filter_string=f"tags.study = '{study.study_name}' and tags.role = 'trial' and attributes.status = 'RUNNING'",
+    )
+    for run in orphans:
+        if int(run.data.tags.get("trial", -1)) not in running:
+            client.set_tag(run.info.run_id, "outcome", "killed")
+            client.set_terminated(run.info.run_id, "KILLED")
+    return failed
+
+
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that ended (completed, pruned or failed): what counts towards n_trials."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that count towards n_trials: ended (completed, pruned, failed), less failures being retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    return sum(
+        1
+        for t in trials
+        if t.state in FINISHED
+        and not (t.state == TrialState.FAIL and t.number in retried)
+        and t.user_attrs.get("outcome") != "interrupted"
+    )
+
+
+def _stop_at(n_trials: int):
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if finished_trials(study) >= n_trials:
+            study.stop()
+
+    return callback
 
 
 def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> None:
@@ -170,13 +248,16 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
     remaining = ctx.n_trials - finished_trials(study)
     if remaining <= 0:
         return
+    objective = objective_for(spec, ctx.study_name, ctx.parent_run_id)
     study.optimize(
-        objective_for(spec, ctx.study_name, ctx.parent_run_id),
+        objective,
         n_trials=remaining,
         catch=(Exception,),  # a trial that raises is a failed trial; the study goes on
-        callbacks=[MaxTrialsCallback(ctx.n_trials, states=FINISHED)],
+        callbacks=[_stop_at(ctx.n_trials)],
         show_progress_bar=progress_bar,
     )
+    if objective.interrupted:
+        raise KeyboardInterrupt
 
 
 def _work_in_subprocess(ctx: StudyContext, worker: int, threads: int) -> None:
@@ -235,6 +316,10 @@ def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | 
     experiment_id = client.get_run(parent).info.experiment_id
     ctx = StudyContext(spec.source, study_name, storage, parent, experiment_id, mlflow.get_tracking_uri(), n_trials,
                        dict(overrides or {}))  # fmt: skip
+    dead = recover(study, spec, storage, client)
+    if dead:
+        print(f"trials {dead} were left RUNNING by a worker that died: marked failed"
+              + (f", retried up to {spec.retries} times" if spec.retries else ""), file=sys.stderr)  # fmt: skip
     done = finished_trials(study)
     print(f"study {study_name!r} ({spec.name}): {done}/{n_trials} trials done; {workers} worker(s); "
           f"storage {mask(storage)}; this run {own} is the study's {role}", file=sys.stderr)  # fmt: skip

@@ -17,11 +17,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from models.activations import SATURATION_SHARE, make_activation
+from models.activations import make_activation
 from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
 from pipelines.probe import GradientProbe
+
+SATURATION_SHARE = 0.05  # the README's definition: φ' below 5 % of its largest value
 
 GRAD_STATS = ("l2", "rms", "absmax", "mean", "std", "nonfinite")
 

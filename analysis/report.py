@@ -1,0 +1,263 @@
+"""The study report: every figure that has data, a per-run summary table and an HTML page, logged to the study's parent run.
+
+    python -m analysis.report --study vanishing [--out-dir reports]
+    mlflow run . -e report -P study=vanishing --env-manager local
+
+Writes reports/<study>/index.html, the PNGs beside it and summary.csv, then logs the folder as the
+artifacts `report/` of the study's parent MLflow run. Reads MLflow only through analysis.load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from analysis import figures, load, summary
+from analysis.load import StudyData
+
+ARTIFACT_PATH = "report"
+T = summary.VERDICT_TOLERANCE
+VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.verdict): vanishing if g < {1 - T:g}, "
+                f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); n/a when fewer than two hidden "
+                f"layers were measured")  # fmt: skip
+
+# name → (title, caption). Captions say what to look for and what theory predicts.
+CAPTIONS: dict[str, tuple[str, str]] = {
+    "backprop_by_layer": (
+        "Back-propagated gradient by layer at initialization",
+        "‖∂L/∂x_l‖ (backprop/&lt;layer&gt;/l2 at step 0, L2 norm over the batch) for each hidden layer, one solid "
+        "line per configuration (runs that differ only in optimizer or clipping share step 0, so one is drawn). "
+        "Lines falling towards the input (left) are vanishing gradients, rising ones exploding. The dotted line "
+        "of the same colour is the mean-field prediction, anchored at the last hidden layer's measurement and "
+        "multiplied inwards by theory's per-layer factor: √χ₁(q_l) = √(σ_w²·E[φ′(h)²]) along the forward "
+        "variance trajectory for plain networks (flat for ReLU with He init; about ¼ per layer for sigmoid), "
+        "√rate of Yang et al. (2019) for batch norm (explodes towards the input: ≈ √(π/(π−1)) per layer for "
+        "ReLU), √(1+α²χ₁) per residual block. No dotted line where theory has no closed form (tanh/sigmoid "
+        "residual nets, layer norm, CNNs).",
+    ),
+    "gain_scatter": (
+        "Measured vs predicted per-layer gain",
+        "Each point is one run: the measured per-layer gain (geometric mean of ‖∂L/∂x_{l−1}‖/‖∂L/∂x_l‖ over the "
+        "hidden layers at step 0, theory.measured_gain) against theory's prediction for the same layers "
+        "(marker = which closed form). Points on the dashed y = x line agree with mean-field theory; the green "
+        "band is the healthy range of the verdict. Expect agreement within a few percent for wide plain "
+        "networks; batch-norm and residual predictions assume infinite width and are looser at width 32–64. "
+        "Runs without a closed-form prediction (NaN) are counted in the legend but not drawn.",
+    ),
+    "gradient_heatmaps": (
+        "Weight-gradient norm by layer and step",
+        "log₁₀ ‖∂L/∂W_l‖ (grad/&lt;layer&gt;/l2) for a few runs spread from the most vanishing to the most "
+        "exploding measured gain, one shared colour scale. A dark band at the bottom (input side) that stays "
+        "dark is a vanishing gradient that training does not repair (Glorot &amp; Bengio 2010: for sigmoid the "
+        "back-propagated signal shrinks while weight gradients can stay flatter); a bright bottom is explosion. "
+        "Grey cells are non-finite values (a diverged step).",
+    ),
+    "phase_diagram": (
+        "Trainability phase diagram",
+        "Cells are depth × activation/init, one panel per architecture; the colour is the outcome of the best "
+        "run in the cell, the number its objective (and k/n = how many of n runs trained, when there are "
+        "several). Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
+        "or ReLU with a too-small or too-large init) fail more often as depth grows, that batch norm without "
+        "skips explodes with depth, and that residual connections with a small α keep deep nets trainable.",
+    ),
+    "clipping": (
+        "Gradient clipping",
+        "Left: the global gradient norm before (solid, grad/global_l2) and after clipping (dashed, "
+        "grad/global_l2_clipped), dotted lines at norm-clipping thresholds. Right: the share of logged steps at "
+        "which clipping changed the gradient, by threshold and optimizer. Pascanu et al. (2013): norm clipping "
+        "caps the step taken on a cliff of the loss without changing its direction; a threshold that clips "
+        "every step acts as a smaller, normalized learning rate, one that never clips does nothing. Adaptive "
+        "optimizers (Adam) rescale the gradient anyway, so clipping matters less to them.",
+    ),
+    "saturation": (
+        "Saturation and dead units",
+        "Share of units whose derivative is below 5 % of its maximum (act/&lt;layer&gt;/saturation): sigmoid "
+        "near 0/1, tanh near ±1, ReLU outputs exactly 0, at the start, middle and end of training, averaged "
+        "over runs. Glorot &amp; Bengio (2010): the top sigmoid layers saturate early and slow learning. For ReLU "
+        "about half the outputs are 0 at initialization by symmetry; a layer drifting towards 1 is dying.",
+    ),
+    "update_ratio": (
+        "Weight-update ratio",
+        "‖ΔW‖/‖W‖ of each step (update/&lt;layer&gt;/ratio) by layer and over training, median and "
+        "interquartile band over runs per optimizer. The common rule of thumb is about 10⁻³: much smaller and "
+        "the layer barely learns (vanishing gradients show as low ratios near the input under SGD), much larger "
+        "and training is unstable. Adam's update is scale-free, so its ratios are flat across layers.",
+    ),
+    "optimizer_curves": (
+        "Optimizers: loss against steps and time",
+        "Training loss (every logged step) and validation loss against step and against wall-clock seconds "
+        "(time/elapsed), the median and interquartile band over the runs of each optimizer, each run "
+        "interpolated inside its own range. Compare per step for sample efficiency and per second for cost; "
+        "diverged runs drop out where their loss stopped being finite.",
+    ),
+    "bptt": (
+        "Gradients through time (recurrent nets)",
+        "‖∂L/∂h_t‖ against the time step t for each RNN/LSTM/GRU run (first recurrent layer), at initialization "
+        "and at the last logged step, log scale. The loss reads the last step, so the curve is the gradient "
+        "travelling back in time: Pascanu et al. (2013) bound its decay per step by λ·γ (largest singular "
+        "value of W_hh times sup|φ′|), so a tanh RNN's curve falls exponentially towards t = 0, while the "
+        "LSTM's and GRU's additive memory keeps it flat enough to learn the adding problem's long lags "
+        "(Hochreiter &amp; Schmidhuber 1997).",
+    ),
+}
+NEEDS = {
+    "backprop_by_layer": "non-recurrent runs with at least two hidden layers measured at step 0",
+    "gain_scatter": "runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, ReLU residual MLP)",
+    "gradient_heatmaps": "runs with per-layer weight-gradient norms",
+    "phase_diagram": "non-recurrent runs with a depth",
+    "clipping": "runs with clipping on (clip = norm or value)",
+    "saturation": "non-recurrent runs with activation statistics",
+    "update_ratio": "non-recurrent runs with update ratios",
+    "optimizer_curves": "runs with training-loss records",
+    "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
+}
+
+
+class NoRuns(LookupError):
+    """No MLflow run carries the tag study=<name>."""
+
+
+def objective_of(data: StudyData) -> tuple[str, str]:
+    """(metric, direction) of the study's objective, from its parent run's `objective` param ('maximize val/acc')."""
+    if data.parent_run_id is not None:
+        parent = load.runs(run_ids=[data.parent_run_id], role=None)
+        text = str(parent["objective"].iloc[0]) if "objective" in parent else ""
+        direction, _, metric = text.partition(" ")
+        if direction in ("maximize", "minimize") and metric:
+            return metric, direction
+    if "metrics.val/acc" in data.runs:
+        return "val/acc", "maximize"
+    return "val/loss", "minimize"
+
+
+def summary_table(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/acc") -> pd.DataFrame:
+    """One row per run: ids, config, outcome, training result, objective, measured/predicted gain, verdict."""
+    config = [c for c in summary.CONFIG_COLUMNS if c in runs]
+    tags = [c for c in ("outcome", "diverged_step") if c in runs]
+    table = runs[["run_id", "trial", *config, *tags]].copy() if "trial" in runs else runs[["run_id", *config, *tags]]
+    table["training"] = summary.training_outcome(runs, stats).reindex(runs["run_id"]).to_numpy()
+    metric = f"metrics.{objective}"
+    table[objective] = runs[metric].to_numpy() if metric in runs else float("nan")
+    return table.merge(summary.gain_table(runs, stats), on="run_id", how="left")
+
+
+def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | None]:
+    """Draw every figure that has data into `folder`; name → PNG path, or None when the study lacks its data."""
+    written: dict[str, Path | None] = {}
+    for name, draw in figures.FIGURES.items():
+        extra = {"objective": objective[0], "direction": objective[1]} if name == "phase_diagram" else {}
+        fig = draw(data.runs, data.stats, **extra)
+        written[name] = None if fig is None else figures.save_figure(fig, folder / f"{name}.png")
+    return written
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    shown = table.drop(columns=["verdict_tolerance"], errors="ignore")
+    shown = shown.assign(run_id=shown["run_id"].str[:8])
+    return shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", classes="runs", border=0)
+
+
+def _counts(table: pd.DataFrame, column: str) -> str:
+    if column not in table or table.empty:
+        return "none"
+    return ", ".join(f"{k}: {v}" for k, v in table[column].value_counts().items())
+
+
+def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | None], objective: tuple[str, str],
+               path: Path) -> Path:  # fmt: skip
+    """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
+    sections, missing = [], []
+    for name, png in written.items():
+        title, caption = CAPTIONS[name]
+        caption = caption.replace("{rule}", html.escape(summary.OUTCOME_RULE))
+        if png is None:
+            missing.append(f"<li>{title}: this study has no {NEEDS[name]}.</li>")
+            continue
+        sections.append(f'<section class="fig"><img src="{png.name}" alt="{title}">'
+                        f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
+    skipped = f"<h2>Not drawn</h2><ul>{''.join(missing)}</ul>" if missing else ""
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(study)}: gradient report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }}
+section.fig {{ display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0;
+  border-top: 1px solid #ddd; padding-top: 1em; }}
+section.fig img {{ max-width: 68%; height: auto; }}
+section.fig p {{ line-height: 1.45; }}
+table.runs {{ border-collapse: collapse; font-size: 0.8em; }}
+table.runs th, table.runs td {{ padding: 2px 6px; border-bottom: 1px solid #eee; text-align: right; }}
+.rule {{ background: #f6f6f6; padding: 0.6em 1em; }}
+</style></head><body>
+<h1>Gradient report: study <code>{html.escape(study)}</code></h1>
+<p>Generated {now} from MLflow (runs tagged <code>study={html.escape(study)}</code>). {len(table)} trial runs;
+outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict at initialization:
+{_counts(table, "verdict")}. Objective: {objective[1]} <code>{objective[0]}</code>.</p>
+<p class="rule"><b>Verdict</b>: {html.escape(VERDICT_RULE)}.<br><b>Training outcome</b>:
+{html.escape(summary.OUTCOME_RULE)}.<br>The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
+{"".join(sections)}
+{skipped}
+<h2>Runs</h2>
+{_table_html(table)}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_report(data: StudyData, folder: Path) -> Path:
+    """Figures, summary.csv and index.html of one study into `folder` (stale PNGs removed first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # index.html must list exactly the figures this build drew
+        old.unlink()
+    objective = objective_of(data)
+    table = summary_table(data.runs, data.stats, objective[0])
+    table.to_csv(folder / "summary.csv", index=False)
+    written = render_figures(data, folder, objective)
+    return write_html(data.name, table, written, objective, folder / "index.html")
+
+
+def log_report(folder: Path, parent_run_id: str | None) -> bool:
+    """Log the report folder as artifacts `report/` of the study's parent run; False when there is no parent."""
+    if parent_run_id is None:
+        print("warning: the study has no parent run; the report is not logged to MLflow", file=sys.stderr)
+        return False
+    MlflowClient().log_artifacts(parent_run_id, str(folder), artifact_path=ARTIFACT_PATH)
+    return True
+
+
+def build(study: str, out_dir: str | Path = "reports") -> Path:
+    """Regenerate the report of `study` into out_dir/<study>/ and log it to the parent run; returns index.html."""
+    data = load.study(study)
+    if data.runs.empty and data.parent_run_id is None:
+        raise NoRuns(f"no MLflow runs carry the tag study={study!r} in this tracking store")
+    index = write_report(data, Path(out_dir) / study)
+    log_report(index.parent, data.parent_run_id)
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: build one study's report; exit code 2 when the study has no runs."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
+    parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
+    args = parser.parse_args(argv)
+    try:
+        index = build(args.study, args.out_dir)
+    except NoRuns as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
