@@ -10,6 +10,7 @@ optimizer, recurrent cell and outcome.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from analysis import load, summary
 from analysis.summary import RECURRENT, arch, label, select, value
@@ -41,6 +42,7 @@ OPTIMIZER_COLORS = dict(zip(("sgd", "momentum", "nesterov", "rmsprop", "adagrad"
 CELL_COLORS = {"rnn": _CB[3], "lstm": _CB[0], "gru": _CB[2]}
 OUTCOME_COLORS = {"trained": "#4daf4a", "vanished": "#80b1d3", "diverged": "#e41a1c"}
 THEORY_MARKERS = {summary.MEAN_FIELD: "o", summary.BATCH_NORM: "s", summary.RESIDUAL: "^"}
+DEPTH_DASHES = ("", (4, 1.5), (1, 1), (3, 1, 1, 1), (6, 2))  # "" = solid
 HEATMAP_CMAP = "magma"
 SATURATING = ("sigmoid", "tanh")
 
@@ -80,8 +82,11 @@ def _color(palette: dict, key: object) -> object:
     return palette.get(key, GREY)
 
 
-def _plain_log_ticks(axis) -> None:
-    """Ticks at 1, 2, 5 × 10ⁿ printed as plain numbers: gains near 1 read badly as powers of ten."""
+def _plain_log_ticks(axis, max_span: float = 300.0) -> None:
+    """On a log axis spanning less than `max_span`, ticks at 1, 2, 5 × 10ⁿ as plain numbers (6×10⁻¹ reads badly)."""
+    lo, hi = sorted(axis.get_view_interval())
+    if lo <= 0 or hi / lo > max_span:
+        return
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
@@ -143,7 +148,8 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     if chosen.empty:
         return None
     m2 = summary.first_layer_m2(stats)
-    fig, axes = _facet_axes(_arch_order(chosen), width=4.6, height=3.8, sharey=True)
+    # y is not shared: a plain sigmoid net spans twenty decades, a batch-norm net's explosion one or two.
+    fig, axes = _facet_axes(_arch_order(chosen), width=4.6, height=3.8)
     by_run = dict(tuple(norms.groupby("run_id")))
     drew_theory = False
     for run in chosen.to_dict("records"):
@@ -157,15 +163,15 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             drew_theory = True
     for name, ax in axes.items():
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
         ax.set_title(name)
         ax.set_xlabel("hidden layer index l (0 = input side)")
-    for ax in list(axes.values())[:: min(3, len(axes))]:
         ax.set_ylabel("‖∂L/∂x_l‖ at step 0 (L2 over batch)")
     handles = _activation_init_handles(chosen)
     handles += [Line2D([], [], color="0.3", lw=1.4, label="measured")]
     if drew_theory:
         handles += [Line2D([], [], color="0.3", ls=":", lw=1.6, label="theory (anchored at\nlast hidden layer)")]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
+    fig.legend(handles=handles, loc="outside right center", fontsize="small")
     fig.suptitle("Back-propagated gradient norm at initialization, by layer")
     return fig
 
@@ -193,10 +199,10 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
                    color=_color(ACTIVATION_COLORS, value(run, "activation")),
                    marker=THEORY_MARKERS.get(run["theory"], "o"))  # fmt: skip
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
-    _plain_log_ticks(ax.xaxis)
-    _plain_log_ticks(ax.yaxis)
+    _plain_log_ticks(ax.xaxis, max_span=math.inf)
+    _plain_log_ticks(ax.yaxis, max_span=math.inf)
     ax.set_xlabel("predicted gain per layer (theory)")
-    ax.set_ylabel("measured gain per layer, step 0\n(‖∂L/∂x₀‖ / ‖∂L/∂x_{D−1}‖)^(1/(D−1))")
+    ax.set_ylabel("measured gain per layer at step 0\n(geometric mean of ‖∂L/∂x(l−1)‖ / ‖∂L/∂x(l)‖)")
     ax.set_title("Per-layer gradient gain: measured vs mean-field prediction")
     acts = [a for a in ACTIVATION_COLORS if a in set(shown.get("activation", []))]
     handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=a) for a in acts]
@@ -207,7 +213,7 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     missing = len(gains) - len(shown)
     if missing:
         handles.append(Line2D([], [], ls="", label=f"{missing} run(s) with no closed-form\nprediction: not shown"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
+    fig.legend(handles=handles, loc="outside right center", fontsize="small")
     return fig
 
 
@@ -261,6 +267,7 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
         ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(gains.loc[run_id], run)}", fontsize="small")
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (0 = input; top = readout)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(False)
     fig.colorbar(mesh, ax=list(axes.values()), label="log₁₀ ‖∂L/∂W‖₂ (grad/<layer>/l2)", shrink=0.8)
     fig.suptitle("Weight-gradient norm by layer and step")
@@ -274,7 +281,7 @@ def _training_setup(run: dict) -> str:
 
 
 def _gain_text(gain: pd.Series, run: dict) -> str:
-    text = f"gain {gain['measured_gain']:.2f}/layer: {gain['verdict']}"
+    text = f"gain {gain['measured_gain']:.2f}/layer: {gain['verdict']}" if gain["verdict"] != "n/a" else "no gain (< 2 layers)"
     if value(run, "outcome") == "diverged":
         text += f"; diverged at step {value(run, 'diverged_step', '?')}"
     return text
@@ -311,8 +318,9 @@ def phase_diagram(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
     columns = sorted(table["column"].unique())
     depths = sorted(table["depth"].unique(), reverse=True)  # deepest on top, like a phase diagram's y axis
     codes = {name: i for i, name in enumerate(OUTCOME_COLORS)}
-    fig, axes = _facet_axes(_arch_order(runs), width=max(3.2, 0.95 * len(columns) + 1.2),
-                            height=max(2.6, 0.55 * len(depths) + 1.6))  # fmt: skip
+    # One architecture per row: the activation/init columns make each panel wide.
+    fig, axes = _facet_axes(_arch_order(runs), ncols=1, width=max(4.0, 0.85 * len(columns) + 1.5),
+                            height=max(2.2, 0.5 * len(depths) + 1.5))  # fmt: skip
     for name, ax in axes.items():
         cells = table[table["arch"] == name].sort_values("objective", ascending=ascending, na_position="last")
         best = cells.groupby(["depth", "column"], sort=False).first()
@@ -323,19 +331,21 @@ def phase_diagram(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
             i, j = depths.index(depth), columns.index(column)
             grid[i, j] = codes[row["training"]]
             text[i, j] = "–" if not math.isfinite(row["objective"]) else f"{row['objective']:.2f}"
-            if trained[(depth, column)] != "1/1":
+            if not trained[(depth, column)].endswith("/1"):
                 text[i, j] += f"\n{trained[(depth, column)]}"
         sns.heatmap(grid, ax=ax, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=-0.5, vmax=2.5,
                     annot=text, fmt="", cbar=False, linewidths=1, linecolor="white", annot_kws={"fontsize": 8},
                     xticklabels=columns, yticklabels=[int(d) for d in depths])  # fmt: skip
+        ax.set_facecolor("0.96")  # cells without runs
+        ax.grid(False)
         ax.set_title(name)
         ax.set_xlabel("activation / init")
         ax.set_ylabel("depth (hidden layers)")
         ax.tick_params(axis="x", labelsize=7, rotation=0)
         ax.tick_params(axis="y", rotation=0)
     handles = [Patch(color=c, label=k) for k, c in OUTCOME_COLORS.items()]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="outcome")
-    fig.suptitle(f"Trainability: outcome per cell, number = best {objective} (k/n = runs trained, if several)")
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", title="outcome")
+    fig.suptitle(f"Trainability by depth and activation/init (number: best {objective}; k/n: runs trained)")
     return fig
 
 
@@ -375,6 +385,7 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
             left.axhline(float(value(run, "clip_threshold")), color=color, lw=0.8, ls=":")
     left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm",
              title="before (solid) vs after (dashed) clipping")  # fmt: skip
+    _plain_log_ticks(left.yaxis)
     left.legend(fontsize="x-small", title="clip · optimizer", title_fontsize="x-small", ncols=2,
                 loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below the axes: the curves fill the panel
     share = both.groupby("run_id")["clipped"].mean().rename("share").reset_index().merge(info, on="run_id")
@@ -408,29 +419,37 @@ def _progress_phase(rows: pd.DataFrame) -> pd.DataFrame:
 
 @styled
 def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
-    """Share of saturated units (sigmoid/tanh) or zero outputs (ReLU) by layer, at the start, middle and end."""
+    """Share of saturated units (sigmoid/tanh) or zero outputs (ReLU) by layer at the start, middle and end; activation × depth panels."""
     rows = summary.hidden(select(stats, "act", "saturation"))
     info = _non_recurrent(runs)
-    rows = rows[np.isfinite(rows["value"])].merge(info[["run_id", "activation", "init"]], on="run_id")
+    rows = rows[np.isfinite(rows["value"])].merge(info[["run_id", "activation", "init", "depth"]], on="run_id")
     if rows.empty:
         return None
     rows = _progress_phase(rows)
-    acts = [a for a in ACTIVATION_COLORS if a in set(rows["activation"])]
-    fig, axes = _facet_axes(acts, width=4.4, height=3.6, sharey=True)
+    # A panel per activation and depth: averaging layer l over nets of different depths would mix layers
+    # that sit at different distances from the output.
+    acts = [a for a in ACTIVATION_COLORS if a in set(rows["activation"])] + sorted(
+        set(rows["activation"]) - set(ACTIVATION_COLORS))
+    depths = sorted(rows["depth"].unique())
+    fig, axes = new_figure(len(depths), len(acts), width=3.8, height=2.7, sharey=True)
     inits = [i for i in INIT_MARKERS if i in set(rows["init"])]
     phases = dict(zip(("start", "middle", "end"), sns.color_palette("crest", 3)))
-    for act, ax in axes.items():
-        sns.lineplot(rows[rows["activation"] == act], x="layer_index", y="value", hue="phase", hue_order=list(phases),
-                     palette=phases, style="init", style_order=inits, markers={i: INIT_MARKERS[i] for i in inits},
-                     dashes=False, errorbar=None, legend=False, ax=ax)  # fmt: skip
-        ax.set_title(act + (" (share exactly 0: off/dead units)" if act not in SATURATING else " (saturated)"),
-                     fontsize="small")  # fmt: skip
-        ax.set(ylim=(-0.02, 1.02), xlabel="hidden layer index (0 = input side)")
-        ax.set_ylabel("share of units saturated / off\n(φ′ < 5 % of its max)")
+    for (i, depth), (j, act) in itertools.product(enumerate(depths), enumerate(acts)):
+        ax, panel = axes[i, j], rows[(rows["activation"] == act) & (rows["depth"] == depth)]
+        kind = "saturated" if act in SATURATING else "exactly 0 (off/dead)"
+        ax.set_title(f"{act}, depth {depth}: {kind}", fontsize="small")
+        if panel.empty:
+            ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color=GREY)
+        else:
+            sns.lineplot(panel, x="layer_index", y="value", hue="phase", hue_order=list(phases), palette=phases,
+                         style="init", style_order=inits, markers={k: INIT_MARKERS[k] for k in inits}, dashes=False,
+                         errorbar=None, legend=False, ax=ax)  # fmt: skip
+        ax.set(ylim=(-0.02, 1.02), xlabel="hidden layer index (0 = input side)" if i == len(depths) - 1 else "",
+               ylabel="share of units" if j == 0 else "")  # fmt: skip
     handles = [Line2D([], [], color=c, lw=2, label=f"{p} of training") for p, c in phases.items()]
-    handles += [Line2D([], [], color="0.3", marker=INIT_MARKERS[i], ls="", label=i) for i in inits]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
-    fig.suptitle("Saturation (sigmoid, tanh) and dead units (ReLU) by layer, over training (mean over runs)")
+    handles += [Line2D([], [], color="0.3", marker=INIT_MARKERS[k], ls="", label=k) for k in inits]
+    fig.legend(handles=handles, loc="outside right center", fontsize="small")
+    fig.suptitle("Saturated units (φ′ < 5 % of max) and zero ReLU outputs by layer, mean over runs")
     return fig
 
 
@@ -445,22 +464,26 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     info = _non_recurrent(runs)
     if rows.empty or info.empty:
         return None
-    rows = load.with_layer_index(rows).merge(info[["run_id", "optimizer"]], on="run_id")
+    rows = load.with_layer_index(rows).merge(info[["run_id", "optimizer", "depth"]], on="run_id")
     if rows.empty:
         return None
     hues = [o for o in OPTIMIZER_COLORS if o in set(rows["optimizer"])] or sorted(set(rows["optimizer"]))
     palette = {o: _color(OPTIMIZER_COLORS, o) for o in hues}
-    by_layer = rows.groupby(["run_id", "optimizer", "layer_index"], as_index=False)["value"].median()
+    by_layer = rows.groupby(["run_id", "optimizer", "depth", "layer_index"], as_index=False)["value"].median()
     by_step = rows.groupby(["run_id", "optimizer", "step"], as_index=False)["value"].median()
     fig, axes = new_figure(1, 2, width=5.0, height=3.8, sharey=True)
     left, right = axes[0]
     common = dict(y="value", hue="optimizer", hue_order=hues, palette=palette, estimator="median",
                   errorbar=("pi", 50), marker="o", markersize=4)  # fmt: skip
-    sns.lineplot(by_layer, x="layer_index", ax=left, **common)
+    # Lines per depth on the left: layer l of a 6-layer net is its readout, of a 12-layer net a hidden layer.
+    depths = sorted(by_layer["depth"].unique())
+    dashes = {d: DEPTH_DASHES[i % len(DEPTH_DASHES)] for i, d in enumerate(depths)}
+    sns.lineplot(by_layer, x="layer_index", style="depth", dashes=dashes, ax=left, **common)
     sns.lineplot(by_step, x="step", ax=right, **common)
     for ax in (left, right):
         ax.set_yscale("log")
         ax.axhline(1e-3, color="0.3", ls="--", lw=0.9)
+        _plain_log_ticks(ax.yaxis)
     left.set(xlabel="layer index (0 = input side, last = readout)", ylabel="update ratio ‖ΔW‖ / ‖W‖ per step",
              title="by layer (median over training)")  # fmt: skip
     right.set(xlabel="training step", title="over training (median over layers)")
@@ -469,7 +492,9 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     _no_legend(left)
     _no_legend(right)
     handles = [Line2D([], [], color=palette[o], lw=2, marker="o", ms=4, label=o) for o in hues]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="optimizer\n(median, IQR band)")
+    handles += [Line2D([], [], color="0.3", lw=1.5, label=f"depth {d}", **({"dashes": dash} if dash else {}))
+                for d, dash in dashes.items()]  # fmt: skip
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Weight-update ratio ‖ΔW‖/‖W‖")
     return fig
 
@@ -533,7 +558,7 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     order = [o for o in OPTIMIZER_COLORS if o in drew] + sorted(set(drew) - set(OPTIMIZER_COLORS))
     handles = [Line2D([], [], color=_color(OPTIMIZER_COLORS, o), lw=2, label=f"{o} ({drew[o]} run{'s' * (drew[o] > 1)})")
                for o in order]  # fmt: skip
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="optimizer\n(median, IQR band)")
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Optimizers: loss against steps and against wall-clock time")
     return fig
 
@@ -559,9 +584,10 @@ def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
                      palette={c: _color(CELL_COLORS, c) for c in cells}, lw=1.3, ax=ax)  # fmt: skip
         ax.set(yscale="log", title=title, xlabel="time step t (the loss reads the last step)",
                ylabel="‖∂L/∂h_t‖ (L2 over batch)")  # fmt: skip
+        _plain_log_ticks(ax.yaxis)
         _no_legend(ax)
     handles = [Line2D([], [], color=_color(CELL_COLORS, c), lw=2, label=c) for c in cells]
-    fig.legend(handles=handles, loc="outside right upper", title="cell")
+    fig.legend(handles=handles, loc="outside right center", title="cell")
     fig.suptitle("Gradient through time: recurrent cells")
     return fig
 

@@ -101,7 +101,7 @@ def _record_run(recorder: Recorder, cfg: RunConfig, rng: np.random.Generator) ->
         progress = step / cfg.max_steps
         loss = loss0 * (floor + (1 - floor) * math.exp(-4 * progress)) * rng.lognormal(0, 0.05)
         shrink = math.exp(-2 * progress)
-        backprop = backprop0 * shrink * rng.lognormal(0, 0.1, backprop0.size)
+        backprop = backprop0 * shrink * (rng.lognormal(0, 0.1, backprop0.size) if step else 1.0)
         grad = backprop * 0.3 * math.sqrt(cfg.width)
         global_l2 = float(np.sqrt((grad**2).sum()))
         clipped = min(global_l2, cfg.clip_threshold) if cfg.clip == "norm" else global_l2

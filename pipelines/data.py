@@ -109,6 +109,32 @@ def load_adding(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_va
     return xt, yt, xv, yv
 
 
+def temporal_order(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The temporal order problem (Hochreiter & Schmidhuber 1997; Pascanu et al. 2013): (n, T, 6), labels.
+
+    Each step is a one-hot symbol: distractors a–d everywhere except two relevant symbols, X or Y,
+    one at a random step in [10 %, 20 %) of the sequence and one in [50 %, 60 %). The class (0–3) is
+    the order seen: XX, XY, YX, YY. Chance accuracy is 25 %.
+    """
+    symbols = rng.integers(0, 4, (n, seq_len))  # distractors a, b, c, d
+    first = rng.integers(int(0.1 * seq_len), max(int(0.2 * seq_len), int(0.1 * seq_len) + 1), n)
+    second = rng.integers(int(0.5 * seq_len), max(int(0.6 * seq_len), int(0.5 * seq_len) + 1), n)
+    a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)  # 0 = X, 1 = Y
+    symbols[np.arange(n), first] = 4 + a
+    symbols[np.arange(n), second] = 4 + b
+    x = np.eye(6, dtype=np.float32)[symbols]
+    return x, (2 * a + b).astype(np.int64)
+
+
+@functools.cache
+def load_temporal_order(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_val: int = 1000) -> Arrays:
+    """The temporal order problem with `seq_len` steps: 8,000 training and 1,000 validation sequences."""
+    rng = np.random.default_rng(DATA_SEED)
+    xt, yt = temporal_order(n_train, seq_len, rng)
+    xv, yv = temporal_order(n_val, seq_len, rng)
+    return xt, yt, xv, yv
+
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
@@ -174,6 +200,7 @@ DATASETS: dict[str, Dataset] = {
     "mnist1d": Dataset("classification", "signal", load_mnist1d),
     "teacher": Dataset("regression", "vector", load_teacher),
     "adding": Dataset("regression", "sequence", load_adding),
+    "temporal_order": Dataset("classification", "sequence", load_temporal_order),
     "mnist": Dataset("classification", "image", load_mnist, files="mnist"),
     "cifar10": Dataset("classification", "image", load_cifar10, files="cifar10"),
 }

@@ -1,0 +1,92 @@
+"""Study throughput: wall time of the default study, trials/minute with 1 vs 2 workers, bookkeeping share.
+
+    python -m benchmarks.study_throughput                 # full: the default study, then 12 trials × 1 and 2 workers
+    python -m benchmarks.study_throughput --skip-default --trials 6
+
+Everything runs against throwaway stores in a temporary folder: a real MLflow SQLite store and a real
+Optuna journal file. The share of study time outside training is 1 − Σ(training time of each trial) /
+study wall time, where a trial's training time is its last `time/elapsed` (Lightning's fit loop from
+the first to the last step), so it counts Optuna, MLflow runs and artifacts, data and model set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "study_throughput.json"
+
+
+def _env(folder: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "PYTHONPATH": str(ROOT),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+
+
+def timed(cmd: list[str], folder: Path) -> float:
+    """Run a command from the repository root against the stores in `folder`; return its wall time."""
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=_env(folder), check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def training_seconds(folder: Path, study: str) -> tuple[int, float]:
+    """(trials, Σ training time) of a study, read through the analysis loader."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    from analysis import load
+
+    data = load.study(study, families=("time",))
+    last = data.stats.groupby("run_id")["value"].max()
+    return len(data.runs), float(last.sum())
+
+
+def study_cmd(folder: Path, name: str, trials: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "studies.run", "--spec", "default", "--study-name", name, "--n-trials", str(trials),
+            "--workers", str(workers), "--storage", str(folder / f"{name}.journal"), "--no-report"]  # fmt: skip
+
+
+def main() -> None:
+    """Measure and print the table; save JSON beside it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=12, help="trials per worker-count measurement")
+    parser.add_argument("--skip-default", action="store_true", help="skip the full `mlflow run . -e study`")
+    args = parser.parse_args()
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if not args.skip_default:
+            cmd = [str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", "study", "--env-manager", "local",
+                   "-P", f"storage={folder / 'default.journal'}", "-P", "study_name=default_full"]  # fmt: skip
+            results["default_study_seconds"] = timed(cmd, folder)
+            n, train = training_seconds(folder, "default_full")
+            results["default_study_trials"] = n
+            results["default_share_outside_training"] = 1 - train / results["default_study_seconds"]
+        for workers in (1, 2):
+            name = f"throughput_w{workers}"
+            wall = timed(study_cmd(folder, name, args.trials, workers), folder)
+            n, train = training_seconds(folder, name)
+            results[f"w{workers}_seconds"] = wall
+            results[f"w{workers}_trials_per_minute"] = 60 * n / wall
+            if workers == 1:
+                results["w1_share_outside_training"] = 1 - train / wall
+    results["speedup_2_workers"] = results["w2_trials_per_minute"] / results["w1_trials_per_minute"]
+    print(f"{'measure':<34}{'value':>10}   target")
+    targets = {"default_study_seconds": "≤ 360 s", "speedup_2_workers": "≥ 1.6",
+               "w1_share_outside_training": "≤ 0.10", "default_share_outside_training": "≤ 0.10"}  # fmt: skip
+    for key, value in results.items():
+        print(f"{key:<34}{value:>10.2f}   {targets.get(key, '')}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
