@@ -41,6 +41,7 @@ OPTIMIZER_COLORS = dict(zip(("sgd", "momentum", "nesterov", "rmsprop", "adagrad"
                             sns.color_palette("Dark2", 7)))  # fmt: skip
 CELL_COLORS = {"rnn": _CB[3], "lstm": _CB[0], "gru": _CB[2]}
 OUTCOME_COLORS = {"trained": "#4daf4a", "vanished": "#80b1d3", "diverged": "#e41a1c"}
+TEXT_ON = {"trained": "white", "vanished": "black", "diverged": "white"}  # readable on each outcome colour
 THEORY_MARKERS = {summary.MEAN_FIELD: "o", summary.BATCH_NORM: "s", summary.RESIDUAL: "^"}
 DEPTH_DASHES = ("", (4, 1.5), (1, 1), (3, 1, 1, 1), (6, 2))  # "" = solid
 HEATMAP_CMAP = "magma"
@@ -50,13 +51,16 @@ SATURATING = ("sigmoid", "tanh")
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
-    """Run a figure function inside the report's seaborn style (a context: global rcParams stay untouched)."""
+def figure_function(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
+    """Wrap a figure function: the report's seaborn style as a context (global rcParams stay untouched), and
+    `runs` with every config column (a partial study's runs may lack params) and the per-run summary columns
+    (gains, verdict, training outcome; computed here unless the caller annotated the runs once already)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs) -> Figure | None:
+    def wrapper(runs: pd.DataFrame, stats: pd.DataFrame, *args, **kwargs) -> Figure | None:
+        runs = summary.annotate(summary.ensure_columns(runs), stats)
         with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-            return fn(*args, **kwargs)
+            return fn(runs, stats, *args, **kwargs)
 
     return wrapper
 
@@ -104,7 +108,7 @@ def _facet_axes(names: list[str], ncols: int = 3, **kwargs) -> tuple[Figure, dic
 
 
 def _non_recurrent(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[~runs.get("model", pd.Series("mlp", index=runs.index)).isin(RECURRENT)]
+    return runs[~runs["model"].isin(RECURRENT)]
 
 
 def _arch_order(runs: pd.DataFrame) -> list[str]:
@@ -114,15 +118,10 @@ def _arch_order(runs: pd.DataFrame) -> list[str]:
     return sorted(names, key=lambda a: (rank.get(a, 3 if a.startswith("residual") else 4), a))
 
 
-def _no_legend(ax) -> None:
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
-
-
 def _activation_init_handles(runs: pd.DataFrame) -> list[Line2D]:
     """Legend entries: a colour per activation and a marker per init present in `runs`."""
-    acts = [a for a in ACTIVATION_COLORS if a in set(runs.get("activation", []))]
-    inits = [i for i in INIT_MARKERS if i in set(runs.get("init", []))]
+    acts = [a for a in ACTIVATION_COLORS if a in set(runs["activation"])]
+    inits = [i for i in INIT_MARKERS if i in set(runs["init"])]
     handles = [Line2D([], [], color=_color(ACTIVATION_COLORS, a), lw=2.5, label=a) for a in acts]
     handles += [Line2D([], [], color="0.3", marker=INIT_MARKERS[i], ls="", label=i) for i in inits]
     return handles
@@ -130,16 +129,16 @@ def _activation_init_handles(runs: pd.DataFrame) -> list[Line2D]:
 
 # ------------------------------------------------------------------------- 1. backprop by layer
 
+# What the step-0 gradient depends on (not the optimizer or clipping): runs equal in these share one line.
 STEP0_CONFIG = ("dataset", "model", "norm", "activation", "init", "init_gain", "res_scale", "depth", "width",
-                "batch_size", "seed")  # fmt: skip  (what the step-0 gradient depends on; not optimizer or clipping)
+                "batch_size", "seed")  # fmt: skip
 
 
 def _one_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
-    columns = [c for c in STEP0_CONFIG if c in runs]
-    return runs.drop_duplicates(subset=columns) if columns else runs
+    return runs.drop_duplicates(subset=list(STEP0_CONFIG))
 
 
-@styled
+@figure_function
 def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """‖∂L/∂x_l‖ at step 0 by layer, one line per configuration, with the mean-field line anchored at the output side."""
     norms = summary.step0_backprop(stats)
@@ -179,11 +178,10 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
 # ------------------------------------------------------------------ 2. measured vs predicted gain
 
 
-@styled
+@figure_function
 def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """Measured vs predicted per-layer gain at step 0, one point per run, with y = x and the healthy band."""
-    gains = summary.gain_table(runs, stats).merge(runs, on="run_id")
-    gains = gains[np.isfinite(gains["measured_gain"]) & (gains["measured_gain"] > 0)]
+    gains = runs[np.isfinite(runs["measured_gain"]) & (runs["measured_gain"] > 0)]
     shown = gains[np.isfinite(gains["predicted_gain"])]
     if shown.empty:
         return None
@@ -194,17 +192,16 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     tol = summary.VERDICT_TOLERANCE
     ax.axhspan(1 - tol, 1 + tol, color=OUTCOME_COLORS["trained"], alpha=0.15, lw=0)
     ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
-    for run in shown.to_dict("records"):
-        ax.scatter(run["predicted_gain"], run["measured_gain"], s=42, alpha=0.85, edgecolor="white", linewidth=0.5,
-                   color=_color(ACTIVATION_COLORS, value(run, "activation")),
-                   marker=THEORY_MARKERS.get(run["theory"], "o"))  # fmt: skip
+    for (activation, rule), group in shown.groupby(["activation", "theory"], dropna=False):
+        ax.scatter(group["predicted_gain"], group["measured_gain"], s=42, alpha=0.85, edgecolor="white",
+                   linewidth=0.5, color=_color(ACTIVATION_COLORS, activation), marker=THEORY_MARKERS.get(rule, "o"))  # fmt: skip
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
     _plain_log_ticks(ax.xaxis, max_span=math.inf)
     _plain_log_ticks(ax.yaxis, max_span=math.inf)
     ax.set_xlabel("predicted gain per layer (theory)")
     ax.set_ylabel("measured gain per layer at step 0\n(geometric mean of ‖∂L/∂x(l−1)‖ / ‖∂L/∂x(l)‖)")
-    ax.set_title("Per-layer gradient gain: measured vs mean-field prediction")
-    acts = [a for a in ACTIVATION_COLORS if a in set(shown.get("activation", []))]
+    fig.suptitle("Per-layer gradient gain at initialization: measured vs theory")
+    acts = [a for a in ACTIVATION_COLORS if a in set(shown["activation"])]
     handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=a) for a in acts]
     handles += [Line2D([], [], color="0.3", marker=THEORY_MARKERS[t], ls="", label=t)
                 for t in THEORY_MARKERS if t in set(shown["theory"])]  # fmt: skip
@@ -222,7 +219,7 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
 
 def pick_runs(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> list[str]:
     """Runs spread over the range of measured gains, most vanishing to most exploding (diverged ones included)."""
-    gains = summary.gain_table(runs, stats)
+    gains = summary.annotate(runs, stats)
     have = set(select(stats, "grad", "l2")["run_id"])
     gains = gains[gains["run_id"].isin(have)].sort_values("measured_gain", na_position="last")
     if len(gains) <= max_runs:
@@ -239,7 +236,7 @@ def _edges(centers: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * centers[0] - mid[0]], mid, [2 * centers[-1] - mid[-1]]])
 
 
-@styled
+@figure_function
 def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable[str] | None = None,
                       max_runs: int = 6) -> Figure | None:  # fmt: skip
     """log₁₀ ‖∇W‖ (grad/<layer>/l2) as layer × step heatmaps, one small panel per chosen run, one colour scale."""
@@ -254,7 +251,6 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
     finite = grads["log"][np.isfinite(grads["log"])]
     vmin, vmax = (finite.quantile(0.02), finite.quantile(0.98)) if len(finite) else (-1.0, 1.0)
     fig, axes = _facet_axes(ids, width=3.6, height=3.0)
-    gains = summary.gain_table(runs[runs["run_id"].isin(ids)], stats).set_index("run_id")
     info = runs.set_index("run_id")
     mesh = None
     for run_id, ax in axes.items():
@@ -264,7 +260,7 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
                              cmap=HEATMAP_CMAP, vmin=vmin, vmax=vmax)  # fmt: skip
         ax.set_facecolor("0.85")  # masked (non-finite) cells show as grey
         run = info.loc[run_id].to_dict()
-        ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(gains.loc[run_id], run)}", fontsize="small")
+        ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(run)}", fontsize="small")
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (0 = input; top = readout)")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -280,8 +276,8 @@ def _training_setup(run: dict) -> str:
     return f"{value(run, 'optimizer', '?')} lr {float(value(run, 'lr', math.nan)):g}, {clip_text}"
 
 
-def _gain_text(gain: pd.Series, run: dict) -> str:
-    text = f"gain {gain['measured_gain']:.2f}/layer: {gain['verdict']}" if gain["verdict"] != "n/a" else "no gain (< 2 layers)"
+def _gain_text(run: dict) -> str:
+    text = f"gain {run['measured_gain']:.2f}/layer: {run['verdict']}" if run["verdict"] != "unknown" else "no gain measured"
     if value(run, "outcome") == "diverged":
         text += f"; diverged at step {value(run, 'diverged_step', '?')}"
     return text
@@ -300,49 +296,53 @@ def _objective_values(runs: pd.DataFrame, stats: pd.DataFrame, objective: str) -
     return last.reindex(runs["run_id"])
 
 
-@styled
+def _cell_column(run: dict) -> str:
+    gain = float(value(run, "init_gain", 1.0))
+    return f"{value(run, 'activation', '?')}\n{value(run, 'init', '?')}" + (f" ×{gain:g}" if gain != 1 else "")
+
+
+def _phase_panel(ax, cells: pd.DataFrame, depths: list, columns: list, ascending: bool) -> None:
+    """One architecture's grid: each cell coloured by its best run's outcome, annotated with its objective."""
+    cells = cells.sort_values("objective", ascending=ascending, na_position="last")
+    groups = cells.groupby(["depth", "column"], sort=False)
+    best, counts = groups.first(), groups["training"].agg(lambda s: f"{(s == 'trained').sum()}/{len(s)}")
+    codes = {name: i for i, name in enumerate(OUTCOME_COLORS)}
+    grid = np.full((len(depths), len(columns)), np.nan)
+    for (depth, column), row in best.iterrows():
+        i, j = depths.index(depth), columns.index(column)
+        grid[i, j] = codes[row["training"]]
+        text = "–" if not math.isfinite(row["objective"]) else f"{row['objective']:.2f}"
+        text += "" if counts[(depth, column)].endswith("/1") else f"\n{counts[(depth, column)]}"
+        ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8, color=TEXT_ON[row["training"]])
+    # pcolormesh + text rather than sns.heatmap, which redraws the whole figure per panel to pick text colours.
+    ax.pcolormesh(np.ma.masked_invalid(grid), cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=-0.5,
+                  vmax=2.5, edgecolors="white", linewidth=1.5)  # fmt: skip
+    ax.set_xticks(np.arange(len(columns)) + 0.5, columns, fontsize=7)
+    ax.set_yticks(np.arange(len(depths)) + 0.5, [str(int(d)) for d in depths])
+    ax.set(xlim=(0, len(columns)), ylim=(0, len(depths)), facecolor="0.96")  # grey: no run in the cell
+    ax.grid(False)
+
+
+@figure_function
 def phase_diagram(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/acc",
                   direction: str = "maximize") -> Figure | None:  # fmt: skip
     """Depth × activation/init cells per architecture, coloured trained / vanished / diverged, with the best objective."""
     runs = _non_recurrent(runs)
-    if runs.empty or "depth" not in runs:
+    runs = runs[runs["depth"].notna() & runs["training"].isin(list(OUTCOME_COLORS))]  # no loss record: no place
+    if runs.empty:
         return None
-    table = runs.assign(
-        arch=[arch(r) for r in runs.to_dict("records")],
-        column=[f"{value(r, 'activation', '?')}\n{value(r, 'init', '?')}" + (f" ×{float(value(r, 'init_gain', 1)):g}"
-                if float(value(r, 'init_gain', 1)) != 1 else "") for r in runs.to_dict("records")],
-        training=summary.training_outcome(runs, stats).reindex(runs["run_id"]).to_numpy(),
-        objective=_objective_values(runs, stats, objective).reindex(runs["run_id"]).to_numpy(),
-    )  # fmt: skip
-    ascending = direction != "maximize"
+    records = runs.to_dict("records")
+    table = runs.assign(arch=[arch(r) for r in records], column=[_cell_column(r) for r in records],
+                        objective=_objective_values(runs, stats, objective).to_numpy())  # fmt: skip
     columns = sorted(table["column"].unique())
-    depths = sorted(table["depth"].unique(), reverse=True)  # deepest on top, like a phase diagram's y axis
-    codes = {name: i for i, name in enumerate(OUTCOME_COLORS)}
+    depths = sorted(table["depth"].unique())  # shallow at the bottom, deep on top
+    names = [a for a in _arch_order(runs) if a in set(table["arch"])]
     # One architecture per row: the activation/init columns make each panel wide.
-    fig, axes = _facet_axes(_arch_order(runs), ncols=1, width=max(4.0, 0.85 * len(columns) + 1.5),
+    fig, axes = _facet_axes(names, ncols=1, width=max(4.0, 0.85 * len(columns) + 1.5),
                             height=max(2.2, 0.5 * len(depths) + 1.5))  # fmt: skip
     for name, ax in axes.items():
-        cells = table[table["arch"] == name].sort_values("objective", ascending=ascending, na_position="last")
-        best = cells.groupby(["depth", "column"], sort=False).first()
-        trained = cells.groupby(["depth", "column"])["training"].agg(lambda s: f"{(s == 'trained').sum()}/{len(s)}")
-        grid = np.full((len(depths), len(columns)), np.nan)
-        text = np.full(grid.shape, "", dtype=object)
-        for (depth, column), row in best.iterrows():
-            i, j = depths.index(depth), columns.index(column)
-            grid[i, j] = codes[row["training"]]
-            text[i, j] = "–" if not math.isfinite(row["objective"]) else f"{row['objective']:.2f}"
-            if not trained[(depth, column)].endswith("/1"):
-                text[i, j] += f"\n{trained[(depth, column)]}"
-        sns.heatmap(grid, ax=ax, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=-0.5, vmax=2.5,
-                    annot=text, fmt="", cbar=False, linewidths=1, linecolor="white", annot_kws={"fontsize": 8},
-                    xticklabels=columns, yticklabels=[int(d) for d in depths])  # fmt: skip
-        ax.set_facecolor("0.96")  # cells without runs
-        ax.grid(False)
-        ax.set_title(name)
-        ax.set_xlabel("activation / init")
-        ax.set_ylabel("depth (hidden layers)")
-        ax.tick_params(axis="x", labelsize=7, rotation=0)
-        ax.tick_params(axis="y", rotation=0)
+        _phase_panel(ax, table[table["arch"] == name], depths, columns, ascending=direction != "maximize")
+        ax.set(title=name, xlabel="activation / init", ylabel="depth (hidden layers)")
     handles = [Patch(color=c, label=k) for k, c in OUTCOME_COLORS.items()]
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="outcome")
     fig.suptitle(f"Trainability by depth and activation/init (number: best {objective}; k/n: runs trained)")
@@ -356,10 +356,10 @@ def _clipping_name(run: dict) -> str:
     return f"{value(run, 'clip', 'none')} {float(value(run, 'clip_threshold', math.nan)):g}"
 
 
-@styled
+@figure_function
 def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figure | None:
     """Global gradient norm before vs after clipping over steps, and the share of logged steps clipped."""
-    clipped_runs = runs[runs.get("clip", pd.Series("none", index=runs.index)) != "none"]
+    clipped_runs = runs[runs["clip"].isin(["norm", "value"])]
     before = select(stats, "grad", "global_l2")
     after = select(stats, "grad", "global_l2_clipped")
     if clipped_runs.empty or before.empty or after.empty:
@@ -371,7 +371,7 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
     # A step counts as clipped when clipping made the global norm smaller (works for norm and value clipping).
     both["clipped"] = both["value_after"] < both["value_before"] * (1 - 1e-6)
     info = clipped_runs.assign(setting=[_clipping_name(r) for r in clipped_runs.to_dict("records")],
-                               optimizer=clipped_runs.get("optimizer", "?"))  # fmt: skip
+                               optimizer=clipped_runs["optimizer"].fillna("?"))  # fmt: skip
     fig, axes = new_figure(1, 2, width=5.4, height=4.0)
     left, right = axes[0]
     shown = info.drop_duplicates(["setting", "optimizer"]).head(max_runs)
@@ -405,19 +405,19 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
 
 
 def _progress_phase(rows: pd.DataFrame) -> pd.DataFrame:
-    """Keep each run's first, middle and last logged step, labelled start / middle / end."""
-    steps = rows.groupby("run_id")["step"].agg(["min", "max"])
-    keep = []
-    for run_id, group in rows.groupby("run_id"):
-        logged = np.sort(group["step"].unique())
-        lo, hi = steps.loc[run_id]
-        for name, target in (("start", lo), ("middle", (lo + hi) / 2), ("end", hi)):
-            step = logged[np.abs(logged - target).argmin()]
-            keep.append(group[group["step"] == step].assign(phase=name))
-    return pd.concat(keep, ignore_index=True)
+    """Keep each run's logged steps nearest to the start, middle and end of its training, labelled by phase."""
+    steps = rows[["run_id", "step"]].drop_duplicates()
+    span = steps.groupby("run_id")["step"].agg(["min", "max"])
+    picks = []
+    for name, share in (("start", 0.0), ("middle", 0.5), ("end", 1.0)):
+        target = (span["min"] + share * (span["max"] - span["min"])).rename("target")
+        distance = (steps["step"] - steps.join(target, on="run_id")["target"]).abs()
+        nearest = steps.loc[distance.groupby(steps["run_id"]).idxmin()]
+        picks.append(nearest.assign(phase=name))
+    return rows.merge(pd.concat(picks, ignore_index=True), on=["run_id", "step"])
 
 
-@styled
+@figure_function
 def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """Share of saturated units (sigmoid/tanh) or zero outputs (ReLU) by layer at the start, middle and end; activation × depth panels."""
     rows = summary.hidden(select(stats, "act", "saturation"))
@@ -433,7 +433,7 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     depths = sorted(rows["depth"].unique())
     fig, axes = new_figure(len(depths), len(acts), width=3.8, height=2.7, sharey=True)
     inits = [i for i in INIT_MARKERS if i in set(rows["init"])]
-    phases = dict(zip(("start", "middle", "end"), sns.color_palette("crest", 3)))
+    phases = dict(zip(("start", "middle", "end"), sns.color_palette("plasma", 3)))  # far apart, in time order
     for (i, depth), (j, act) in itertools.product(enumerate(depths), enumerate(acts)):
         ax, panel = axes[i, j], rows[(rows["activation"] == act) & (rows["depth"] == depth)]
         kind = "saturated" if act in SATURATING else "exactly 0 (off/dead)"
@@ -441,9 +441,11 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         if panel.empty:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color=GREY)
         else:
-            sns.lineplot(panel, x="layer_index", y="value", hue="phase", hue_order=list(phases), palette=phases,
-                         style="init", style_order=inits, markers={k: INIT_MARKERS[k] for k in inits}, dashes=False,
-                         errorbar=None, legend=False, ax=ax)  # fmt: skip
+            # Mean over runs with pandas: seaborn's per-x estimator is slow on hundreds of runs.
+            means = panel.groupby(["init", "phase", "layer_index"])["value"].mean()
+            for (init, phase), line in means.groupby(level=["init", "phase"]):
+                ax.plot(line.index.get_level_values("layer_index"), line.to_numpy(), color=phases[phase],
+                        marker=INIT_MARKERS.get(init, "o"), ms=4, lw=1.4)  # fmt: skip
         ax.set(ylim=(-0.02, 1.02), xlabel="hidden layer index (0 = input side)" if i == len(depths) - 1 else "",
                ylabel="share of units" if j == 0 else "")  # fmt: skip
     handles = [Line2D([], [], color=c, lw=2, label=f"{p} of training") for p, c in phases.items()]
@@ -456,15 +458,22 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
 # ------------------------------------------------------------------------------ 7. update ratio
 
 
-@styled
+def _quartile_line(ax, rows: pd.DataFrame, x: str, color: object, dashes: tuple | str) -> None:
+    """Median of `value` over runs at each x, with the interquartile band (pandas, not seaborn's slow estimator)."""
+    q = rows.groupby(x)["value"].quantile([0.25, 0.5, 0.75]).unstack()
+    style = {"dashes": dashes} if dashes else {}
+    ax.plot(q.index, q[0.5], color=color, lw=1.6, marker="o", ms=3.5, **style)
+    ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, lw=0)
+
+
+@figure_function
 def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """‖ΔW‖/‖W‖ per layer (median over training) and over steps (median over layers), one line per optimizer."""
     rows = select(stats, "update", "ratio")
     rows = rows[np.isfinite(rows["value"]) & (rows["value"] > 0) & (rows["layer"] != "")]
-    info = _non_recurrent(runs)
-    if rows.empty or info.empty:
+    if rows.empty:
         return None
-    rows = load.with_layer_index(rows).merge(info[["run_id", "optimizer", "depth"]], on="run_id")
+    rows = load.with_layer_index(rows).merge(runs[["run_id", "optimizer", "depth"]], on="run_id")
     if rows.empty:
         return None
     hues = [o for o in OPTIMIZER_COLORS if o in set(rows["optimizer"])] or sorted(set(rows["optimizer"]))
@@ -473,13 +482,13 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     by_step = rows.groupby(["run_id", "optimizer", "step"], as_index=False)["value"].median()
     fig, axes = new_figure(1, 2, width=5.0, height=3.8, sharey=True)
     left, right = axes[0]
-    common = dict(y="value", hue="optimizer", hue_order=hues, palette=palette, estimator="median",
-                  errorbar=("pi", 50), marker="o", markersize=4)  # fmt: skip
     # Lines per depth on the left: layer l of a 6-layer net is its readout, of a 12-layer net a hidden layer.
     depths = sorted(by_layer["depth"].unique())
     dashes = {d: DEPTH_DASHES[i % len(DEPTH_DASHES)] for i, d in enumerate(depths)}
-    sns.lineplot(by_layer, x="layer_index", style="depth", dashes=dashes, ax=left, **common)
-    sns.lineplot(by_step, x="step", ax=right, **common)
+    for (optimizer, depth), group in by_layer.groupby(["optimizer", "depth"]):
+        _quartile_line(left, group, "layer_index", palette[optimizer], dashes[depth])
+    for optimizer, group in by_step.groupby("optimizer"):
+        _quartile_line(right, group, "step", palette[optimizer], "")
     for ax in (left, right):
         ax.set_yscale("log")
         ax.axhline(1e-3, color="0.3", ls="--", lw=0.9)
@@ -489,8 +498,6 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     right.set(xlabel="training step", title="over training (median over layers)")
     left.text(0.02, 1.05e-3, "10⁻³ rule of thumb", transform=left.get_yaxis_transform(), fontsize="x-small",
               va="bottom")  # fmt: skip
-    _no_legend(left)
-    _no_legend(right)
     handles = [Line2D([], [], color=palette[o], lw=2, marker="o", ms=4, label=o) for o in hues]
     handles += [Line2D([], [], color="0.3", lw=1.5, label=f"depth {d}", **({"dashes": dash} if dash else {}))
                 for d, dash in dashes.items()]  # fmt: skip
@@ -533,11 +540,9 @@ def _median_curve(rows: pd.DataFrame, points: int = 60) -> pd.DataFrame:
     return pd.DataFrame({"step": grid, "elapsed": elapsed, "lo": q[0], "median": q[1], "hi": q[2]})
 
 
-@styled
+@figure_function
 def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """train/loss and val/loss against step and against wall-clock time, one median line per optimizer."""
-    if "optimizer" not in runs:
-        return None
     fig, axes = new_figure(2, 2, width=4.6, height=3.3)
     drew: dict[str, int] = {}
     for i, (family, name) in enumerate((("train", "training loss"), ("val", "validation loss"))):
@@ -566,12 +571,12 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
 # ----------------------------------------------------------------------------------- 9. BPTT
 
 
-@styled
+@figure_function
 def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """‖∂L/∂h_t‖ against t for RNN/LSTM/GRU (first recurrent layer) at initialization and at the end, log y."""
     rows = load.bptt_by_time(stats)
     rows = rows[(rows["layer"] == "L000") & np.isfinite(rows["value"]) & (rows["value"] > 0)]
-    info = runs[["run_id"] + [c for c in ("model", "seq_len", "clip") if c in runs]]
+    info = runs[["run_id", "model"]]
     rows = rows.merge(info, on="run_id")
     if rows.empty:
         return None
@@ -580,12 +585,11 @@ def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     cells = [c for c in CELL_COLORS if c in set(rows["model"])] or sorted(set(rows["model"]))
     for ax, (title, mask) in zip(axes[0], (("at initialization (step 0)", rows["step"] == 0),
                                            ("at the last logged step", rows["step"] == last))):  # fmt: skip
-        sns.lineplot(rows[mask], x="t", y="value", hue="model", hue_order=cells, units="run_id", estimator=None,
-                     palette={c: _color(CELL_COLORS, c) for c in cells}, lw=1.3, ax=ax)  # fmt: skip
+        for (model, _), line in rows[mask].sort_values("t").groupby(["model", "run_id"]):
+            ax.plot(line["t"], line["value"], color=_color(CELL_COLORS, model), lw=1.3, alpha=0.85)
         ax.set(yscale="log", title=title, xlabel="time step t (the loss reads the last step)",
                ylabel="‖∂L/∂h_t‖ (L2 over batch)")  # fmt: skip
         _plain_log_ticks(ax.yaxis)
-        _no_legend(ax)
     handles = [Line2D([], [], color=_color(CELL_COLORS, c), lw=2, label=c) for c in cells]
     fig.legend(handles=handles, loc="outside right center", title="cell")
     fig.suptitle("Gradient through time: recurrent cells")

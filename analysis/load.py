@@ -99,17 +99,24 @@ def _read_one(run_id: str, artifact_uri: str) -> pd.DataFrame:
     return table
 
 
+def _empty_stats() -> pd.DataFrame:
+    # Typed like a loaded table, so numeric code (np.isfinite on value) works on an empty study too.
+    return pd.DataFrame({"run_id": pd.Series(dtype=str), "step": pd.Series(dtype="int64"),
+                         "layer": pd.Series(dtype=str), "family": pd.Series(dtype=str),
+                         "stat": pd.Series(dtype=str), "value": pd.Series(dtype="float64")})  # fmt: skip
+
+
 def stats(run_frame: pd.DataFrame, families: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Long table of every run's statistics: run_id, step, layer, family, stat, value."""
     if run_frame.empty:
-        return pd.DataFrame(columns=["run_id", "step", "layer", "family", "stat", "value"])
+        return _empty_stats()
     uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
         MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
     with ThreadPoolExecutor(READ_THREADS) as pool:
         tables = list(pool.map(_read_one, run_frame["run_id"], uris))
     tables = [t for t in tables if not t.empty]
     if not tables:
-        return pd.DataFrame(columns=["run_id", "step", "layer", "family", "stat", "value"])
+        return _empty_stats()
     table = pd.concat(tables, ignore_index=True)
     for column in ("layer", "family", "stat"):
         table[column] = table[column].astype(str)

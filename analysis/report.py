@@ -10,6 +10,7 @@ artifacts `report/` of the study's parent MLflow run. Reads MLflow only through 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import html
 import sys
@@ -25,7 +26,7 @@ from analysis.load import StudyData
 ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
 VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.verdict): vanishing if g < {1 - T:g}, "
-                f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); n/a when fewer than two hidden "
+                f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); unknown when fewer than two hidden "
                 f"layers were measured")  # fmt: skip
 
 # name → (title, caption). Captions say what to look for and what theory predicts.
@@ -114,7 +115,7 @@ NEEDS = {
     "phase_diagram": "non-recurrent runs with a depth",
     "clipping": "runs with clipping on (clip = norm or value)",
     "saturation": "non-recurrent runs with activation statistics",
-    "update_ratio": "non-recurrent runs with update ratios",
+    "update_ratio": "runs with update ratios",
     "optimizer_curves": "runs with training-loss records",
     "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
 }
@@ -139,23 +140,26 @@ def objective_of(data: StudyData) -> tuple[str, str]:
 
 def summary_table(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/acc") -> pd.DataFrame:
     """One row per run: ids, config, outcome, training result, objective, measured/predicted gain, verdict."""
+    runs = summary.annotate(runs, stats)
+    ids = [c for c in ("run_id", "trial") if c in runs]
     config = [c for c in summary.CONFIG_COLUMNS if c in runs]
     tags = [c for c in ("outcome", "diverged_step") if c in runs]
-    table = runs[["run_id", "trial", *config, *tags]].copy() if "trial" in runs else runs[["run_id", *config, *tags]]
-    table["training"] = summary.training_outcome(runs, stats).reindex(runs["run_id"]).to_numpy()
     metric = f"metrics.{objective}"
+    table = runs[[*ids, *config, *tags, "training"]].copy()
     table[objective] = runs[metric].to_numpy() if metric in runs else float("nan")
-    return table.merge(summary.gain_table(runs, stats), on="run_id", how="left")
+    return table.join(runs[list(summary.SUMMARY_COLUMNS[:-1])])
+
+
+def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | None:
+    """Draw one figure of FIGURES into folder/<name>.png; None when the study lacks its data."""
+    extra = {"objective": objective[0], "direction": objective[1]} if name == "phase_diagram" else {}
+    fig = figures.FIGURES[name](data.runs, data.stats, **extra)
+    return None if fig is None else figures.save_figure(fig, folder / f"{name}.png")
 
 
 def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | None]:
     """Draw every figure that has data into `folder`; name → PNG path, or None when the study lacks its data."""
-    written: dict[str, Path | None] = {}
-    for name, draw in figures.FIGURES.items():
-        extra = {"objective": objective[0], "direction": objective[1]} if name == "phase_diagram" else {}
-        fig = draw(data.runs, data.stats, **extra)
-        written[name] = None if fig is None else figures.save_figure(fig, folder / f"{name}.png")
-    return written
+    return {name: draw_one(name, data, folder, objective) for name in figures.FIGURES}
 
 
 def _table_html(table: pd.DataFrame) -> str:
@@ -218,6 +222,7 @@ def write_report(data: StudyData, folder: Path) -> Path:
     for old in folder.glob("*.png"):  # index.html must list exactly the figures this build drew
         old.unlink()
     objective = objective_of(data)
+    data = dataclasses.replace(data, runs=summary.annotate(data.runs, data.stats))  # gains computed once
     table = summary_table(data.runs, data.stats, objective[0])
     table.to_csv(folder / "summary.csv", index=False)
     written = render_figures(data, folder, objective)

@@ -34,6 +34,12 @@ CONFIG_COLUMNS = ("model", "activation", "depth", "width", "norm", "init", "init
                   "lr", "clip", "clip_threshold", "loss", "batch_size", "seq_len", "dataset", "seed")  # fmt: skip
 
 
+def ensure_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with every config column and outcome tag present (NaN where absent), so code can index them freely."""
+    missing = [c for c in ("run_id", *CONFIG_COLUMNS, "outcome", "diverged_step") if c not in runs]
+    return runs.assign(**dict.fromkeys(missing, np.nan)) if missing else runs
+
+
 def select(stats: pd.DataFrame, family: str, stat: str | None = None, step: int | None = None) -> pd.DataFrame:
     """Rows of one family (and stat, and step) of the long stats table."""
     mask = stats["family"] == family
@@ -125,7 +131,7 @@ def first_layer_m2(stats: pd.DataFrame) -> pd.Series:
 
 
 def _verdict(gain: float, tolerance: float) -> str:
-    return "n/a" if math.isnan(gain) else theory.verdict(gain, tolerance)
+    return "unknown" if math.isnan(gain) else theory.verdict(gain, tolerance)
 
 
 def gain_table(runs: pd.DataFrame, stats: pd.DataFrame, tolerance: float = VERDICT_TOLERANCE) -> pd.DataFrame:
@@ -143,7 +149,7 @@ def gain_table(runs: pd.DataFrame, stats: pd.DataFrame, tolerance: float = VERDI
                      "theory": rule if math.isfinite(predicted) else NO_THEORY,
                      "verdict": _verdict(measured, tolerance), "verdict_tolerance": tolerance})  # fmt: skip
     columns = ["run_id", "measured_gain", "predicted_gain", "theory", "verdict", "verdict_tolerance"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns).astype({"measured_gain": float, "predicted_gain": float})
 
 
 def theory_profile(run: Mapping[str, Any], norms: np.ndarray, first_m2: float) -> np.ndarray:
@@ -172,20 +178,37 @@ def final_loss_ratio(stats: pd.DataFrame) -> pd.Series:
 
 
 def training_outcome(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.Series:
-    """trained / vanished / diverged by run_id (the rule is OUTCOME_RULE)."""
+    """trained / vanished / diverged by run_id (the rule is OUTCOME_RULE); unknown for a run without loss records."""
     ratios = final_loss_ratio(stats)
     result = {}
     for run in runs.to_dict("records"):
-        r = ratios.get(run["run_id"], math.nan)
-        if value(run, "outcome") == "diverged" or not math.isfinite(r):
+        if value(run, "outcome") == "diverged":
+            result[run["run_id"]] = "diverged"
+        elif run["run_id"] not in ratios.index:
+            result[run["run_id"]] = "unknown"
+        elif not math.isfinite(r := ratios[run["run_id"]]):
             result[run["run_id"]] = "diverged"
         else:
             result[run["run_id"]] = "vanished" if r >= STALL_SHARE else "trained"
     return pd.Series(result, dtype=object, name="training")
 
 
+SUMMARY_COLUMNS = ("measured_gain", "predicted_gain", "theory", "verdict", "verdict_tolerance", "training")
+
+
+def annotate(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with the per-run summary columns (gains, theory, verdict, training outcome); a no-op if present."""
+    if all(c in runs for c in SUMMARY_COLUMNS):
+        return runs
+    runs = runs.drop(columns=[c for c in SUMMARY_COLUMNS if c in runs])
+    gains = gain_table(runs, stats)
+    annotated = runs.merge(gains, on="run_id", how="left")  # a left merge keeps the order of runs
+    return annotated.assign(training=training_outcome(runs, stats).reindex(runs["run_id"]).to_numpy())
+
+
 OUTCOME_RULE = (
     f"diverged = the loss or a gradient became non-finite (outcome tag); vanished = the run finished but its "
     f"training loss at the end (mean of the last {TAIL_SHARE:.0%} of logged steps) is still ≥ {STALL_SHARE:.0%} "
-    f"of its value at initialization, i.e. the objective stayed at chance; trained = everything else"
+    f"of its value at initialization, i.e. the objective stayed at chance; trained = everything else; unknown = the run "
+    f"recorded no training loss"
 )

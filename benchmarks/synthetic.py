@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from mlflow.entities import Param
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from analysis import summary
@@ -43,20 +43,25 @@ class Shape:
     log_every: int = 5
     metric_points: int = 4  # few MLflow points: the report reads parquet, and SQLite ingestion is the slow part
     seq_len: int = 30
+    depths: tuple[int, ...] = (2, 8, 32)
 
 
 def config(index: int, rng: np.random.Generator, shape: Shape) -> RunConfig:
-    """The index-th trial's config: mostly MLPs over activation × init × depth × arch, every 10th recurrent."""
+    """The index-th trial's config: mostly MLPs over activation × init × depth × arch; of every ten, the second
+    is an exploding ReLU net and the fourth a recurrent net (so even a six-run study has every case)."""
     common = {"width": shape.width, "max_steps": shape.max_steps, "log_every": shape.log_every,
               "metric_points": shape.metric_points, "batch_size": 64}  # fmt: skip
     common.update(OPTIMS[str(rng.choice(list(OPTIMS)))])
     common.update(CLIPS[int(rng.integers(len(CLIPS)))])
-    if index % 10 == 9:
+    if index % 10 == 1:  # the exploding study's case: ReLU above the edge of chaos, plain SGD, no clipping
+        return RunConfig(dataset="digits", activation="relu", init="kaiming_normal", init_gain=1.5,
+                         depth=max(shape.depths), **{**common, **OPTIMS["sgd"], "clip": "none"})  # fmt: skip
+    if index % 10 == 3:
         return RunConfig(dataset="adding", loss="mse", depth=1, init="orthogonal", seq_len=shape.seq_len,
                          **RECURRENT[(index // 10) % 3], **common)  # fmt: skip
     return RunConfig(dataset="digits", activation=str(rng.choice(list(ACT_MOMENTS))),
                      init=str(rng.choice(["xavier_normal", "kaiming_normal", "orthogonal"])),
-                     depth=int(rng.choice([2, 8, 32])), **ARCHS[str(rng.choice(list(ARCHS)))], **common)  # fmt: skip
+                     depth=int(rng.choice(shape.depths)), **ARCHS[str(rng.choice(list(ARCHS)))], **common)  # fmt: skip
 
 
 def _layer_gains(cfg: RunConfig) -> np.ndarray:
@@ -69,8 +74,10 @@ def _layer_gains(cfg: RunConfig) -> np.ndarray:
 def _trajectory(cfg: RunConfig, rng: np.random.Generator) -> tuple[np.ndarray, float, int | None]:
     """Logged steps, the loss floor reached (1 = stalled) and the divergence step (None if it stays finite)."""
     steps = np.unique(np.r_[np.arange(0, cfg.max_steps, cfg.log_every), cfg.max_steps - 1])
-    total = float(np.prod(_layer_gains(cfg))) if cfg.depth > 1 else 1.0
-    if total > 1e2 and cfg.clip == "none" and cfg.optimizer != "adam":
+    gains = _layer_gains(cfg) if cfg.depth > 1 else np.ones(1)
+    total = float(np.prod(gains))
+    # Unclipped SGD-type steps on an exploding net overflow within a few steps (Adam rescales, clipping caps).
+    if (total > 1e2 or gains.max() > 1.3) and cfg.clip == "none" and cfg.optimizer != "adam":
         return steps[steps <= steps[min(3, len(steps) - 1)]], 1.0, int(steps[min(3, len(steps) - 1)])
     floor = 0.97 if total < 1e-4 else float(rng.uniform(0.05, 0.4))
     return steps, floor, None
@@ -140,9 +147,8 @@ def make_study(name: str, n_runs: int, *, client: MlflowClient | None = None, ex
         recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
         outcome, diverged = _record_run(recorder, cfg, rng)
         recorder.close()
-        client.set_tag(run_id, "outcome", outcome)
-        if diverged is not None:
-            client.set_tag(run_id, "diverged_step", str(diverged))
+        end_tags = [RunTag("outcome", outcome)] + ([RunTag("diverged_step", str(diverged))] if diverged is not None else [])
+        client.log_batch(run_id, tags=end_tags)
         client.set_terminated(run_id)
     client.set_terminated(parent)
     return parent

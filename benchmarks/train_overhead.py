@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         "e": (grad_norm_logger, base),
     }
     started = time.perf_counter()
+    load_before = os.getloadavg()
     store = Store()
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
     counts: dict[str, dict[str, Any]] = {}
@@ -284,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     finally:
         store.close()
     elapsed = time.perf_counter() - started
+    load_after = os.getloadavg()
 
-    med = {k: {m: statistics.median(x[m] / x["steps"] for x in v) for m in ("step_s", "total_s")} for k, v in runs.items()}
+    med = {
+        k: {m: statistics.median(x[m] / x["steps"] for x in v) for m in ("step_s", "total_s")} for k, v in runs.items()
+    }
     for k, v in runs.items():
         if "close_s" in v[0]:
             med[k]["close_s"] = statistics.median(x["close_s"] for x in v)
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
             "total_ms_per_step": 1e3 * med[k]["total_s"],
             "total_ratio": med[k]["total_s"] / ref["total_s"],
             "step_ms_runs": [1e3 * x["step_s"] / x["steps"] for x in runs[k]],
+            "spread": (max(s := [x["step_s"] / x["steps"] for x in runs[k]]) - min(s)) / med[k]["step_s"],
             "total_ms_per_step_runs": [1e3 * x["total_s"] / x["steps"] for x in runs[k]],
             **counts.get(k, {}),
         }
@@ -310,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     targets = {
         "c/b<=1.25": {"value": results["c"]["step_ratio"], "met": results["c"]["step_ratio"] <= TARGETS["c"]},
         "d/b<=1.05": {"value": results["d"]["step_ratio"], "met": results["d"]["step_ratio"] <= TARGETS["d"]},
-        "c<e": {"value": results["c"]["step_ms"] / results["e"]["step_ms"],
-                "met": results["c"]["step_ms"] < results["e"]["step_ms"]},  # fmt: skip
+        "c<e": {
+            "value": results["c"]["step_ms"] / results["e"]["step_ms"],
+            "met": results["c"]["step_ms"] < results["e"]["step_ms"],
+        },  # fmt: skip
     }
     target_text = {
         "c": f"≤ {TARGETS['c']:.2f} {'met' if targets['c/b<=1.25']['met'] else 'MISSED'}",
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
           f"{args.steps} steps; torch threads {args.threads}; median of {args.repeats} (after 1 warm-up); "
           f"benchmark wall time {elapsed:.0f} s")  # fmt: skip
     head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
-           f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15}"  # fmt: skip
+           f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15} {'spread %':>8}"  # fmt: skip
     print(head)
     print("-" * len(head))
     for k, row in results.items():
@@ -331,8 +338,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         vals = str(row.get("values_per_record", ""))
         pts = f"{row['mlflow_points_per_step']:.1f}" if "mlflow_points_per_step" in row else ""
         print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f}  {target_text.get(k, ''):<18} "
-              f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15}")  # fmt: skip
+              f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15} "
+              f"{100 * row['spread']:>8.0f}")  # fmt: skip
 
+    cpus = os.cpu_count() or 1
+    print(f"load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {cpus} CPUs")
+    if max(load_before[0], load_after[0]) > cpus or max(r["spread"] for r in results.values()) > 0.10:
+        print("warning: the machine was busy (load above the CPU count or spread above 10 %): "
+              "absolute times and ratios are unreliable; rerun on a quiet machine")  # fmt: skip
     report = {
         "workload": {"dataset": "digits", "model": "mlp", "activation": "relu", "depth": args.depth,
                      "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
@@ -343,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         "results": results,
         "targets": targets,
         "wall_time_s": elapsed,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -233,6 +233,9 @@ class TaskData(pl.LightningDataModule):
     def __init__(self, dataset: str, *, data_dir: str = "data", batch_size: int = 64, seq_len: int = 50, seed: int = 0):
         super().__init__()
         self.info = DATASETS[dataset]
+        problem = missing_files(dataset, data_dir)
+        if problem:
+            raise FileNotFoundError(f"dataset {dataset!r} in data_dir {data_dir!r}: {problem}")
         self.batch_size, self.seed = batch_size, seed
         xt, yt, xv, yv = self.info.load(data_dir, seq_len)
         label = torch.long if self.info.task == "classification" else torch.float32

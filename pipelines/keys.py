@@ -44,3 +44,30 @@ def browsable(metric_key: str) -> bool:
     """Whether a key goes to MLflow (per-time-step BPTT norms stay in the parquet table only)."""
     family, _, stat = parse(metric_key)
     return not (family == "bptt" and time_of(stat) is not None)
+
+
+# -- invariance tests (pipelines/invariance.py) ---------------------------------------------------
+# Keys of a zoo run, under `invariance/<state>/…` with state `init` (the same seed, untrained) or
+# `trained`; the parquet artifact INVARIANCE_ARTIFACT holds every value with its key (long format).
+
+INVARIANCE = "invariance"
+INVARIANCE_STATES = ("init", "trained")
+SHIFT_MODES = ("circ", "zero")  # circular shift (torch.roll) or shift with the vacated border filled
+INVARIANCE_ARTIFACT = "invariance/metrics.parquet"
+BN_SCALE, RELU_RESCALE = "bn_scale", "relu_rescale"  # the gradient-invariance checks
+
+
+def shift_key(state: str, metric: str, mode: str, shift: int | None = None) -> str:
+    """`invariance/<state>/<metric>_<mode>[_<shift>]`: acc, consistency or prob_change; no shift = the summary."""
+    suffix = "" if shift is None else f"_{shift}"
+    return f"{INVARIANCE}/{state}/{metric}_{mode}{suffix}"
+
+
+def eqerr_key(state: str, layer: str, shift: int) -> str:
+    """`invariance/<state>/eqerr/<layer>/shift_<k>`: the equivariance error of a conv layer for a shift by k."""
+    return f"{INVARIANCE}/{state}/eqerr/{layer}/shift_{shift}"
+
+
+def gradcheck_key(state: str, check: str, scale: float, stat: str) -> str:
+    """`invariance/<state>/<check>/c<scale>/<stat>`: one number of a gradient-invariance check at scale c."""
+    return f"{INVARIANCE}/{state}/{check}/c{scale:g}/{stat}"

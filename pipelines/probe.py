@@ -116,6 +116,8 @@ class GradientProbe(pl.Callback):
             self.nonfinite = stats.nonfinite_counts([w.grad for w in self.weights])
             self.diverged_step = self.step
             self._active = True
+            # Nothing is clipped: record this step's norm, not an earlier step's nor that of no gradients.
+            self.global_clipped, pl_module.after_clipping = None, None
             for p in self.params:
                 p.grad = None
             trainer.should_stop = True

@@ -15,16 +15,15 @@ from models.activations import saturation
 def tensor_stats(tensors: list[Tensor]) -> dict[str, Tensor]:
     """l2, rms, absmax, mean, std (population) of each tensor, as 1-D tensors over the list.
 
-    Fused: two `_foreach_norm` kernels plus one sum per tensor; std comes from rms² − mean².
-    `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
+    Fused: two `_foreach_norm` kernels plus one `var_mean` per tensor (two-pass, so the std stays exact
+    when the mean is large against the spread). `nonfinite` is left to `nonfinite_counts`, needed only
+    when a norm is not finite.
     """
     l2 = torch.stack(torch._foreach_norm(tensors))
     absmax = torch.stack(torch._foreach_norm(tensors, float("inf")))
     numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
-    mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
-    rms = l2 / numel.sqrt()
-    std = (rms * rms - mean * mean).clamp_min(0).sqrt()
-    return {"l2": l2, "rms": rms, "absmax": absmax, "mean": mean, "std": std}
+    var, mean = (torch.stack(v).to(l2.dtype) for v in zip(*(torch.var_mean(t, correction=0) for t in tensors)))
+    return {"l2": l2, "rms": l2 / numel.sqrt(), "absmax": absmax, "mean": mean, "std": var.sqrt()}
 
 
 def nonfinite_counts(tensors: list[Tensor]) -> Tensor:

@@ -133,9 +133,14 @@ def run(
     tags: dict[str, str] | None = None,
     on_validation: ValidationHook | None = None,
     on_start: Callable[[str], None] | None = None,
+    on_trained: Callable[[str, LitModel], None] | None = None,
     progress_bar: bool | None = None,
 ) -> RunResult:
-    """Train `cfg` as one MLflow run (nested under `parent_run_id` if given) and return how it ended."""
+    """Train `cfg` as one MLflow run (nested under `parent_run_id` if given) and return how it ended.
+
+    `on_trained(run_id, lit)` is called after training, while the run is still active (e.g. to log the
+    model), so a run never ends FINISHED without what the hook adds.
+    """
     check_inputs(cfg)
     started = time.perf_counter()
     data, lit = build(cfg)
@@ -173,6 +178,8 @@ def run(
         if interrupted:
             mlflow.end_run(status="KILLED")
             raise KeyboardInterrupt
+        if on_trained is not None:
+            on_trained(run_id, lit)
     return RunResult(
         run_id=run_id,
         outcome=outcome,

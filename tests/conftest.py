@@ -1,10 +1,12 @@
-"""Shared fixtures: a throwaway MLflow tracking store and a tiny run config."""
+"""Shared fixtures: throwaway MLflow tracking stores, a tiny run config, and two small studies (synthetic, real)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,9 @@ def copy_store(empty_store: Path, folder: Path) -> str:
     db = folder / "mlflow.db"
     shutil.copyfile(empty_store, db)
     with sqlite3.connect(db) as con:
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),))
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),)
+        )
     con.close()
     return f"sqlite:///{db}"
 
@@ -62,3 +66,66 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path)
 def tiny_cfg() -> RunConfig:
     """A run that trains in about a second: a 3×16 MLP on digits for 6 steps."""
     return RunConfig(depth=3, width=16, max_steps=6, batch_size=32)
+
+
+@contextlib.contextmanager
+def pointed_at(uri: str) -> Iterator[str]:
+    """MLflow's tracking URI (global and environment) set to `uri` for a block: for fixtures wider than one test."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+            patch.delenv(name, raising=False)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+SYNTHETIC_STUDY = "synthetic"
+REAL_STUDY = "real"
+# A real study small enough for the test suite: every figure's case once (clipping, batch norm, residual,
+# a diverging ReLU net, a recurrent net), 8-16 units, a dozen steps.
+REAL_SPEC = """
+name: real
+fixed: {dataset: digits, width: 16, batch_size: 32, max_steps: 12, log_every: 2, metric_points: 0}
+space:
+  net:
+    bundles:
+      relu_clipped: {model: mlp, activation: relu, init: kaiming_normal, depth: 4, clip: norm, clip_threshold: 0.5}
+      tanh_bn: {model: mlp, activation: tanh, init: xavier_normal, depth: 4, norm: batch, optimizer: adam, lr: 0.003}
+      sigmoid_res: {model: resmlp, activation: sigmoid, init: xavier_normal, depth: 3, res_scale: 0.5}
+      relu_diverging: {model: mlp, activation: relu, init: kaiming_normal, depth: 4, lr: 1000000.0}
+      gru: {model: gru, dataset: adding, loss: mse, depth: 1, width: 8, seq_len: 6, init: orthogonal}
+sampler: {type: grid}
+pruner: none
+objective: {metric: val/loss, direction: minimize}
+n_trials: 5
+"""
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
+    """URI of a store holding the 6-run synthetic study `synthetic` (real Recorder and MLflow runs, no training).
+
+    Six runs cover every figure: run 1 is an exploding ReLU net that diverges, run 3 a recurrent net.
+    """
+    from benchmarks.synthetic import Shape, make_study
+
+    uri = copy_store(empty_store, tmp_path_factory.mktemp("synthetic"))
+    shape = Shape(max_steps=30, log_every=5, depths=(2, 6), metric_points=1)
+    make_study(SYNTHETIC_STUDY, 6, client=MlflowClient(uri), shape=shape)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
+    """URI of a store holding study `real`: five tiny trials trained by the study runner (no report)."""
+    from studies.runner import run_study
+
+    folder = tmp_path_factory.mktemp("real")
+    uri = copy_store(empty_store, folder)
+    (folder / "real.yaml").write_text(REAL_SPEC)
+    with pointed_at(uri):
+        run_study(str(folder / "real.yaml"), storage=str(folder / "optuna.journal"), report=False)
+    return uri

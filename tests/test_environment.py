@@ -57,7 +57,9 @@ def test_conda_env_has_python_311_and_pip() -> None:
 
 
 def test_the_core_stack_is_pinned() -> None:
-    assert {"torch", "pytorch-lightning", "mlflow", "optuna", "pandas", "pyarrow", "numpy", "pytest"} <= set(requirements())
+    assert {"torch", "pytorch-lightning", "mlflow", "optuna", "pandas", "pyarrow", "numpy", "pytest"} <= set(
+        requirements()
+    )
     assert "lightning" not in requirements()  # one Lightning package only (STYLE.md)
 
 

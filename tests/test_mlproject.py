@@ -54,6 +54,8 @@ def test_command_with_the_defaults_filled_in_makes_the_default_config(entry: str
     spec = _entry(entry)
     command = spec["command"].format(**{name: p["default"] for name, p in spec["parameters"].items()})
     assert config_from_args(shlex.split(command)[3:]) == RunConfig()
-    changed = spec["command"].format(**{**{n: p["default"] for n, p in spec["parameters"].items()}, "depth": 3, "lr": 0.5})
+    changed = spec["command"].format(
+        **{**{n: p["default"] for n, p in spec["parameters"].items()}, "depth": 3, "lr": 0.5}
+    )
     cfg = config_from_args(shlex.split(changed)[3:])
     assert (cfg.depth, cfg.lr) == (3, 0.5)

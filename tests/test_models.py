@@ -158,7 +158,9 @@ def test_recurrent_reads_a_signal_as_time_steps() -> None:
 
 def test_models_reject_layouts_they_cannot_read() -> None:
     with pytest.raises(ValueError, match="lstm"):
-        create_model("lstm", in_shape=(1, 8, 8), layout="image", n_outputs=2, depth=1, width=4, activation="tanh", norm="none")
+        create_model(
+            "lstm", in_shape=(1, 8, 8), layout="image", n_outputs=2, depth=1, width=4, activation="tanh", norm="none"
+        )
 
 
 @pytest.mark.parametrize("norm", ["none", "layer"])

@@ -58,7 +58,9 @@ class Fit:
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The training batches in order, from a fresh data module with the same seed."""
         cfg = self.cfg
-        data = TaskData(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+        data = TaskData(
+            cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed
+        )
         loader = iter(data.train_dataloader())
         return [next(loader) for _ in range(cfg.max_steps)]
 
@@ -83,7 +85,7 @@ def run_fit(**overrides) -> Fit:
     probe = GradientProbe(record, activation=cfg.activation, log_every=cfg.log_every, max_steps=cfg.max_steps)
     trainer = train.make_trainer(cfg, [probe, Snapshots(fit)], progress_bar=False)
     trainer.fit(lit, datamodule=data)
-    assert len(fit.after) == cfg.max_steps
+    assert len(fit.after) == (cfg.max_steps if probe.diverged_step is None else probe.diverged_step + 1)
     return fit
 
 
@@ -133,7 +135,9 @@ def reference_feedforward(cfg: RunConfig, net: torch.nn.Module, x: torch.Tensor,
     outputs: list[torch.Tensor] = []
     acts: list[tuple[torch.Tensor, torch.Tensor]] = []
     handles = [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in net.layers]
-    handles += [act_module(cfg.model, b).register_forward_hook(lambda m, i, o: acts.append((i[0], o))) for b in net.layers]
+    handles += [
+        act_module(cfg.model, b).register_forward_hook(lambda m, i, o: acts.append((i[0], o))) for b in net.layers
+    ]
     logits = net(x)
     for h in handles:
         h.remove()
@@ -163,7 +167,9 @@ def assert_matches(got: dict[str, float], expected: dict[str, float], rel: float
     for key, value in expected.items():
         assert key in got, f"{key} was not recorded"
         if key.endswith(("/mean", "/saturation")):  # near-zero means: compare on the scale of the spread
-            scale = abs(expected.get(key.replace("/mean", "/rms"), 0.0)) + abs(expected.get(key.replace("/mean", "/std"), 0.0))
+            scale = abs(expected.get(key.replace("/mean", "/rms"), 0.0)) + abs(
+                expected.get(key.replace("/mean", "/std"), 0.0)
+            )
             assert got[key] == pytest.approx(value, rel=rel, abs=max(1e-6, rel * scale)), key
         else:
             assert got[key] == pytest.approx(value, rel=rel, abs=1e-9), key
@@ -445,3 +451,21 @@ def test_lstm_forget_gate_by_hand() -> None:
     assert fit.records[0]["gate/L000/forget_mean"] == pytest.approx(gates.mean().item(), rel=1e-5)
     sat = ((gates * (1 - gates)) < SATURATION_SHARE * 0.25).float().mean().item()
     assert fit.records[0]["gate/L000/forget_saturation"] == pytest.approx(sat, abs=1e-6)
+
+
+# -- divergence -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("log_every", [1, 4])  # the diverged step (2) is a logging step, or not
+def test_diverged_step_records_its_own_norms_not_a_stale_clipped_norm(log_every: int) -> None:
+    fit = run_fit(lr=1e6, init="kaiming_normal", max_steps=6, log_every=log_every)
+    diverged = max(fit.records)
+    got = fit.records[diverged]
+    x, y = fit.batches()[diverged]
+    grads = _all_grads(fit.cfg, fit.net_at(diverged), x, y)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()  # float32, as the probe computes it
+    assert not np.isfinite(norm) and not np.isfinite(got["grad/global_l2"])
+    # No step is taken and nothing is clipped: the "after clipping" norm is this step's norm, not a
+    # value left over from an earlier logging step, nor the norm of the dropped (absent) gradients.
+    assert not np.isfinite(got["grad/global_l2_clipped"])
+    assert fit.after[diverged - 1]["layers.0.linear.weight"].equal(fit.after[diverged]["layers.0.linear.weight"])

@@ -48,7 +48,9 @@ def _record_run(n_records: int, every: int, metric_points: int, expected: int | 
 
 
 def _parquet(run_id: str, tmp_path: Path) -> pd.DataFrame:
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATS_ARTIFACT, dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=STATS_ARTIFACT, dst_path=str(tmp_path / "dl")
+    )
     return pd.read_parquet(local)
 
 

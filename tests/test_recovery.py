@@ -39,7 +39,7 @@ def study(folder: Path) -> optuna.Study:
     return optuna.load_study(study_name="crash", storage=optuna.storages.JournalStorage(backend))
 
 
-def wait_for_running_trial(folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_running_trial(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
     """Until a trial is RUNNING with its MLflow run made and a few steps recorded."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,7 +73,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, store_uri: str) -> None:
 
     (tmp_path / "spec.yaml").write_text(SLOW_SPEC.replace("max_steps: 3000", "max_steps: 20"))
     resumed = start(tmp_path, store_uri)
-    out, _ = resumed.communicate(timeout=300)
+    out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     trials = study(tmp_path).trials
     assert trials[killed.number].state == TrialState.FAIL
@@ -95,7 +95,7 @@ def test_ctrl_c_ends_the_trial_cleanly_and_the_study_resumes(tmp_path: Path, sto
     wait_for_running_trial(tmp_path, proc)
     interrupted = study(tmp_path).get_trials(states=(TrialState.RUNNING,))[0]
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 130, out
     assert "resume" in out and "Traceback" not in out
     client = MlflowClient(store_uri)
@@ -106,7 +106,7 @@ def test_ctrl_c_ends_the_trial_cleanly_and_the_study_resumes(tmp_path: Path, sto
 
     (tmp_path / "spec.yaml").write_text(SLOW_SPEC.replace("max_steps: 3000", "max_steps: 20"))
     resumed = start(tmp_path, store_uri)
-    out, _ = resumed.communicate(timeout=300)
+    out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     done = [t for t in study(tmp_path).trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["activation"] for t in done) == ["relu", "tanh"]

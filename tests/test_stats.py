@@ -128,3 +128,10 @@ def test_bptt_summary() -> None:
     norms = torch.tensor([0.5, 0.25, 2.0, 4.0])
     assert stats.bptt_summary(norms).tolist() == [0.5, 4.0, 0.125]
     assert math.isinf(stats.bptt_summary(torch.tensor([1.0, 0.0]))[2].item())
+
+
+def test_std_is_exact_when_the_mean_dominates_the_spread() -> None:
+    """A one-pass rms² − mean² loses the spread in float32; the recorded std must not."""
+    g = torch.full((256, 256), 10.0) + 0.01 * torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    got = tensor_stats([g])["std"].item()
+    assert got == pytest.approx(g.double().std(correction=0).item(), rel=1e-3)
