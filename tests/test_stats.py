@@ -133,5 +133,5 @@ def test_bptt_summary() -> None:
 def test_std_is_exact_when_the_mean_dominates_the_spread() -> None:
     """A one-pass rms² − mean² loses the spread in float32; the recorded std must not."""
     g = torch.full((256, 256), 10.0) + 0.01 * torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
-    got = tensor_stats([g])["std"].item()
+    got = stats.tensor_stats([g])["std"].item()
     assert got == pytest.approx(g.double().std(correction=0).item(), rel=1e-3)
