@@ -52,12 +52,12 @@ SATURATING = ("sigmoid", "tanh")
 
 
 def figure_function(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
-    """Wrap a figure function: the report's seaborn style as a context (global rcParams stay untouched), and
-    `runs` with every config column (a partial study's runs may lack params) and the per-run summary columns
-    (gains, verdict, training outcome; computed here unless the caller annotated the runs once already)."""
+    """Give a figure function complete `runs` and the report's seaborn style (as a context, rcParams untouched)."""
 
     @functools.wraps(fn)
     def wrapper(runs: pd.DataFrame, stats: pd.DataFrame, *args, **kwargs) -> Figure | None:
+        # Every config column (a partial study's runs may lack params) and the per-run summary columns (gains,
+        # verdict, training outcome), computed here unless the caller annotated the runs once already.
         runs = summary.annotate(summary.ensure_columns(runs), stats)
         with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
             return fn(runs, stats, *args, **kwargs)
@@ -277,7 +277,8 @@ def _training_setup(run: dict) -> str:
 
 
 def _gain_text(run: dict) -> str:
-    text = f"gain {run['measured_gain']:.2f}/layer: {run['verdict']}" if run["verdict"] != "unknown" else "no gain measured"
+    measured = run["verdict"] != "unknown"
+    text = f"gain {run['measured_gain']:.2f}/layer: {run['verdict']}" if measured else "no gain measured"
     if value(run, "outcome") == "diverged":
         text += f"; diverged at step {value(run, 'diverged_step', '?')}"
     return text
@@ -386,8 +387,14 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
     left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm",
              title="before (solid) vs after (dashed) clipping")  # fmt: skip
     _plain_log_ticks(left.yaxis)
-    left.legend(fontsize="x-small", title="clip · optimizer", title_fontsize="x-small", ncols=2,
-                loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below the axes: the curves fill the panel
+    left.legend(
+        fontsize="x-small",
+        title="clip · optimizer",
+        title_fontsize="x-small",
+        ncols=2,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+    )  # below the axes: the curves fill the panel
     share = both.groupby("run_id")["clipped"].mean().rename("share").reset_index().merge(info, on="run_id")
     order = sorted(share["setting"].unique(), key=lambda s: (s.split()[0], float(s.split()[1])))
     hues = [o for o in OPTIMIZER_COLORS if o in set(share["optimizer"])] or sorted(set(share["optimizer"]))
@@ -395,8 +402,14 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
                 palette={o: _color(OPTIMIZER_COLORS, o) for o in hues}, errorbar=None)  # fmt: skip
     right.set(ylim=(0, 1.05), xlabel="clipping (algorithm, threshold)", ylabel="share of logged steps clipped",
               title="how often clipping acted")  # fmt: skip
-    right.legend(fontsize="x-small", title="optimizer", title_fontsize="x-small", ncols=len(hues),
-                 loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    right.legend(
+        fontsize="x-small",
+        title="optimizer",
+        title_fontsize="x-small",
+        ncols=len(hues),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+    )
     fig.suptitle("Gradient clipping")
     return fig
 
@@ -419,7 +432,7 @@ def _progress_phase(rows: pd.DataFrame) -> pd.DataFrame:
 
 @figure_function
 def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
-    """Share of saturated units (sigmoid/tanh) or zero outputs (ReLU) by layer at the start, middle and end; activation × depth panels."""
+    """Share of saturated (sigmoid/tanh) or zero (ReLU) units by layer at the start, middle and end of training."""
     rows = summary.hidden(select(stats, "act", "saturation"))
     info = _non_recurrent(runs)
     rows = rows[np.isfinite(rows["value"])].merge(info[["run_id", "activation", "init", "depth"]], on="run_id")
@@ -429,7 +442,8 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     # A panel per activation and depth: averaging layer l over nets of different depths would mix layers
     # that sit at different distances from the output.
     acts = [a for a in ACTIVATION_COLORS if a in set(rows["activation"])] + sorted(
-        set(rows["activation"]) - set(ACTIVATION_COLORS))
+        set(rows["activation"]) - set(ACTIVATION_COLORS)
+    )
     depths = sorted(rows["depth"].unique())
     fig, axes = new_figure(len(depths), len(acts), width=3.8, height=2.7, sharey=True)
     inits = [i for i in INIT_MARKERS if i in set(rows["init"])]
@@ -524,8 +538,8 @@ def _elapsed_at(stats: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
 def _median_curve(rows: pd.DataFrame, points: int = 60) -> pd.DataFrame:
     """Quartiles over runs of value and elapsed time on one step grid (each run interpolated inside its range).
 
-    Time is the median wall clock at each step rather than a grid of its own: runs end at different times, and
-    a median over whichever runs cover a time point jumps as runs drop out.
+    A grid point needs at least half the runs. Time is the median wall clock at each step rather than a grid of
+    its own: runs end at different times, and a median over whichever runs cover a time point jumps as they drop out.
     """
     grid = np.linspace(rows["step"].min(), rows["step"].max(), points)
     loss, time = [], []
@@ -533,9 +547,12 @@ def _median_curve(rows: pd.DataFrame, points: int = 60) -> pd.DataFrame:
         run = run.sort_values("step")
         loss.append(np.interp(grid, run["step"], run["value"], left=np.nan, right=np.nan))
         time.append(np.interp(grid, run["step"], run["elapsed"], left=np.nan, right=np.nan))
+    loss = np.vstack(loss)
+    # Only where at least half the runs have data: early validations of a few diverging runs are no median.
+    loss[:, np.isfinite(loss).sum(axis=0) < len(loss) / 2] = np.nan
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # grid points no run covers are all-NaN
-        q = np.nanpercentile(np.vstack(loss), [25, 50, 75], axis=0)
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points left without runs are all-NaN
+        q = np.nanpercentile(loss, [25, 50, 75], axis=0)
         elapsed = np.nanmedian(np.vstack(time), axis=0)
     return pd.DataFrame({"step": grid, "elapsed": elapsed, "lo": q[0], "median": q[1], "hi": q[2]})
 
@@ -549,14 +566,19 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         rows = select(stats, family, "loss").merge(runs[["run_id", "optimizer"]], on="run_id")
         rows = rows[np.isfinite(rows["value"]) & (rows["value"] > 0)]
         rows = rows.assign(elapsed=_elapsed_at(stats, rows))
+        medians = []
         for optimizer, group in rows.groupby("optimizer"):
             curve, color = _median_curve(group), _color(OPTIMIZER_COLORS, optimizer)
             drew[optimizer] = max(drew.get(optimizer, 0), group["run_id"].nunique())
+            medians.append(curve["median"])
             for ax, x in zip(axes[i], ("step", "elapsed")):
                 ax.plot(curve[x], curve["median"], color=color, lw=1.8)
                 ax.fill_between(curve[x], curve["lo"], curve["hi"], color=color, alpha=0.15, lw=0)
         for ax, xlabel in zip(axes[i], ("training step", "wall-clock time (s, median over runs)")):
             ax.set(yscale="log", xlabel=xlabel, ylabel=name)
+            if medians:  # the medians set the scale: a band that reaches a diverging run's 1e20 is cut off
+                span = pd.concat(medians).dropna()
+                ax.set_ylim(span.min() / 2, span.max() * 3)
             _plain_log_ticks(ax.yaxis)
     if not drew:
         return None

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipelines.keys import time_of
+from pipelines.keys import INVARIANCE, INVARIANCE_ARTIFACT, INVARIANCE_ZOO_ARTIFACT, time_of
 from pipelines.recorder import STATS_ARTIFACT
 
 READ_THREADS = 8
@@ -80,20 +80,28 @@ def runs(study: str | None = None, *, run_ids: list[str] | None = None, role: st
     return frame.reset_index(drop=True)
 
 
-def _local_path(artifact_uri: str) -> Path | None:
+def _local_path(artifact_uri: str, artifact: str = STATS_ARTIFACT) -> Path | None:
     parsed = urlparse(artifact_uri)
     if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path)) / STATS_ARTIFACT
+        return Path(unquote(parsed.path)) / artifact
     return None
 
 
-def _read_one(run_id: str, artifact_uri: str) -> pd.DataFrame:
-    path = _local_path(artifact_uri)
+def _artifact_file(run_id: str, artifact_uri: str, artifact: str) -> Path | None:
+    """A run's artifact as a local file (read in place from a local store), or None when the run lacks it."""
+    path = _local_path(artifact_uri, artifact)
     if path is None or not path.exists():
         try:
-            path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATS_ARTIFACT))
+            path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact))
         except Exception:  # a run that crashed before writing its table contributes no rows
-            return pd.DataFrame()
+            return None
+    return path
+
+
+def _read_one(run_id: str, artifact_uri: str, artifact: str = STATS_ARTIFACT) -> pd.DataFrame:
+    path = _artifact_file(run_id, artifact_uri, artifact)
+    if path is None:
+        return pd.DataFrame()
     table = pd.read_parquet(path)
     table.insert(0, "run_id", run_id)
     return table
@@ -160,3 +168,42 @@ def bptt_by_time(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[table["family"] == "bptt"].copy()
     rows["t"] = rows["stat"].map(time_of)
     return rows.dropna(subset=["t"]).astype({"t": int})
+
+
+# -- invariance tests (pipelines/invariance.py) ---------------------------------------------------
+
+
+def invariance_invocation(run_id: str | None = None) -> tuple[pd.Series, pd.DataFrame]:
+    """(the invocation run's row, its zoo table) of `python -m pipelines.invariance`: run `run_id`, or the newest
+    invocation (study=invariance, role parent or worker) that logged a zoo table. LookupError when there is none.
+
+    The zoo table has one row per tested model: dataset, model, run_id, reused, … (INVARIANCE_ZOO_ARTIFACT).
+    """
+    if run_id is not None:
+        candidates = runs(run_ids=[run_id], role=None)
+    else:
+        candidates = runs(INVARIANCE, role=None)
+        if "role" in candidates:
+            candidates = candidates[candidates["role"].isin(["parent", "worker"])]
+        candidates = candidates.sort_values("start_time", ascending=False) if len(candidates) else candidates
+    for row in candidates.to_dict("records"):
+        uri = row.get("artifact_uri") or MlflowClient().get_run(row["run_id"]).info.artifact_uri
+        path = _artifact_file(row["run_id"], uri, INVARIANCE_ZOO_ARTIFACT)
+        if path is not None:
+            return pd.Series(row), pd.read_csv(path)
+    where = f"run {run_id}" if run_id else f"any run tagged study={INVARIANCE!r}"
+    raise LookupError(f"no invariance zoo table ({INVARIANCE_ZOO_ARTIFACT}) in {where} of this tracking store")
+
+
+def invariance_metrics(run_frame: pd.DataFrame) -> pd.DataFrame:
+    """Long table of every run's invariance numbers (INVARIANCE_ARTIFACT) with run_id: key, state, metric,
+    stat, mode, shift, layer, stride, scale, value."""
+    columns = ["run_id", "key", "state", "metric", "stat", "mode", "shift", "layer", "stride", "scale", "value"]
+    if run_frame.empty:
+        return pd.DataFrame(columns=columns)
+    uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
+        MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        tables = [t for t in pool.map(_read_one, run_frame["run_id"], uris, [INVARIANCE_ARTIFACT] * len(uris))
+                  if not t.empty]  # fmt: skip
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)

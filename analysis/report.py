@@ -94,9 +94,10 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "optimizer_curves": (
         "Optimizers: loss against steps and time",
         "Training loss (every logged step) and validation loss against step and against wall-clock seconds "
-        "(time/elapsed), the median and interquartile band over the runs of each optimizer, each run "
-        "interpolated inside its own range. Compare per step for sample efficiency and per second for cost; "
-        "diverged runs drop out where their loss stopped being finite.",
+        "(time/elapsed, the median clock of the runs at each step), the median and interquartile band over the "
+        "runs of each optimizer, each run interpolated inside its own range and a point drawn only where at least "
+        "half the runs have data. Compare per step for sample efficiency and per second for cost; diverged runs "
+        "drop out where their loss stopped being finite.",
     ),
     "bptt": (
         "Gradients through time (recurrent nets)",

@@ -147,7 +147,9 @@ def make_study(name: str, n_runs: int, *, client: MlflowClient | None = None, ex
         recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
         outcome, diverged = _record_run(recorder, cfg, rng)
         recorder.close()
-        end_tags = [RunTag("outcome", outcome)] + ([RunTag("diverged_step", str(diverged))] if diverged is not None else [])
+        end_tags = [RunTag("outcome", outcome)] + (
+            [RunTag("diverged_step", str(diverged))] if diverged is not None else []
+        )
         client.log_batch(run_id, tags=end_tags)
         client.set_terminated(run_id)
     client.set_terminated(parent)

@@ -43,10 +43,8 @@ from pipelines import keys as K
 from pipelines import train
 from pipelines.config import ConfigError, RunConfig
 
-STUDY = "invariance"  # the `study` tag of the parent run and of every zoo run
-ZOO_TAG = "invariance_zoo"  # a zoo run's model name (mlp, cnn_circ, …)
+STUDY, ZOO_TAG, ZOO_ARTIFACT = K.INVARIANCE, K.INVARIANCE_ZOO_TAG, K.INVARIANCE_ZOO_ARTIFACT
 MODEL_ARTIFACT = "model/state_dict.pt"  # torch.save(net.state_dict()): loading needs RunConfig + train.build only
-ZOO_ARTIFACT = "invariance/zoo.csv"  # on each invocation's run: which zoo runs it tested
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 # ------------------------------------------------------------------------------------------- shifts
@@ -127,8 +125,8 @@ def prob_change(net: nn.Module, x: Tensor, k: int = 1, *, circular: bool = True,
 
 def shift_metrics(net: nn.Module, x: Tensor, y: Tensor, max_shift: int, fill: float) -> list[dict[str, Any]]:
     """Accuracy and consistency for every shift in [−max_shift, max_shift] and the one-step probability
-    change, circular and non-circular, as rows (metric, mode, shift, value); shift None = the summary
-    (consistency: mean over the non-zero shifts; prob_change: mean over k = ±1)."""
+    change, circular and non-circular, as rows (metric, mode, shift, value); shift None = the one-step
+    summary, the mean over k = ±1 (of consistency and of the probability change)."""
     p0 = probabilities(net, x)
     rows: list[dict[str, Any]] = []
     for mode in K.SHIFT_MODES:
@@ -137,9 +135,9 @@ def shift_metrics(net: nn.Module, x: Tensor, y: Tensor, max_shift: int, fill: fl
             pk = p0 if k == 0 else probabilities(net, shift(x, k, circular=mode == "circ", fill=fill))
             rows.append(dict(metric="acc", mode=mode, shift=k, value=float((pk.argmax(-1) == y).double().mean())))
             if k != 0:
-                agree.append(_agreement(p0, pk))
-                rows.append(dict(metric="consistency", mode=mode, shift=k, value=agree[-1]))
+                rows.append(dict(metric="consistency", mode=mode, shift=k, value=_agreement(p0, pk)))
             if abs(k) == 1:
+                agree.append(rows[-1]["value"])
                 change.append(_top_prob_change(p0, pk))
         rows.append(dict(metric="consistency", mode=mode, shift=None, value=sum(agree) / len(agree)))
         rows.append(dict(metric="prob_change", mode=mode, shift=None, value=sum(change) / len(change)))
@@ -234,18 +232,26 @@ def batchnorm_scale_check(net: nn.Module, x: Tensor, y: Tensor, c: float, *, lay
                           loss_fn: LossFn = F.cross_entropy, lr: float = 0.1) -> dict[str, float]:  # fmt: skip
     """Scale the weight before block `layer`'s batch norm by c and measure what changes.
 
-    Batch norm removes the scale: the output is unchanged (exactly when eps = 0; PyTorch's eps = 1e-5 adds
-    a relative O(eps/Var) change) and the weight's gradient is scaled by 1/c, so SGD's step on that weight
-    is 1/c² smaller relative to it. Returns out_change = ‖f'−f‖/‖f‖, grad_scale = ‖g'‖/‖g‖ (expect 1/c),
-    grad_err = ‖c·g' − g‖/‖g‖ (expect 0), step_change = ‖f'−f‖/‖f‖ after one SGD step (lr) on both.
-    Works on float64 copies in train mode (batch statistics).
+    Batch norm removes the scale: the output is unchanged and the weight's gradient is scaled by 1/c, so
+    SGD's step on that weight is 1/c² smaller relative to it. The identity is exact for eps = 0, so it is
+    measured with the batch norms' eps set to 1e-30 (≈ 0 in float64; PyTorch refuses 0); `out_change_eps` is the output change with the network's
+    own eps (PyTorch's 1e-5 adds a relative change of order eps/Var, largest for small c). Returns
+    out_change = ‖f'−f‖/‖f‖, grad_scale = ‖g'‖/‖g‖ (expect 1/c), grad_err = ‖c·g' − g‖/‖g‖ (expect 0),
+    step_change = ‖f'−f‖/‖f‖ after one SGD step (lr) on both, and out_change_eps. Works on float64
+    copies in train mode (batch statistics).
     """
     base, scaled, x = _float64_copies(net, x, train_mode=True)
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.layers[layer].modules()):
+    norms = [m for m in base.layers[layer].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
         raise ValueError(f"block {layer} has no batch norm")
-    w0, w1 = base.layers[layer].main_weight, scaled.layers[layer].main_weight
     with torch.no_grad():
-        w1.mul_(c)
+        scaled.layers[layer].main_weight.mul_(c)
+        own_eps = _rel(scaled(x), base(x))
+    for model in (base, scaled):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eps = 1e-30
+    w0, w1 = base.layers[layer].main_weight, scaled.layers[layer].main_weight
     out0, (g0,) = _forward_backward(base, x, y, loss_fn, [w0])
     out1, (g1,) = _forward_backward(scaled, x, y, loss_fn, [w1])
     after0, after1 = _after_one_step(base, x, y, loss_fn, lr), _after_one_step(scaled, x, y, loss_fn, lr)
@@ -254,6 +260,7 @@ def batchnorm_scale_check(net: nn.Module, x: Tensor, y: Tensor, c: float, *, lay
         "grad_scale": float(torch.linalg.vector_norm(g1) / torch.linalg.vector_norm(g0)),
         "grad_err": _rel(c * g1, g0),
         "step_change": _rel(after1, after0),
+        "out_change_eps": own_eps,
     }
 
 
@@ -316,8 +323,9 @@ def gradient_rows(net: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, scales:
 
 # ------------------------------------------------------------------------------------------ the zoo
 
-BASE = dict(depth=3, width=32, kernel_size=5, activation="relu", optimizer="adam", lr=0.003, batch_size=64,
-            max_steps=200, log_every=10)  # fmt: skip
+BASE = dict(depth=3, width=32, activation="relu", optimizer="adam", lr=0.01, batch_size=64, max_steps=300,
+            log_every=10)  # fmt: skip
+PER_DATASET = {"mnist1d": dict(kernel_size=5), "digits": dict(kernel_size=3)}  # receptive field 13 of 40, 7 of 8
 # One change at a time from the exactly invariant model (circular padding, stride 1, global average pool).
 ZOO: dict[str, dict[str, Any]] = {
     "mlp": dict(model="mlp"),
@@ -332,12 +340,12 @@ ZOO: dict[str, dict[str, Any]] = {
 DATASETS = ("mnist1d", "digits")  # 1-D and 2-D shifts
 MAX_SHIFT = {"mnist1d": 10, "digits": 3}  # accuracy and consistency for shifts in [−K, K]
 SCALES = (0.1, 0.3, 3.0, 10.0)  # c of the gradient-invariance checks (not powers of 2, which scale exactly)
-EQ_EXAMPLES, GRAD_EXAMPLES = 256, 128
+EQ_EXAMPLES, GRAD_EXAMPLES = 256, 64
 
 
 def zoo_config(name: str, dataset: str, **overrides: Any) -> RunConfig:
     """The RunConfig of zoo model `name` on `dataset`."""
-    return RunConfig(dataset=dataset, **{**BASE, **ZOO[name], **overrides})
+    return RunConfig(dataset=dataset, **{**BASE, **PER_DATASET.get(dataset, {}), **ZOO[name], **overrides})
 
 
 def _trial_number(name: str, dataset: str) -> int:
@@ -554,6 +562,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default="all", help=f"all or a comma list of {', '.join(ZOO)}")
     parser.add_argument("--datasets", default="all", help=f"all or a comma list of {', '.join(DATASETS)}")
     parser.add_argument("--report", type=_bool, default=True, help="build the report at the end")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: these nets are so small that a second thread costs more than it gains)",
+    )
     return parser
 
 
@@ -570,6 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    torch.set_num_threads(max(1, args.threads))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per model download is noise
     try:
         run_zoo(names, datasets, retrain=args.retrain, report=args.report, **overrides)
     except KeyboardInterrupt:

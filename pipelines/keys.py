@@ -50,7 +50,9 @@ def browsable(metric_key: str) -> bool:
 # Keys of a zoo run, under `invariance/<state>/…` with state `init` (the same seed, untrained) or
 # `trained`; the parquet artifact INVARIANCE_ARTIFACT holds every value with its key (long format).
 
-INVARIANCE = "invariance"
+INVARIANCE = "invariance"  # also the `study` tag of the invariance runs (parent, workers, zoo trials)
+INVARIANCE_ZOO_TAG = "invariance_zoo"  # a zoo run's model name: mlp, cnn_circ, …
+INVARIANCE_ZOO_ARTIFACT = "invariance/zoo.csv"  # on each invocation's run: the zoo runs it tested
 INVARIANCE_STATES = ("init", "trained")
 SHIFT_MODES = ("circ", "zero")  # circular shift (torch.roll) or shift with the vacated border filled
 INVARIANCE_ARTIFACT = "invariance/metrics.parquet"
