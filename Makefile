@@ -19,14 +19,19 @@ study: $(VENV)/.installed  ## the default study (mlflow run . -e study)
 test: $(VENV)/.installed  ## the test suite
 	$(RUN) python -m pytest
 
+report: $(VENV)/.installed  ## regenerate the default study's report from MLflow
+	$(RUN) mlflow run . -e report --env-manager local
+
 train: $(VENV)/.installed  ## one training run with the defaults
 	$(RUN) mlflow run . -e train --env-manager local
 
 lint: $(VENV)/.installed
 	$(RUN) ruff check .
 
-bench: $(VENV)/.installed  ## the performance suite (prints ratios)
+bench: $(VENV)/.installed  ## the performance suite (prints ratios; minutes)
 	$(RUN) python -m benchmarks.train_overhead
+	$(RUN) python -m benchmarks.report_time
+	$(RUN) python -m benchmarks.study_throughput
 
 clean:
 	rm -rf $(VENV)

@@ -389,8 +389,8 @@ def write_html(invocation: pd.Series, summary: pd.DataFrame, written: dict[str, 
     verdict = "".join(
         f"<li>{html.escape(r['dataset'])} / {html.escape(label(r['model']))}: consistency {r['consistency_circ_init']:.3f}"
         f" (init), {r['consistency_circ_trained']:.3f} (trained); probability change ≤ "
-        f"{max(r['prob_change_circ_init'], r['prob_change_circ_trained']):.1e}; equivariance error ≤ "
-        f"{max(r['eqerr_k1_max_init'], r['eqerr_k1_max_trained']):.1e}: <b>{'exactly invariant' if r['exact'] else 'NOT exact'}"
+        f"{_short(max(r['prob_change_circ_init'], r['prob_change_circ_trained']))}; equivariance error ≤ "
+        f"{_short(max(r['eqerr_k1_max_init'], r['eqerr_k1_max_trained']))}: <b>{'exactly invariant' if r['exact'] else 'NOT exact'}"
         f"</b></li>" for r in exact.to_dict("records")
     )  # fmt: skip
     reused = int(summary["reused"].sum())

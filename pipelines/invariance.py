@@ -478,7 +478,8 @@ def run_zoo(names: Sequence[str], datasets: Sequence[str], *, retrain: bool = Fa
     client = MlflowClient()
     parent, own, experiment_id = attach(client)
     params = {"retrain": str(retrain).lower(), "models": ",".join(names), "datasets": ",".join(datasets), **overrides}
-    client.log_batch(own, params=[Param(k, str(v)) for k, v in params.items()])
+    logged = client.get_run(own).data.params  # `mlflow run` logs the entry point's parameters as it got them
+    client.log_batch(own, params=[Param(k, str(v)) for k, v in params.items() if k not in logged])
     started, status, zoo = time.perf_counter(), "FAILED", []
     try:
         for name, cfg in configs:
