@@ -77,7 +77,9 @@ def open_study(spec: StudySpec, study_name: str, storage: str, worker: int = 0) 
         raise SystemExit(f"error: study {study_name!r} in {mask(storage)}: {exc}") from None
 
 
-def attach_parent(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowClient) -> tuple[str, str, str]:
+def attach_parent(
+    study: optuna.Study, spec: StudySpec, storage: str, client: MlflowClient, n_trials: int
+) -> tuple[str, str, str]:
     """(parent run id, this invocation's run id, its role): the study's one MLflow tree."""
     own = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for this entry point
     parent = study.user_attrs.get(PARENT_ATTR)
@@ -95,7 +97,7 @@ def attach_parent(study: optuna.Study, spec: StudySpec, storage: str, client: Ml
         client.set_tag(own, "mlflow.runName", study.study_name)
         client.set_tag(own, "study", study.study_name)
         client.set_tag(own, "role", "parent")
-        _log_spec(client, own, spec, storage)
+        _log_spec(client, own, spec, storage, n_trials)
         study.set_user_attr(PARENT_ATTR, own)
         study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
         return own, own, "parent"
@@ -107,9 +109,11 @@ def attach_parent(study: optuna.Study, spec: StudySpec, storage: str, client: Ml
     return parent, own, "worker"
 
 
-def _log_spec(client: MlflowClient, run_id: str, spec: StudySpec, storage: str) -> None:
-    params = {"spec": spec.name, "sampler": spec.sampler["type"], "pruner": spec.pruner["type"],
-              "objective": f"{spec.direction} {spec.metric}", "n_trials": spec.n_trials, "storage": mask(storage)}  # fmt: skip
+def _log_spec(client: MlflowClient, run_id: str, spec: StudySpec, storage: str, n_trials: int) -> None:
+    # Prefixed: `mlflow run` already logged the entry point's own parameters (spec, n_trials, …) here.
+    params = {"study_spec": spec.name, "study_sampler": spec.sampler["type"], "study_pruner": spec.pruner["type"],
+              "study_objective": f"{spec.direction} {spec.metric}", "study_n_trials": n_trials,
+              "study_storage": mask(storage)}  # fmt: skip
     for key, value in params.items():
         client.log_param(run_id, key, value)
     client.log_artifact(run_id, spec.source, artifact_path="study")
@@ -312,7 +316,7 @@ def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | 
     study_name = study_name or spec.name
     client = MlflowClient()
     study = open_study(spec, study_name, storage)
-    parent, own, role = attach_parent(study, spec, storage, client)
+    parent, own, role = attach_parent(study, spec, storage, client, n_trials)
     experiment_id = client.get_run(parent).info.experiment_id
     ctx = StudyContext(spec.source, study_name, storage, parent, experiment_id, mlflow.get_tracking_uri(), n_trials,
                        dict(overrides or {}))  # fmt: skip
