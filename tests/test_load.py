@@ -28,7 +28,7 @@ def test_one_row_per_trial_with_tags_and_the_parent(real: load.StudyData, real_s
     assert set(runs["outcome"]) == {"completed", "diverged"}
     assert (runs["parent_run_id"] == real.parent_run_id).all()
     parent = MlflowClient(real_store).get_run(real.parent_run_id)
-    assert parent.data.tags["role"] == "parent" and parent.data.params["objective"] == "minimize val/loss"
+    assert parent.data.tags["role"] == "parent" and parent.data.params["study_objective"] == "minimize val/loss"
 
 
 @pytest.mark.slow
