@@ -24,7 +24,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-trials", type=int, default=0, help="the study's total trials (0: the spec's n_trials)")
     parser.add_argument("--study-name", default="", help="Optuna study name (default: the spec's name)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage: a journal file path or an RDB URL")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes on this machine (0: one per CPU core)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a fixed run-config field of the spec (repeatable), e.g. --set max_steps=20")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -40,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.workers < 1 or args.n_trials < 0:
-        bad = ("workers", args.workers, "an integer ≥ 1") if args.workers < 1 else ("n_trials", args.n_trials, "an integer ≥ 0")
+    if args.workers < 0 or args.n_trials < 0:
+        bad = ("workers", args.workers, "an integer ≥ 0") if args.workers < 0 else ("n_trials", args.n_trials, "an integer ≥ 0")
         print(f"error: {bad[0]}={bad[1]!r} is not allowed; allowed: {bad[2]}", file=sys.stderr)
         return 2
     try:

@@ -309,9 +309,12 @@ def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | 
               overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) a study to its total of n_trials and return its summary.
 
-    `overrides` replace fixed run-config fields of the spec (e.g. fewer steps for a smoke test).
+    `workers=0` runs one single-threaded worker per CPU core: small networks gain nothing from
+    intra-op threads, and parallel trials keep every core busy. `overrides` replace fixed run-config
+    fields of the spec (e.g. fewer steps for a smoke test).
     """
     spec = load_spec(spec_name, overrides)
+    workers = workers or os.cpu_count() or 1
     n_trials = n_trials or spec.n_trials
     study_name = study_name or spec.name
     client = MlflowClient()
