@@ -344,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     cpus = os.cpu_count() or 1
     print(f"load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {cpus} CPUs")
     if max(load_before[0], load_after[0]) > cpus or max(r["spread"] for r in results.values()) > 0.10:
-        print("warning: the machine was busy (load above the CPU count or spread above 10 %): "
-              "absolute times and ratios are unreliable; rerun on a quiet machine")  # fmt: skip
+        print("warning: load above the CPU count or a spread above 10 %: other processes may have "
+              "competed for the CPUs; treat ratios near a target with caution and rerun on a quiet machine")  # fmt: skip
     report = {
         "workload": {"dataset": "digits", "model": "mlp", "activation": "relu", "depth": args.depth,
                      "width": args.width, "batch_size": args.batch_size, "steps": args.steps,

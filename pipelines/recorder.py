@@ -4,7 +4,10 @@ The parquet table (step, layer, family, stat, value) holds every recorded statis
 validation metrics (family `val`), so analysis reads one file per run.
 
 MLflow receives metrics through `MlflowClient.log_batch` in chunks of 1,000 from a background thread,
-so training never waits on the tracking store. Downsampling (only when needed): of the R recorded
+so training never waits on the tracking store. Run-wide keys (train/loss, global norms, validation)
+are sent as they come, for live curves; the per-layer keys (hundreds per step on a deep net) are sent
+when the run ends: sending them during training cost the training thread up to 2× its step time
+(SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md). Downsampling (only when needed): of the R recorded
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
 Per-time-step BPTT norms go to the parquet table only (`keys.browsable`).
 """
@@ -40,6 +43,7 @@ class Recorder:
         self._values: list[list[float]] = []
         self._extra: list[tuple[int, list[str], list[float]]] = []  # validation metrics, not downsampled
         self._last_sent = -1  # index of the last record sent to MLflow
+        self._deferred: list[tuple[int, int]] = []  # (record index, timestamp) whose per-layer keys wait for close
         self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._ship, name="mlflow-recorder", daemon=True)
@@ -62,12 +66,21 @@ class Recorder:
         self._queue.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def _send(self, index: int) -> None:
+        """Run-wide keys go to MLflow now (live curves); per-layer keys when the run ends (see module doc)."""
         now = int(time.time() * 1000)
         step = self._steps[index]
-        self._queue.put(
-            [Metric(k, v, now, step) for k, v in zip(self._keys[index], self._values[index]) if K.browsable(k)]
-        )
+        live = [Metric(k, v, now, step) for k, v in zip(self._keys[index], self._values[index]) if k.count("/") == 1]
+        self._queue.put(live)
+        self._deferred.append((index, now))
         self._last_sent = index
+
+    def _per_layer_metrics(self) -> list[Metric]:
+        return [
+            Metric(k, v, now, self._steps[index])
+            for index, now in self._deferred
+            for k, v in zip(self._keys[index], self._values[index])
+            if k.count("/") == 2 and K.browsable(k)
+        ]
 
     def _ship(self) -> None:
         while (metrics := self._queue.get()) is not None:
@@ -105,6 +118,7 @@ class Recorder:
         self._closed = True
         if self._steps and self._last_sent != len(self._steps) - 1:
             self._send(len(self._steps) - 1)
+        self._queue.put(self._per_layer_metrics())
         self._queue.put(None)
         self._thread.join()
         with tempfile.TemporaryDirectory() as tmp:
