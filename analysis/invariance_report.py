@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 
 from analysis import load
+from analysis.report import PAGE_STYLE
 from pipelines import keys as K
 
 ARTIFACT_PATH = "report"
@@ -400,16 +401,7 @@ def write_html(invocation: pd.Series, summary: pd.DataFrame, written: dict[str, 
     skipped = f"<h2>Not drawn</h2><ul>{''.join(missing)}</ul>" if missing else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Invariance tests</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }}
-section.fig {{ display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0;
-  border-top: 1px solid #ddd; padding-top: 1em; }}
-section.fig img {{ max-width: 68%; height: auto; }}
-section.fig p {{ line-height: 1.45; }}
-table.runs {{ border-collapse: collapse; font-size: 0.8em; }}
-table.runs th, table.runs td {{ padding: 2px 6px; border-bottom: 1px solid #eee; text-align: right; }}
-.rule {{ background: #f6f6f6; padding: 0.6em 1em; }}
-</style></head><body>
+{PAGE_STYLE}</head><body>
 <h1>Invariance tests</h1>
 <p>Generated {now} from MLflow: invocation run <code>{html.escape(str(invocation["run_id"]))}</code>, {len(summary)} zoo
 runs ({reused} reused, {len(summary) - reused} trained by that invocation). A model f is invariant to a shift T when

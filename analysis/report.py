@@ -121,6 +121,18 @@ NEEDS = {
     "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
 }
 
+# The page style, shared with the invariance report.
+PAGE_STYLE = """<style>
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }
+section.fig { display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0;
+  border-top: 1px solid #ddd; padding-top: 1em; }
+section.fig img { max-width: 68%; height: auto; }
+section.fig p { line-height: 1.45; }
+table.runs { border-collapse: collapse; font-size: 0.8em; }
+table.runs th, table.runs td { padding: 2px 6px; border-bottom: 1px solid #eee; text-align: right; }
+.rule { background: #f6f6f6; padding: 0.6em 1em; }
+</style>"""
+
 
 class NoRuns(LookupError):
     """No MLflow run carries the tag study=<name>."""
@@ -191,16 +203,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | None],
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(study)}: gradient report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }}
-section.fig {{ display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0;
-  border-top: 1px solid #ddd; padding-top: 1em; }}
-section.fig img {{ max-width: 68%; height: auto; }}
-section.fig p {{ line-height: 1.45; }}
-table.runs {{ border-collapse: collapse; font-size: 0.8em; }}
-table.runs th, table.runs td {{ padding: 2px 6px; border-bottom: 1px solid #eee; text-align: right; }}
-.rule {{ background: #f6f6f6; padding: 0.6em 1em; }}
-</style></head><body>
+{PAGE_STYLE}</head><body>
 <h1>Gradient report: study <code>{html.escape(study)}</code></h1>
 <p>Generated {now} from MLflow (runs tagged <code>study={html.escape(study)}</code>). {len(table)} trial runs;
 outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict at initialization:
