@@ -27,9 +27,12 @@ retries: 1
 
 
 def start(folder: Path, uri: str) -> subprocess.Popen:
+    # One worker: with several, Optuna's GridSampler can stop the study when its grid is exhausted while a
+    # retry still waits (a known limitation, README "Studies").
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri}
     return subprocess.Popen(
-        [sys.executable, "-m", "studies.run", "--spec", "spec.yaml", "--storage", "optuna.journal", "--no-report"],
+        [sys.executable, "-m", "studies.run", "--spec", "spec.yaml", "--storage", "optuna.journal", "--no-report",
+         "--workers", "1"],
         cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
