@@ -100,13 +100,18 @@ def adding_problem(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.n
     return x, y
 
 
+def _generated(make: Callable[[int, int, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+               seq_len: int, n_train: int, n_val: int) -> Arrays:  # fmt: skip
+    rng = np.random.default_rng(DATA_SEED)  # training then validation sequences from one fixed stream
+    xt, yt = make(n_train, seq_len, rng)
+    xv, yv = make(n_val, seq_len, rng)
+    return xt, yt, xv, yv
+
+
 @functools.cache
 def load_adding(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_val: int = 1000) -> Arrays:
     """The adding problem with `seq_len` steps: 8,000 training and 1,000 validation sequences."""
-    rng = np.random.default_rng(DATA_SEED)
-    xt, yt = adding_problem(n_train, seq_len, rng)
-    xv, yv = adding_problem(n_val, seq_len, rng)
-    return xt, yt, xv, yv
+    return _generated(adding_problem, seq_len, n_train, n_val)
 
 
 def temporal_order(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -129,10 +134,7 @@ def temporal_order(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.n
 @functools.cache
 def load_temporal_order(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_val: int = 1000) -> Arrays:
     """The temporal order problem with `seq_len` steps: 8,000 training and 1,000 validation sequences."""
-    rng = np.random.default_rng(DATA_SEED)
-    xt, yt = temporal_order(n_train, seq_len, rng)
-    xv, yv = temporal_order(n_val, seq_len, rng)
-    return xt, yt, xv, yv
+    return _generated(temporal_order, seq_len, n_train, n_val)
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
