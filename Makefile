@@ -16,7 +16,20 @@ $(VENV)/.installed: requirements.txt
 study: $(VENV)/.installed  ## the default study (mlflow run . -e study)
 	$(RUN) mlflow run . -e study --env-manager local
 
-test: $(VENV)/.installed  ## the test suite
+# Debian packages for the tests that use real components (a PostgreSQL server, headless Chromium).
+# Installed when missing and apt-get can run as root; otherwise those tests skip and say why.
+$(VENV)/.system-deps: | $(VENV)/.installed
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "note: missing$$missing (needs root and apt-get); the tests that need them will skip"; fi
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.system-deps  ## the test suite
 	$(RUN) python -m pytest
 
 report: $(VENV)/.installed  ## regenerate the default study's report from MLflow
