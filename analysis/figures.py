@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from analysis import load, summary
+from analysis import load, summary, theory
 from analysis.summary import RECURRENT, arch, label, select, value
 
 DPI = 110
@@ -618,6 +618,146 @@ def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     return fig
 
 
+# ------------------------------------------------------------------ 10. recurrent cells by length
+
+
+def _loss_rows(runs: pd.DataFrame, stats: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Validation loss rows when every run has at least three, else training loss rows; and the name shown."""
+    val = select(stats, "val", "loss")
+    val = val[val["run_id"].isin(runs["run_id"])]
+    if not val.empty and val.groupby("run_id").size().reindex(runs["run_id"]).fillna(0).min() >= 3:
+        return val, "validation loss"
+    train = select(stats, "train", "loss")
+    return train[train["run_id"].isin(runs["run_id"])], "training loss"
+
+
+def _clip_style(run: dict) -> str:
+    return "-" if value(run, "clip", "none") == "none" else "--"
+
+
+@figure_function
+def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
+    """Loss against step for RNN vs LSTM vs GRU, one panel per sequence length, with the adding baseline."""
+    recurrent = runs[runs["model"].isin(RECURRENT)]
+    if recurrent.empty:
+        return None
+    rows, loss_name = _loss_rows(recurrent, stats)
+    rows = rows[np.isfinite(rows["value"])]
+    if rows.empty:
+        return None
+    lengths = sorted({int(v) for v in pd.to_numeric(recurrent["seq_len"], errors="coerce").dropna()})
+    fig, axes = _facet_axes([f"seq_len {n}" for n in lengths] or ["runs"], ncols=3, width=4.2, height=3.4,
+                            sharey=True)  # fmt: skip
+    by_run = {run_id: group.sort_values("step") for run_id, group in rows.groupby("run_id")}
+    for run in recurrent.to_dict("records"):
+        line = by_run.get(run["run_id"])
+        if line is None:
+            continue
+        ax = axes[f"seq_len {int(float(run['seq_len']))}"] if lengths else axes["runs"]
+        color = _color(CELL_COLORS, run["model"])
+        ax.plot(line["step"], line["value"], color=color, ls=_clip_style(run), lw=1.4, alpha=0.85)
+        if value(run, "outcome") == "diverged":
+            ax.plot(line["step"].iloc[-1], line["value"].iloc[-1], marker="x", color=color, ms=8, mew=2)
+    adding = (recurrent["dataset"] == "adding").any() and (recurrent["loss"] == "mse").any()
+    for name, ax in axes.items():
+        ax.set(yscale="log", title=name, xlabel="training step")
+        if adding:
+            ax.axhline(theory.ADDING_BASELINE_MSE, color="0.3", ls=":", lw=1.0)
+            ax.text(0.02, theory.ADDING_BASELINE_MSE, "predict the mean (MSE 1/6)", fontsize="x-small",
+                    va="bottom", transform=ax.get_yaxis_transform())  # fmt: skip
+        _plain_log_ticks(ax.yaxis)
+    next(iter(axes.values())).set_ylabel(loss_name)
+    cells = [c for c in CELL_COLORS if c in set(recurrent["model"])]
+    handles = [Line2D([], [], color=CELL_COLORS[c], lw=2, label=c) for c in cells]
+    handles += [Line2D([], [], color="0.3", ls="-", label="no clipping"),
+                Line2D([], [], color="0.3", ls="--", label="clipped"),
+                Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="diverged")]  # fmt: skip
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", title="cell · clipping")
+    fig.suptitle("Recurrent cells by sequence length: who learns the long lag")
+    return fig
+
+
+# ------------------------------------------------------------------------ 11. clipping, paired
+
+
+# Runs equal in every one of these but `clip`/`clip_threshold` form a pair: the same net trained with and without.
+PAIR_CONFIG = tuple(c for c in summary.CONFIG_COLUMNS if c not in ("clip", "clip_threshold"))
+
+
+def clipping_pairs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (unclipped run, clipped run) of otherwise identical configurations: run_id_off, run_id_on, …"""
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id_off", "run_id_on"])
+    text = runs[list(PAIR_CONFIG)].map(lambda v: "" if pd.isna(v) else str(v))
+    keyed = runs.assign(_key=text.agg("|".join, axis=1))
+    off = keyed[keyed["clip"] == "none"]
+    on = keyed[keyed["clip"].isin(["norm", "value"])]
+    pairs = off.merge(on, on="_key", suffixes=("_off", "_on"))
+    return pairs.drop(columns="_key")
+
+
+def _pair_label(pair: dict) -> str:
+    """The unclipped run's configuration and optimizer, and the clipping of its partner."""
+    off = {k[: -len("_off")]: v for k, v in pair.items() if k.endswith("_off")}
+    seq = f" T={int(float(off['seq_len']))}" if value(off, "model") in RECURRENT and value(off, "seq_len") else ""
+    on = pair
+    return (f"{label(off)}{seq} · {value(off, 'optimizer', '?')} {float(value(off, 'lr', math.nan)):g}"
+            f" · clip {on['clip_on']} {float(on['clip_threshold_on']):g}")
+
+
+@figure_function
+def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/loss", direction: str = "minimize",
+                    max_pairs: int = 4) -> Figure | None:  # fmt: skip
+    """Runs that differ only by clipping: the gradient norm of the worst-exploding pairs, and each pair's outcome."""
+    pairs = clipping_pairs(runs)
+    norms = select(stats, "grad", "global_l2")
+    if pairs.empty or norms.empty:
+        return None
+    peak = norms.groupby("run_id")["value"].max()
+    pairs = pairs.assign(peak=pairs["run_id_off"].map(peak).fillna(np.inf)).sort_values("peak", ascending=False)
+    fig, axes = new_figure(1, 2, width=5.2, height=4.0)
+    left, right = axes[0]
+    palette = sns.color_palette("colorblind", max_pairs)
+    handles = []
+    for color, pair in zip(palette, pairs.head(max_pairs).to_dict("records")):
+        for side, ls in (("off", "-"), ("on", "--")):
+            rows = norms[norms["run_id"] == pair[f"run_id_{side}"]].sort_values("step")
+            rows = rows[np.isfinite(rows["value"]) & (rows["value"] > 0)]
+            left.plot(rows["step"], rows["value"], color=color, ls=ls, lw=1.4)
+            if pair[f"outcome_{side}"] == "diverged" and not rows.empty:
+                left.plot(rows["step"].iloc[-1], rows["value"].iloc[-1], marker="x", color=color, ms=8, mew=2)
+        name = _pair_label(pair)
+        handles.append(Line2D([], [], color=color, lw=2, label=name))
+    left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm before clipping",
+             title="most exploding pairs: unclipped (solid) vs clipped (dashed)")  # fmt: skip
+    left.legend(handles=handles, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
+    # Right: each pair's objective with vs without clipping; a diverged run has no objective and sits on the edge.
+    final = _objective_values(runs, stats, objective)
+    x = pairs["run_id_off"].map(final).where(pairs["outcome_off"] != "diverged")
+    y = pairs["run_id_on"].map(final).where(pairs["outcome_on"] != "diverged")
+    finite = pd.concat([x, y]).replace([np.inf, -np.inf], np.nan).dropna()
+    finite = finite[finite > 0]
+    lo, hi = (finite.min() / 2, finite.max() * 2) if not finite.empty else (1e-3, 10.0)
+    edge = hi * 1.8  # where diverged runs are drawn
+    for pair, xv, yv in zip(pairs.to_dict("records"), x, y):
+        color = _color(CELL_COLORS, pair["model_off"]) if pair["model_off"] in CELL_COLORS else "0.3"
+        right.scatter(edge if pd.isna(xv) else xv, edge if pd.isna(yv) else yv, color=color, s=30,
+                      marker="x" if pd.isna(xv) or pd.isna(yv) else "o", zorder=3)  # fmt: skip
+    right.plot([lo, hi], [lo, hi], color="0.4", lw=0.9, ls=":")
+    right.axvline(hi * 1.35, color="0.7", lw=0.8)
+    right.axhline(hi * 1.35, color="0.7", lw=0.8)
+    right.text(edge, lo, "diverged", rotation=90, ha="center", va="bottom", fontsize="x-small")
+    right.text(lo, edge, "diverged", ha="left", va="center", fontsize="x-small")
+    right.set(xscale="log", yscale="log", xlim=(lo, edge * 1.5), ylim=(lo, edge * 1.5),
+              xlabel=f"{objective} without clipping", ylabel=f"{objective} with clipping",
+              title=f"{len(pairs)} pairs ({'below' if direction == 'minimize' else 'above'} the diagonal: "
+                    f"clipping helped)")  # fmt: skip
+    for axis in (left.yaxis, right.xaxis, right.yaxis):
+        _plain_log_ticks(axis)
+    fig.suptitle("Gradient clipping on runs that explode")
+    return fig
+
+
 # The report draws these in this order; each takes (runs, stats) and returns a Figure or None.
 FIGURES: dict[str, Callable[..., Figure | None]] = {
     "backprop_by_layer": backprop_by_layer,
@@ -629,4 +769,6 @@ FIGURES: dict[str, Callable[..., Figure | None]] = {
     "update_ratio": update_ratio,
     "optimizer_curves": optimizer_curves,
     "bptt": bptt,
+    "recurrent_curves": recurrent_curves,
+    "clipping_effect": clipping_effect,
 }

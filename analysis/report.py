@@ -108,6 +108,26 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "LSTM's and GRU's additive memory keeps it flat enough to learn the adding problem's long lags "
         "(Hochreiter &amp; Schmidhuber 1997).",
     ),
+    "recurrent_curves": (
+        "Recurrent cells by sequence length",
+        "The loss of every RNN/LSTM/GRU run against the training step, one panel per sequence length "
+        "(validation loss when every run was validated at least three times, else training loss); solid lines "
+        "trained without clipping, dashed with it, × where a run diverged. On the adding problem the dotted line "
+        "is the trivial baseline, always predicting the mean: MSE = Var(U₁ + U₂) = 1/6. Hochreiter &amp; "
+        "Schmidhuber (1997): a tanh RNN stays at the baseline once the lag is long (its gradient through time "
+        "vanishes, see the figure above), while the LSTM and GRU fall far below it; at short lengths all three "
+        "learn.",
+    ),
+    "clipping_effect": (
+        "Clipping on runs that explode",
+        "Runs that differ only in gradient clipping, paired. Left: the global gradient norm before clipping "
+        "(grad/global_l2) of the pairs whose unclipped run reached the largest norm, unclipped solid, clipped "
+        "dashed, × where a run diverged. Right: each pair's objective without (x) and with clipping (y), on the "
+        "side of the diagonal the title names where clipping helped; × on the edge marks a run that diverged. Pascanu et al. "
+        "(2013): an RNN with spectral radius above 1 under plain SGD meets gradient cliffs; an unclipped step "
+        "there throws the weights far away (often to non-finite values), a norm-clipped step keeps the "
+        "direction and caps the length, so the same run trains.",
+    ),
 }
 NEEDS = {
     "backprop_by_layer": "non-recurrent runs with at least two hidden layers measured at step 0",
@@ -119,6 +139,8 @@ NEEDS = {
     "update_ratio": "runs with update ratios",
     "optimizer_curves": "runs with training-loss records",
     "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
+    "recurrent_curves": "recurrent runs (rnn, lstm, gru) with loss records",
+    "clipping_effect": "pairs of runs that differ only in clipping (clip = none and clip = norm or value)",
 }
 
 # The page style, shared with the invariance report.
@@ -165,7 +187,8 @@ def summary_table(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
 
 def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | None:
     """Draw one figure of FIGURES into folder/<name>.png; None when the study lacks its data."""
-    extra = {"objective": objective[0], "direction": objective[1]} if name == "phase_diagram" else {}
+    takes_objective = name in ("phase_diagram", "clipping_effect")
+    extra = {"objective": objective[0], "direction": objective[1]} if takes_objective else {}
     fig = figures.FIGURES[name](data.runs, data.stats, **extra)
     return None if fig is None else figures.save_figure(fig, folder / f"{name}.png")
 

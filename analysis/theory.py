@@ -394,6 +394,11 @@ def rnn_gradient_regime(
     return RNNRegime(bound=bound, gamma=gamma, regime=regime, guaranteed=guaranteed)
 
 
+# The adding problem's trivial baseline: always predicting the mean of the sum of two U(0, 1) values scores
+# its variance, 2 · 1/12 (Hochreiter & Schmidhuber 1997's "≈ 0.167").
+ADDING_BASELINE_MSE = 2.0 / 12.0
+
+
 # ----------------------------------------------------------------------------------- measurement
 
 

@@ -48,14 +48,16 @@ class Shape:
 
 def config(index: int, rng: np.random.Generator, shape: Shape) -> RunConfig:
     """The index-th trial's config: mostly MLPs over activation × init × depth × arch; of every ten, the second
-    is an exploding ReLU net and the fourth a recurrent net (so even a six-run study has every case)."""
+    is an exploding ReLU net, the fourth a recurrent net and the sixth the exploding net clipped (so even a six-run
+    study has every case)."""
     common = {"width": shape.width, "max_steps": shape.max_steps, "log_every": shape.log_every,
               "metric_points": shape.metric_points, "batch_size": 64}  # fmt: skip
     common.update(OPTIMS[str(rng.choice(list(OPTIMS)))])
     common.update(CLIPS[int(rng.integers(len(CLIPS)))])
-    if index % 10 == 1:  # the exploding study's case: ReLU above the edge of chaos, plain SGD, no clipping
+    if index % 10 in (1, 5):  # the exploding study's case: ReLU above the edge of chaos, plain SGD; unclipped,
+        clip = {"clip": "none"} if index % 10 == 1 else {"clip": "norm", "clip_threshold": 1.0}  # then clipped
         return RunConfig(dataset="digits", activation="relu", init="kaiming_normal", init_gain=1.5,
-                         depth=max(shape.depths), **{**common, **OPTIMS["sgd"], "clip": "none"})  # fmt: skip
+                         depth=max(shape.depths), **{**common, **OPTIMS["sgd"], **clip})  # fmt: skip
     if index % 10 == 3:
         return RunConfig(dataset="adding", loss="mse", depth=1, init="orthogonal", seq_len=shape.seq_len,
                          **RECURRENT[(index // 10) % 3], **common)  # fmt: skip

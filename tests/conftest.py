@@ -84,8 +84,8 @@ def pointed_at(uri: str) -> Iterator[str]:
 
 SYNTHETIC_STUDY = "synthetic"
 REAL_STUDY = "real"
-# A real study small enough for the test suite: every figure's case once (clipping, batch norm, residual,
-# a diverging ReLU net, a recurrent net), 8-16 units, a dozen steps.
+# A real study small enough for the test suite: every figure's case once (clipping with its unclipped twin,
+# batch norm, residual, a diverging ReLU net, a recurrent net), 8-16 units, a dozen steps.
 REAL_SPEC = """
 name: real
 fixed: {dataset: digits, width: 16, batch_size: 32, max_steps: 12, log_every: 2, metric_points: 0}
@@ -93,6 +93,7 @@ space:
   net:
     bundles:
       relu_clipped: {model: mlp, activation: relu, init: kaiming_normal, depth: 4, clip: norm, clip_threshold: 0.5}
+      relu_unclipped: {model: mlp, activation: relu, init: kaiming_normal, depth: 4}
       tanh_bn: {model: mlp, activation: tanh, init: xavier_normal, depth: 4, norm: batch, optimizer: adam, lr: 0.003}
       sigmoid_res: {model: resmlp, activation: sigmoid, init: xavier_normal, depth: 3, res_scale: 0.5}
       relu_diverging: {model: mlp, activation: relu, init: kaiming_normal, depth: 4, lr: 1000000.0}
@@ -100,7 +101,7 @@ space:
 sampler: {type: grid}
 pruner: none
 objective: {metric: val/loss, direction: minimize}
-n_trials: 5
+n_trials: 6
 """
 
 
@@ -120,7 +121,7 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path)
 
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
-    """URI of a store holding study `real`: five tiny trials trained by the study runner (no report)."""
+    """URI of a store holding study `real`: six tiny trials trained by the study runner (no report)."""
     from studies.runner import run_study
 
     folder = tmp_path_factory.mktemp("real")

@@ -22,8 +22,8 @@ def real(real_store: str) -> load.StudyData:
 @pytest.mark.slow  # the session's real study is trained by the first test that needs it (about 10 s)
 def test_one_row_per_trial_with_tags_and_the_parent(real: load.StudyData, real_store: str) -> None:
     runs = real.runs
-    assert len(runs) == 5 and runs["run_id"].is_unique
-    assert runs["trial"].tolist() == [0, 1, 2, 3, 4]  # sorted by trial, Int64
+    assert len(runs) == 6 and runs["run_id"].is_unique
+    assert runs["trial"].tolist() == [0, 1, 2, 3, 4, 5]  # sorted by trial, Int64
     assert set(runs["study"]) == {REAL_STUDY} and set(runs["role"]) == {"trial"}
     assert set(runs["outcome"]) == {"completed", "diverged"}
     assert (runs["parent_run_id"] == real.parent_run_id).all()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from models.activations import make_activation
-from pipelines import train
+from pipelines import reference, train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
 from pipelines.probe import GradientProbe
@@ -260,56 +260,27 @@ def test_logging_schedule_and_updates_between_logging_steps(log_every: int, max_
 # -- hand-written backprop (the seed formulas) ----------------------------------------------------
 
 
-PHI = {
-    "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z, a: a * (1 - a)),
-    "tanh": (np.tanh, lambda z, a: 1 - a**2),
-    "relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(z.dtype)),
-}
-
-
-@pytest.mark.parametrize("activation", sorted(PHI))
+@pytest.mark.parametrize("activation", sorted(reference.ACTIVATIONS))
 def test_mlp_matches_a_numpy_backprop_of_the_seed_formulas(activation: str) -> None:
     fit = run_fit(activation=activation, depth=2, width=8, init="xavier_normal", init_gain=2.0)
     sd = {k: v.double().numpy() for k, v in fit.net0.state_dict().items()}
     x, y = fit.batches()[0]
-    a = x.double().numpy().reshape(len(x), -1)
-    y = y.numpy()
-    B = len(a)
-    phi, dphi = PHI[activation]
-    layers = [(sd[f"layers.{i}.linear.weight"], sd[f"layers.{i}.linear.bias"]) for i in range(2)]
-    layers.append((sd["readout.weight"], sd["readout.bias"]))
-    # forward: z = W a + b (rows are examples here, so z = a Wᵀ + b)
-    inputs, zs = [], []
-    for i, (W, b) in enumerate(layers):
-        inputs.append(a)
-        z = a @ W.T + b
-        zs.append(z)
-        a = phi(z) if i < 2 else z
-    logits = zs[-1]
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    onehot = np.eye(logits.shape[1])[y]
-    loss = -np.log(p[np.arange(B), y]).mean()
-    # backward: δᴸ = (softmax(z) − onehot(y)) / B; ∂L/∂W = δ·aᵀ; ∂L/∂a = Wᵀ·δ; δ = ∂L/∂a ⊙ φ'(z)
-    delta = (p - onehot) / B
+    prefixes = ["layers.0.linear", "layers.1.linear", "readout"]
+    weights = [sd[f"{p}.weight"] for p in prefixes]
+    biases = [sd[f"{p}.bias"] for p in prefixes]
+    # pipelines/reference.py: δᴸ = (softmax(z) − onehot(y)) / B; ∂L/∂W = δ·aᵀ; ∂L/∂a = Wᵀ·δ; δ = ∂L/∂a ⊙ φ'(z)
+    bp = reference.mlp_backprop(x.double().numpy(), y.numpy(), weights, biases, activation, "ce")
     names = ["L000", "L001", "out"]
-    grad_w, grad_b, backprop = {}, {}, {"out": np.linalg.norm(delta)}
-    for i in (2, 1, 0):
-        W, _ = layers[i]
-        grad_w[names[i]] = delta.T @ inputs[i]
-        grad_b[names[i]] = delta.sum(axis=0)
-        if i == 0:
-            break
-        dA = delta @ W  # ∂L/∂a of the layer below, the block's output
-        backprop[names[i - 1]] = np.linalg.norm(dA)
-        delta = dA * dphi(zs[i - 1], phi(zs[i - 1]))
+    grad_w = dict(zip(names, bp.dW))
+    # ∂L/∂(block output) = ∂L/∂a of the next layer's input; for `out`, ∂L/∂logits = δᴸ
+    backprop = {"L000": np.linalg.norm(bp.da[1]), "L001": np.linalg.norm(bp.da[2]), "out": np.linalg.norm(bp.delta[-1])}
     got = fit.records[0]
-    assert got["train/loss"] == pytest.approx(loss, rel=1e-5)
+    assert got["train/loss"] == pytest.approx(bp.loss, rel=1e-5)
     for name in names:
         assert got[f"grad/{name}/l2"] == pytest.approx(np.linalg.norm(grad_w[name]), rel=1e-4), name
         assert got[f"grad/{name}/absmax"] == pytest.approx(np.abs(grad_w[name]).max(), rel=1e-4), name
         assert got[f"backprop/{name}/l2"] == pytest.approx(backprop[name], rel=1e-4), name
-    global_l2 = np.sqrt(sum((g**2).sum() for g in [*grad_w.values(), *grad_b.values()]))
+    global_l2 = np.sqrt(sum((g**2).sum() for g in [*bp.dW, *bp.db]))
     assert got["grad/global_l2"] == pytest.approx(global_l2, rel=1e-4)
     assert backprop["L000"] > 0 and grad_w["L000"].any()  # the case exercises every layer
 
