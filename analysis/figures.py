@@ -557,23 +557,62 @@ def _median_curve(rows: pd.DataFrame, points: int = 60) -> pd.DataFrame:
     return pd.DataFrame({"step": grid, "elapsed": elapsed, "lo": q[0], "median": q[1], "hi": q[2]})
 
 
+SCHEDULE_DASHES = {"none": "", "step": (4, 1.5), "cosine": (1, 1), "onecycle": (3, 1, 1, 1)}  # "" = solid
+FULL_BATCH, BATCH_ONE = "GD (full batch)", "SGD (batch 1)"
+
+
+def optimizer_setting(run: dict) -> str:
+    """How a run optimized: the optimizer, full-batch GD or batch-1 SGD told apart, and any lr schedule."""
+    name = str(value(run, "optimizer", "?"))
+    batch, n_train = float(value(run, "batch_size", math.nan)), float(value(run, "n_train", math.nan))
+    if name == "sgd" and batch >= n_train:
+        name = FULL_BATCH
+    elif name == "sgd" and batch == 1:
+        name = BATCH_ONE
+    schedule = value(run, "schedule", "none")
+    return name if schedule == "none" else f"{name} + {schedule}"
+
+
+def _setting_style(run: dict) -> dict:
+    """Colour by optimizer (black for full-batch GD, grey for batch-1 SGD), dashes by schedule."""
+    setting = optimizer_setting(run)
+    color = ("0.1" if setting.startswith(FULL_BATCH) else GREY if setting.startswith(BATCH_ONE)
+             else _color(OPTIMIZER_COLORS, value(run, "optimizer")))  # fmt: skip
+    return {"color": color, "dashes": SCHEDULE_DASHES.get(value(run, "schedule", "none"), "")}
+
+
+def _settings(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, dict]]:
+    """runs with a `setting` column, the settings in optimizer order, and each setting's line style."""
+    records = runs.to_dict("records")
+    runs = runs.assign(setting=[optimizer_setting(r) for r in records])
+    styles = {optimizer_setting(r): _setting_style(r) for r in records}
+    rank = {o: i for i, o in enumerate((FULL_BATCH, BATCH_ONE, *OPTIMIZER_COLORS))}
+    order = sorted(styles, key=lambda s: (rank.get(s.split(" + ")[0], len(rank)), s))
+    return runs, order, styles
+
+
+def _style_kwargs(style: dict) -> dict:
+    return {"color": style["color"], **({"dashes": style["dashes"]} if style["dashes"] else {})}
+
+
 @figure_function
 def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
-    """train/loss and val/loss against step and against wall-clock time, one median line per optimizer."""
+    """train/loss and val/loss against step and against wall-clock time, one median line per optimizer setting."""
+    runs, order, styles = _settings(runs)
     fig, axes = new_figure(2, 2, width=4.6, height=3.3)
     drew: dict[str, int] = {}
     for i, (family, name) in enumerate((("train", "training loss"), ("val", "validation loss"))):
-        rows = select(stats, family, "loss").merge(runs[["run_id", "optimizer"]], on="run_id")
+        rows = select(stats, family, "loss").merge(runs[["run_id", "setting"]], on="run_id")
         rows = rows[np.isfinite(rows["value"]) & (rows["value"] > 0)]
         rows = rows.assign(elapsed=_elapsed_at(stats, rows))
         medians = []
-        for optimizer, group in rows.groupby("optimizer"):
-            curve, color = _median_curve(group), _color(OPTIMIZER_COLORS, optimizer)
-            drew[optimizer] = max(drew.get(optimizer, 0), group["run_id"].nunique())
+        for setting, group in rows.groupby("setting"):
+            curve, style = _median_curve(group), styles[setting]
+            drew[setting] = max(drew.get(setting, 0), group["run_id"].nunique())
             medians.append(curve["median"])
             for ax, x in zip(axes[i], ("step", "elapsed")):
-                ax.plot(curve[x], curve["median"], color=color, lw=1.8)
-                ax.fill_between(curve[x], curve["lo"], curve["hi"], color=color, alpha=0.15, lw=0)
+                ax.plot(curve[x], curve["median"], lw=1.8, **_style_kwargs(style))
+                ax.fill_between(curve[x], curve["lo"], curve["hi"], color=style["color"], alpha=0.12, lw=0)
         for ax, xlabel in zip(axes[i], ("training step", "wall-clock time (s, median over runs)")):
             ax.set(yscale="log", xlabel=xlabel, ylabel=name)
             if medians:  # the medians set the scale: a band that reaches a diverging run's 1e20 is cut off
@@ -582,11 +621,43 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             _plain_log_ticks(ax.yaxis)
     if not drew:
         return None
-    order = [o for o in OPTIMIZER_COLORS if o in drew] + sorted(set(drew) - set(OPTIMIZER_COLORS))
-    handles = [Line2D([], [], color=_color(OPTIMIZER_COLORS, o), lw=2, label=f"{o} ({drew[o]} run{'s' * (drew[o] > 1)})")
-               for o in order]  # fmt: skip
+    handles = [Line2D([], [], lw=2, label=f"{s} ({drew[s]} run{'s' * (drew[s] > 1)})", **_style_kwargs(styles[s]))
+               for s in order if s in drew]  # fmt: skip
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Optimizers: loss against steps and against wall-clock time")
+    return fig
+
+
+@figure_function
+def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
+    """Final validation accuracy (or loss) and wall-clock time per step, one row per optimizer setting."""
+    runs, order, styles = _settings(runs)
+    metric = "val/acc" if runs.get("metrics.val/acc", pd.Series(dtype=float)).notna().any() else "val/loss"
+    final = _objective_values(runs, stats, metric)
+    clock = select(stats, "time", "elapsed").sort_values("step").groupby("run_id")
+    per_step = (clock["value"].last() / clock["step"].last().clip(lower=1)) * 1e3
+    if per_step.empty:  # runs that wrote no statistics
+        return None
+    table = runs.assign(final=runs["run_id"].map(final), ms=runs["run_id"].map(per_step))
+    table = table[np.isfinite(table["final"].astype(float))]
+    if table.empty or len(order) < 2:
+        return None
+    order = [s for s in order if s in set(table["setting"])]
+    fig, axes = new_figure(1, 2, width=4.6, height=0.42 * len(order) + 1.6)
+    left, right = axes[0]
+    palette = {s: styles[s]["color"] for s in order}
+    for ax, column, xlabel in ((left, "final", f"final {metric}"), (right, "ms", "wall-clock ms per step")):
+        sns.barplot(table, y="setting", x=column, hue="setting", order=order, hue_order=order, palette=palette,
+                    errorbar=None, alpha=0.45, ax=ax, legend=False)  # fmt: skip
+        sns.stripplot(table, y="setting", x=column, hue="setting", order=order, hue_order=order, palette=palette,
+                      size=5, ax=ax, legend=False)  # fmt: skip
+        ax.set(xlabel=xlabel, ylabel="")
+    left.set_ylabel("optimizer setting")
+    right.set(yticklabels=[])
+    if metric == "val/loss":
+        left.set_xscale("log")
+    left.set_title("bar = mean over seeds, dots = runs", fontsize="small")
+    fig.suptitle("Optimizers: final result and cost per step")
     return fig
 
 
@@ -768,6 +839,7 @@ FIGURES: dict[str, Callable[..., Figure | None]] = {
     "saturation": saturation,
     "update_ratio": update_ratio,
     "optimizer_curves": optimizer_curves,
+    "optimizer_results": optimizer_results,
     "bptt": bptt,
     "recurrent_curves": recurrent_curves,
     "clipping_effect": clipping_effect,

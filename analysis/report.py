@@ -95,9 +95,19 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "Optimizers: loss against steps and time",
         "Training loss (every logged step) and validation loss against step and against wall-clock seconds "
         "(time/elapsed, the median clock of the runs at each step), the median and interquartile band over the "
-        "runs of each optimizer, each run interpolated inside its own range and a point drawn only where at least "
+        "runs of each optimizer setting (colour = optimizer, black = full-batch GD, grey = SGD with batch 1, "
+        "dashes = learning-rate schedule), each run interpolated inside its own range and a point drawn only where at least "
         "half the runs have data. Compare per step for sample efficiency and per second for cost; diverged runs "
         "drop out where their loss stopped being finite.",
+    ),
+    "optimizer_results": (
+        "Optimizers: final result and cost",
+        "The final validation accuracy (validation loss where there is no accuracy) of every run, by optimizer "
+        "setting (dots = runs, e.g. seeds; bars = their mean), and the wall-clock milliseconds per training step "
+        "(time/elapsed at the last step over the steps). Full-batch gradient descent is SGD whose batch holds the "
+        "whole training set (tag n_train): each step costs the most and is the least noisy; SGD with batch 1 is "
+        "the cheapest and noisiest step. Adaptive methods (RMSprop, Adagrad, Adam, AdamW) reach a low loss "
+        "with little tuning; schedules (step, cosine, one-cycle) trade early speed for a better end point.",
     ),
     "bptt": (
         "Gradients through time (recurrent nets)",
@@ -138,6 +148,7 @@ NEEDS = {
     "saturation": "non-recurrent runs with activation statistics",
     "update_ratio": "runs with update ratios",
     "optimizer_curves": "runs with training-loss records",
+    "optimizer_results": "at least two optimizer settings with a final validation result",
     "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
     "recurrent_curves": "recurrent runs (rnn, lstm, gru) with loss records",
     "clipping_effect": "pairs of runs that differ only in clipping (clip = none and clip = norm or value)",

@@ -140,8 +140,38 @@ def test_missing_data_gives_none(data: load.StudyData, name: str) -> None:
         assert draw(name, recurrent, data.stats) is None
     if name == "bptt":
         assert draw(name, feedforward, data.stats) is None
-    if name == "clipping":
+    if name in ("clipping", "clipping_effect"):
         assert draw(name, data.runs[data.runs["clip"] == "none"], data.stats) is None
+    if name == "recurrent_curves":
+        assert draw(name, feedforward, data.stats) is None
+
+
+def test_clipping_pairs_match_runs_that_differ_only_in_clipping(data: load.StudyData) -> None:
+    pairs = figures.clipping_pairs(data.runs)
+    assert len(pairs) >= 1
+    by_id = data.runs.set_index("run_id")
+    for pair in pairs.to_dict("records"):
+        off, on = by_id.loc[pair["run_id_off"]], by_id.loc[pair["run_id_on"]]
+        assert off["clip"] == "none" and on["clip"] in ("norm", "value")
+        differing = {c for c in figures.PAIR_CONFIG if str(off[c]) != str(on[c])}
+        assert differing == set()
+    # A run whose twin differs in anything else (here the learning rate) has no pair.
+    changed = data.runs.assign(lr=[0.1 * (i + 1) for i in range(len(data.runs))])
+    assert figures.clipping_pairs(changed).empty
+
+
+@pytest.mark.parametrize(
+    ("run", "setting"),
+    [
+        ({"optimizer": "sgd", "batch_size": 2000, "n_train": 1437, "schedule": "none"}, "GD (full batch)"),
+        ({"optimizer": "sgd", "batch_size": 1, "n_train": 1437, "schedule": "none"}, "SGD (batch 1)"),
+        ({"optimizer": "sgd", "batch_size": 32, "n_train": 1437, "schedule": "none"}, "sgd"),
+        ({"optimizer": "momentum", "batch_size": 32, "n_train": 1437, "schedule": "onecycle"}, "momentum + onecycle"),
+        ({"optimizer": "adam", "batch_size": 32}, "adam"),  # older runs without the n_train tag
+    ],
+)
+def test_optimizer_setting_names_full_batch_batch_one_and_schedules(run: dict, setting: str) -> None:
+    assert figures.optimizer_setting(run) == setting
 
 
 def test_figures_leave_pyplot_and_rc_params_alone(data: load.StudyData) -> None:
