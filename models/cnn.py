@@ -2,7 +2,9 @@
 
 Padding mode (`zeros` or `circular`), stride and max-pooling apply to every conv block while the
 feature map is still large enough (stride s needs ≥ s positions, pooling ≥ 2); each block records its
-cumulative `total_stride`. The head is global average pooling (`gap`) or flattening (`flatten`).
+cumulative `total_stride`. The head is global average pooling (`gap`), flattening (`flatten`), or `dense`:
+the readout applied at every position (a 1×1 convolution), giving outputs laid out like the input
+((B, n_outputs, L) for a (C, L) signal) for per-position tasks such as segmentation.
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ class CNN(Family):
             )
         self.layers = nn.ModuleList(blocks)
         self.head = head
-        self.readout = nn.Linear(width if head == "gap" else width * math.prod(spatial), n_outputs)
+        # The dense head keeps the readout an nn.Linear (on the channels at each position) rather than a
+        # Conv1x1, so init and the probe treat it like every other family's readout.
+        self.readout = nn.Linear(width if head in ("gap", "dense") else width * math.prod(spatial), n_outputs)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Every conv block's output, in forward order (for equivariance tests)."""
@@ -118,5 +122,8 @@ class CNN(Family):
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         x = self.features(x)[-1]
+        if self.head == "dense":
+            out = self.readout(x.movedim(1, -1))  # (B, *positions, n_outputs)
+            return out if self.channels_last else out.movedim(-1, 1)
         x = x.mean(dim=tuple(range(2, x.dim()))) if self.head == "gap" else torch.flatten(x, 1)
         return self.readout(x)

@@ -10,7 +10,9 @@ from torch import Tensor
 
 from models.base import Family
 from models.losses import LOSSES
+from models.metrics import BATCH_METRICS, SET_METRICS
 from models.optim import make_optimizer, make_schedule
+from pipelines import keys as K
 
 
 class LitModel(pl.LightningModule):
@@ -39,6 +41,7 @@ class LitModel(pl.LightningModule):
         self.schedule, self.max_steps = schedule, max_steps
         self.last_loss: Tensor | None = None  # the training loss of the current step, for the probe
         self.after_clipping: Callable[[], None] | None = None  # set by the probe on logging steps
+        self.val_outputs: list[tuple[Tensor, Tensor]] = []  # kept for SET_METRICS until the epoch ends
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         return self.net(x)
@@ -52,9 +55,19 @@ class LitModel(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # noqa: D102
         x, y = batch
         out = self.net(x)
-        self.log("val/loss", self.loss_fn(out, y), on_epoch=True, batch_size=len(x))
-        if self.task == "classification":
-            self.log("val/acc", (out.argmax(-1) == y).float().mean(), on_epoch=True, batch_size=len(x))
+        self.log(K.VAL_LOSS, self.loss_fn(out, y), on_epoch=True, batch_size=len(x))
+        if self.task in BATCH_METRICS:
+            for key, value in BATCH_METRICS[self.task](out, y).items():
+                self.log(key, value, on_epoch=True, batch_size=len(x))
+        if self.task in SET_METRICS:
+            self.val_outputs.append((out.detach(), y))
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        if self.val_outputs:
+            out, y = (torch.cat(parts) for parts in zip(*self.val_outputs))
+            self.val_outputs.clear()
+            for key, value in SET_METRICS[self.task](out, y).items():
+                self.log(key, value)
 
     def configure_optimizers(self):  # noqa: D102
         args = dict(self.optim_args)

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
     def __init__(self, field_name: str, value: Any, allowed: str) -> None:
         self.field, self.value, self.allowed = field_name, value, allowed
-        super().__init__(f"{field_name}={value!r} is not allowed; allowed: {allowed}")
+        shown = field_name if str(field_name).isidentifier() else repr(field_name)  # a stray name stays one line
+        super().__init__(f"{shown}={value!r} is not allowed; allowed: {allowed}")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -53,7 +54,8 @@ class RunConfig:
     padding: str = _f("zeros", "cnn padding mode", ("zeros", "circular"))
     stride: int = _f(1, "cnn stride of every conv block (≥ 1)")
     pool: str = _f("none", "cnn 2× max-pooling after every conv block", ("none", "max"))
-    head: str = _f("gap", "cnn head: global average pool or flatten", ("gap", "flatten"))
+    head: str = _f("gap", "cnn head: global average pool, flatten, or dense (one output per position, "
+                   "a 1×1 conv readout: segmentation)", ("gap", "flatten", "dense"))  # fmt: skip
     optimizer: str = _f("sgd", "optimizer", tuple(OPTIMIZERS))
     lr: float = _f(0.05, "learning rate (> 0; the peak for onecycle)")
     momentum: float = _f(0.9, "momentum of the momentum/nesterov optimizers (0 ≤ m < 1)")
@@ -61,7 +63,10 @@ class RunConfig:
     schedule: str = _f("none", "learning-rate schedule, stepped every optimizer step", tuple(SCHEDULES))
     clip: str = _f("none", "Lightning's gradient clipping algorithm", ("none", "norm", "value"))
     clip_threshold: float = _f(1.0, "clipping threshold (> 0 when clip is on)")
-    loss: str = _f("ce", "loss function", tuple(LOSSES))
+    loss: str = _f("ce", "loss function (it must fit the dataset's task)", tuple(LOSSES))
+    embed_dim: int = _f(16, "embedding width of the readout on a metric-learning dataset (≥ 1)")
+    latent_dim: int = _f(8, "GAN: dimensions of the generator's input noise (≥ 1; adversarial task only)")
+    d_steps: int = _f(1, "GAN: discriminator updates per generator update (≥ 1; adversarial task only)")
     batch_size: int = _f(64, "mini-batch size (≥ 1; larger than the training set = full batch)")
     max_steps: int = _f(200, "optimizer steps (≥ 1)")
     val_every: int = _f(0, "validate every N steps (0: five times a run, and at the end)")
@@ -75,7 +80,7 @@ class RunConfig:
 
     @property
     def task(self) -> str:
-        """classification or regression, from the dataset."""
+        """The dataset's task: classification, regression, binary, segmentation or metric."""
         return DATASETS[self.dataset].task
 
     @classmethod
@@ -110,19 +115,26 @@ def _check_type(cfg: RunConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         kind = {"str": str, "int": int, "float": (int, float)}[f.type]
+        allowed = f.metadata["choices"]
+        if allowed is not None and (not isinstance(value, str) or value not in allowed):
+            raise ConfigError(f.name, value, ", ".join(allowed))  # a wrong type too: say what is allowed
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ConfigError(f.name, value, f"a value of type {f.type}")
-        if f.type == "float" and not math.isfinite(value):
+        try:
+            finite = f.type != "float" or math.isfinite(value)
+        except OverflowError:  # an int beyond the float range, e.g. a 400-digit YAML literal
+            finite = False
+        if not finite:
             raise ConfigError(f.name, value, "a finite number")
-        allowed = f.metadata["choices"]
-        if allowed is not None and value not in allowed:
-            raise ConfigError(f.name, value, ", ".join(allowed))
 
 
 _BOUNDS: dict[str, tuple[str, Any]] = {
     # field: (rule, what the error says is allowed)
     "depth": ("ge1", "an integer ≥ 1"),
     "width": ("ge1", "an integer ≥ 1"),
+    "embed_dim": ("ge1", "an integer ≥ 1"),
+    "latent_dim": ("ge1", "an integer ≥ 1"),
+    "d_steps": ("ge1", "an integer ≥ 1"),
     "kernel_size": ("ge1", "an odd integer ≥ 1"),
     "stride": ("ge1", "an integer ≥ 1"),
     "batch_size": ("ge1", "an integer ≥ 1"),
@@ -136,6 +148,29 @@ _BOUNDS: dict[str, tuple[str, Any]] = {
     "lr": ("gt0", "a number > 0"),
     "init_gain": ("gt0", "a number > 0"),
 }
+
+
+# What a per-position (segmentation) output needs: one logit per input position, so nothing may shrink the map.
+SEGMENTATION_NEEDS = {"model": "cnn", "head": "dense", "stride": 1, "pool": "none"}
+
+
+def _check_outputs(cfg: RunConfig) -> None:
+    """The network's output must have the task's shape: per position for segmentation only."""
+    segmenting = [name for name, d in DATASETS.items() if d.task == "segmentation"]
+    if cfg.task == "segmentation":
+        for name, needed in SEGMENTATION_NEEDS.items():
+            if getattr(cfg, name) != needed:
+                raise ConfigError(
+                    name, getattr(cfg, name), f"{needed!r} for the segmentation task {cfg.dataset!r} (one logit "
+                    f"per position needs {', '.join(f'{k}={v!r}' for k, v in SEGMENTATION_NEEDS.items())})",
+                )  # fmt: skip
+    elif cfg.model == "cnn" and cfg.head == "dense":
+        raise ConfigError(
+            "head", cfg.head, f"gap, flatten for the {cfg.task} task {cfg.dataset!r}; dense (one output per "
+            f"position) is for the segmentation datasets: {', '.join(segmenting)}",
+        )  # fmt: skip
+    if cfg.task == "metric" and cfg.batch_size < 2:
+        raise ConfigError("batch_size", cfg.batch_size, "an integer ≥ 2 for a metric task (pairs come from the batch)")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -166,6 +201,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.task not in tasks_for(cfg.loss):
         fitting = [name for name in LOSSES if cfg.task in tasks_for(name)]
         raise ConfigError("loss", cfg.loss, f"for the {cfg.task} task {cfg.dataset!r}: {', '.join(fitting)}")
+    _check_outputs(cfg)
     if cfg.norm == "batch" and cfg.batch_size < 2:
         raise ConfigError("batch_size", cfg.batch_size, "an integer ≥ 2 with norm='batch'")
 

@@ -21,6 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 DATA_SEED = 0
 VAL_BATCH = 1024
+INTEGER_LABELS = ("classification", "metric")  # tasks whose targets are class indices (int64)
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_val, y_val
 
 
@@ -28,7 +29,7 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_tra
 class Dataset:
     """A task: what it predicts, how its inputs are laid out, and how to load it."""
 
-    task: str  # classification (integer labels) or regression
+    task: str  # one of models.losses.TASKS: classification, regression, binary, segmentation, metric
     layout: str  # image (C, H, W), signal (C, L), sequence (T, F) or vector (F,)
     load: Callable[[str, int], Arrays]  # (data_dir, seq_len) -> arrays
     files: str = ""  # where local files must be, for the error message; "" when none are needed
@@ -43,6 +44,12 @@ def _split(x: np.ndarray, y: np.ndarray, val_share: float = 0.2) -> Arrays:
 
 def _standardize(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     mean, std = x_train.mean(), x_train.std()
+    return [((a - mean) / std).astype(np.float32) for a in (x_train, *others)]
+
+
+def _standardize_columns(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    # Per column, unlike the images' one global scale: tabular features come in unrelated units.
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     return [((a - mean) / std).astype(np.float32) for a in (x_train, *others)]
 
 
@@ -78,6 +85,31 @@ def load_teacher(data_dir: str = "", seq_len: int = 0, n: int = 4096, d_in: int 
     y = np.tanh(np.tanh(x @ w1 * 2) @ w2 * 2) @ w3
     y = (y - y.mean()) / y.std()
     xt, yt, xv, yv = _split(x.astype(np.float32), y.astype(np.float32))
+    return xt, yt, xv, yv
+
+
+@functools.cache
+def load_diabetes(data_dir: str = "", seq_len: int = 0) -> Arrays:
+    """scikit-learn's bundled diabetes regression (Efron et al. 2004): 442 patients, 10 features, disease
+    progression after a year; features and target standardized with the training split's statistics."""
+    from sklearn.datasets import load_diabetes as sk_diabetes
+
+    d = sk_diabetes(scaled=False)  # raw units; the statistics come from the training split alone
+    xt, yt, xv, yv = _split(d.data, d.target.reshape(-1, 1))
+    xt, xv = _standardize_columns(xt, xv)
+    yt, yv = _standardize_columns(yt, yv)
+    return xt, yt, xv, yv
+
+
+@functools.cache
+def load_breast_cancer(data_dir: str = "", seq_len: int = 0) -> Arrays:
+    """scikit-learn's bundled Wisconsin breast cancer set: 569 tumours, 30 features, target 1 = benign
+    (62.7 %), 0 = malignant, as (N, 1) floats; features standardized with the training split's statistics."""
+    from sklearn.datasets import load_breast_cancer as sk_breast_cancer
+
+    d = sk_breast_cancer()
+    xt, yt, xv, yv = _split(d.data, d.target.reshape(-1, 1).astype(np.float32))
+    xt, xv = _standardize_columns(xt, xv)
     return xt, yt, xv, yv
 
 
@@ -135,6 +167,69 @@ def temporal_order(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.n
 def load_temporal_order(data_dir: str = "", seq_len: int = 50, n_train: int = 8000, n_val: int = 1000) -> Arrays:
     """The temporal order problem with `seq_len` steps: 8,000 training and 1,000 validation sequences."""
     return _generated(temporal_order, seq_len, n_train, n_val)
+
+
+SEGMENT_AMPLITUDE = (1.0, 2.0)  # an interval is raised by a uniform amount in this range; noise std is 1
+SEGMENT_MAX_INTERVALS = 3
+
+
+def segment1d(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-D segmentation task: (n, 1, L) noisy signals and their (n, 1, L) 0/1 masks, L = seq_len.
+
+    Each signal has 1 to 3 intervals (uniformly many), each of length uniform in [max(1, L // 10),
+    max(2, L // 5)] at a uniform start that fits, raised by an amplitude uniform in [1, 2] (a box), under
+    standard Gaussian noise everywhere; intervals may overlap, the mask is their union (1 inside). At
+    L = 50 (the validation set): 28 % of positions are foreground; an all-ones mask scores Dice 0.42;
+    thresholding single samples at best Dice 0.63; a 5-sample moving average then a threshold Dice 0.80.
+    """
+    lo, hi = max(1, seq_len // 10), max(2, seq_len // 5)
+    positions = np.arange(seq_len)
+    count = rng.integers(1, SEGMENT_MAX_INTERVALS + 1, n)
+    mask = np.zeros((n, seq_len), dtype=bool)
+    raised = np.zeros((n, seq_len))
+    for j in range(SEGMENT_MAX_INTERVALS):  # every slot draws, used or not, so the stream does not depend on count
+        length = np.minimum(rng.integers(lo, hi + 1, n), seq_len)
+        start = rng.integers(0, seq_len - length + 1)
+        amplitude = rng.uniform(*SEGMENT_AMPLITUDE, n)
+        inside = (j < count)[:, None] & (positions >= start[:, None]) & (positions < (start + length)[:, None])
+        mask |= inside
+        raised = np.maximum(raised, inside * amplitude[:, None])
+    x = raised + rng.standard_normal((n, seq_len))
+    return x[:, None].astype(np.float32), mask[:, None].astype(np.float32)
+
+
+@functools.cache
+def load_segment1d(data_dir: str = "", seq_len: int = 50, n_train: int = 4000, n_val: int = 1000) -> Arrays:
+    """The 1-D segmentation task with signals of `seq_len` samples: 4,000 training and 1,000 validation."""
+    return _generated(segment1d, seq_len, n_train, n_val)
+
+
+GMM_MODES, GMM_RADIUS, GMM_STD = 8, 2.0, 0.05  # the adversarial task's ring of Gaussians
+
+
+def gmm_centers(n_modes: int = GMM_MODES, radius: float = GMM_RADIUS) -> np.ndarray:
+    """The (n_modes, 2) mode centres, evenly spaced on a circle of `radius`, the first at angle 0."""
+    angle = 2 * np.pi * np.arange(n_modes) / n_modes
+    return (radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)).astype(np.float32)
+
+
+def gaussian_ring(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n points of the 2-D mixture of GMM_MODES equally likely isotropic Gaussians (std GMM_STD) on a ring.
+
+    The classic GAN toy (Metz et al. 2017, Srivastava et al. 2017): modes are 2·R·sin(π/8) ≈ 1.53 apart,
+    about 30σ. There are no labels: the targets are the points themselves (the data space the generator
+    writes to). `seq_len` is unused.
+    """
+    centers = gmm_centers()
+    x = centers[rng.integers(0, len(centers), n)] + GMM_STD * rng.standard_normal((n, 2))
+    x = x.astype(np.float32)
+    return x, x.copy()
+
+
+@functools.cache
+def load_gmm(data_dir: str = "", seq_len: int = 0, n_train: int = 8000, n_val: int = 1000) -> Arrays:
+    """The ring of Gaussians: 8,000 training and 1,000 validation points."""
+    return _generated(gaussian_ring, seq_len, n_train, n_val)
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -203,6 +298,13 @@ DATASETS: dict[str, Dataset] = {
     "teacher": Dataset("regression", "vector", load_teacher),
     "adding": Dataset("regression", "sequence", load_adding),
     "temporal_order": Dataset("classification", "sequence", load_temporal_order),
+    "diabetes": Dataset("regression", "vector", load_diabetes),
+    "breast_cancer": Dataset("binary", "vector", load_breast_cancer),
+    "segment1d": Dataset("segmentation", "signal", load_segment1d),
+    # The digits again, for metric learning: a dataset of its own because the task decides what the
+    # network outputs (an embedding), which losses fit and what validation measures.
+    "digits_metric": Dataset("metric", "image", load_digits),
+    "gmm": Dataset("adversarial", "vector", load_gmm),  # a GAN learns its distribution (models/gan.py)
     "mnist": Dataset("classification", "image", load_mnist, files="mnist"),
     "cifar10": Dataset("classification", "image", load_cifar10, files="cifar10"),
 }
@@ -240,7 +342,7 @@ class TaskData(pl.LightningDataModule):
             raise FileNotFoundError(f"dataset {dataset!r} in data_dir {data_dir!r}: {problem}")
         self.batch_size, self.seed = batch_size, seed
         xt, yt, xv, yv = self.info.load(data_dir, seq_len)
-        label = torch.long if self.info.task == "classification" else torch.float32
+        label = torch.long if self.info.task in INTEGER_LABELS else torch.float32
         self.train = TensorDataset(torch.from_numpy(np.asarray(xt)), torch.as_tensor(yt, dtype=label))
         self.val = TensorDataset(torch.from_numpy(np.asarray(xv)), torch.as_tensor(yv, dtype=label))
 
@@ -251,9 +353,9 @@ class TaskData(pl.LightningDataModule):
 
     @property
     def n_outputs(self) -> int:
-        """Classes for classification, target dimensions for regression."""
+        """Classes for integer labels, else target channels (regression dimensions; 1 for binary and masks)."""
         y = self.train.tensors[1]
-        return int(y.max()) + 1 if self.info.task == "classification" else y.shape[1]
+        return int(y.max()) + 1 if self.info.task in INTEGER_LABELS else y.shape[1]
 
     def _loader(self, data: TensorDataset, sampler) -> DataLoader:
         # batch_size=None hands each index list to TensorDataset in one go: one gather per batch

@@ -12,6 +12,14 @@ BPTT_SUMMARY = ("first", "last", "ratio")  # ‖∂L/∂h_t‖ at t = 0, at t = 
 GATE_STATS = ("mean", "saturation")
 GLOBAL_NORM, GLOBAL_NORM_CLIPPED, TRAIN_LOSS = "grad/global_l2", "grad/global_l2_clipped", "train/loss"
 VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
+VAL_DICE, VAL_IOU = "val/dice", "val/iou"  # segmentation: hard masks (logit > 0), per example, averaged
+VAL_KNN_ACC = "val/knn_acc"  # metric learning: leave-one-out 1-nearest-neighbour accuracy of val embeddings
+# GAN (adversarial task): generated points within 3σ of a mode; modes holding ≥ 1 % of them (models/gan.py)
+VAL_HIGH_QUALITY, VAL_MODES = "val/high_quality", "val/modes"
+VAL_METRICS = (VAL_LOSS, VAL_ACC, VAL_DICE, VAL_IOU, VAL_KNN_ACC, VAL_HIGH_QUALITY, VAL_MODES)  # every validation key a run can record
+# GAN, at each logging step: mean D probability on the real batch and on the points the generator step
+# saw (both after the step's D updates); the last D loss (before its update); the generator loss = train/loss.
+GAN_D_REAL, GAN_D_FAKE, GAN_D_LOSS, GAN_G_LOSS = "gan/d_real", "gan/d_fake", "gan/d_loss", "gan/g_loss"
 ELAPSED = "time/elapsed"  # wall-clock seconds since training started, at each logging step
 
 

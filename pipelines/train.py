@@ -26,14 +26,18 @@ from typing import Any
 
 import mlflow
 import pytorch_lightning as pl
+import torch
 from mlflow.tracking import MlflowClient
 
+from models.base import Family
+from models.gan import make_discriminator
 from models.init import initialize
 from models.lit import LitModel
+from models.lit_gan import LitGAN
 from models.registry import create_model
 from pipelines import keys as K
 from pipelines.config import ConfigError, RunConfig, choices, field_names
-from pipelines.data import TaskData, missing_files
+from pipelines.data import GMM_STD, TaskData, gmm_centers, missing_files
 from pipelines.probe import GradientProbe
 from pipelines.recorder import Recorder
 
@@ -68,7 +72,7 @@ class ValidationRelay(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self.step = trainer.global_step
-        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in (K.VAL_LOSS, K.VAL_ACC)}
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in K.VAL_METRICS}
         self.recorder.log_metrics(self.step, self.metrics)
         if self.hook is not None and not trainer.sanity_checking and self.hook(self.step, self.metrics):
             self.pruned = True
@@ -82,16 +86,26 @@ def check_inputs(cfg: RunConfig) -> None:
         raise ConfigError("data_dir", cfg.data_dir, problem)
 
 
-def build(cfg: RunConfig) -> tuple[TaskData, LitModel]:
+ADVERSARIAL = "adversarial"  # the task trained by LitGAN (manual optimization) instead of LitModel
+
+
+def build(cfg: RunConfig) -> tuple[TaskData, LitModel | LitGAN]:
     """The data module and the LightningModule for `cfg`, seeded."""
     data = TaskData(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
     pl.seed_everything(cfg.seed, verbose=False)
+    # A metric-learning readout is an embedding: its width is the run's choice, not the data's.
+    n_outputs = cfg.embed_dim if cfg.task == "metric" else data.n_outputs
+    # A GAN's network is its generator: latent noise in, points of the data space out.
+    gan = cfg.task == ADVERSARIAL
+    in_shape, layout = ((cfg.latent_dim,), "vector") if gan else (data.in_shape, data.info.layout)
     net = create_model(
-        cfg.model, in_shape=data.in_shape, layout=data.info.layout, n_outputs=data.n_outputs,
+        cfg.model, in_shape=in_shape, layout=layout, n_outputs=n_outputs,
         depth=cfg.depth, width=cfg.width, activation=cfg.activation, norm=cfg.norm, res_scale=cfg.res_scale,
         kernel_size=cfg.kernel_size, padding=cfg.padding, stride=cfg.stride, pool=cfg.pool, head=cfg.head,
     )  # fmt: skip
     initialize(net, cfg.init, cfg.init_gain)
+    if gan:
+        return data, build_gan(cfg, net)
     lit = LitModel(
         net, task=cfg.task, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
         momentum=cfg.momentum, schedule=cfg.schedule, max_steps=cfg.max_steps,
@@ -99,9 +113,21 @@ def build(cfg: RunConfig) -> tuple[TaskData, LitModel]:
     return data, lit
 
 
+def build_gan(cfg: RunConfig, generator: Family) -> LitGAN:
+    """The adversarial task's module: `generator` against the fixed discriminator, scored on the gmm modes."""
+    return LitGAN(
+        generator, make_discriminator(generator.readout.out_features), loss=cfg.loss,
+        centers=torch.from_numpy(gmm_centers()), std=GMM_STD, latent_dim=cfg.latent_dim, d_steps=cfg.d_steps,
+        optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+        schedule=cfg.schedule, max_steps=cfg.max_steps, clip=cfg.clip, clip_threshold=cfg.clip_threshold,
+    )  # fmt: skip
+
+
 def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
     """Lightning's Trainer for `cfg`: step-based, validation every `val_every` steps, clipping as configured."""
     val_every = cfg.val_every or max(1, math.ceil(cfg.max_steps / 5))
+    # LitGAN clips in its own hook: Lightning refuses gradient_clip_val under manual optimization.
+    clip = "none" if cfg.task == ADVERSARIAL else cfg.clip
     return pl.Trainer(
         max_steps=cfg.max_steps,
         max_epochs=-1,
@@ -114,8 +140,8 @@ def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: boo
         num_sanity_val_steps=0,
         val_check_interval=min(val_every, cfg.max_steps),
         check_val_every_n_epoch=None,
-        gradient_clip_val=None if cfg.clip == "none" else cfg.clip_threshold,
-        gradient_clip_algorithm=None if cfg.clip == "none" else cfg.clip,
+        gradient_clip_val=None if clip == "none" else cfg.clip_threshold,
+        gradient_clip_algorithm=None if clip == "none" else clip,
         callbacks=callbacks,
     )
 
@@ -152,6 +178,8 @@ def run(
         if on_start is not None:
             on_start(run_id)
         mlflow.log_params(cfg.to_dict())
+        # The training-set size tells full-batch gradient descent from mini-batch SGD in the optimizer figures.
+        mlflow.set_tag("n_train", str(len(data.train)))
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
         recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
         probe = GradientProbe(recorder.record, activation=cfg.activation, log_every=cfg.log_every,
@@ -196,8 +224,9 @@ def run(
 def make_parser() -> argparse.ArgumentParser:
     """One `--kebab-case` flag per RunConfig field, with its default and allowed values in --help."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False, exit_on_error=False,  # exact flags; config_from_args turns bad ones into ConfigError
+    )  # fmt: skip
     for f in dataclasses.fields(RunConfig):
         allowed = choices(f.name)
         text = f.metadata["help"] + (f" [{', '.join(allowed)}]" if allowed else "") + f" (default: {f.default})"
@@ -218,8 +247,24 @@ def _convert(name: str, text: Any) -> Any:
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> RunConfig:
-    """Parse command-line flags into a validated RunConfig (ConfigError on bad values)."""
-    args = vars(make_parser().parse_args(argv))
+    """Parse command-line flags into a validated RunConfig (ConfigError on bad values and on bad flags)."""
+    flags = {"--" + name.replace("_", "-"): name for name in field_names()}
+    # argparse would print its whole usage and exit; a bad flag is one line naming it, like a bad value.
+    try:
+        args, extra = make_parser().parse_known_args(argv)
+    except argparse.ArgumentError as exc:  # a flag without its value
+        name = flags.get(exc.argument_name or "", "argument")
+        kind = ", ".join(choices(name) or ()) or {f.name: f.type for f in dataclasses.fields(RunConfig)}.get(name, "")
+        raise ConfigError(name, None, f"{exc.argument_name} followed by one value ({kind}; "
+                                      f"{exc.argument_name}=VALUE if it starts with '-')") from None  # fmt: skip
+    if extra:
+        flag, sep, value = extra[0].partition("=")
+        if not sep:
+            value = extra[1] if len(extra) > 1 and not extra[1].startswith("-") else ""
+        name = flag.lstrip("-").replace("-", "_") if flag.startswith("-") else "argument"
+        raise ConfigError(name, value if flag.startswith("-") else extra[0],
+                          f"a run-config flag, each followed by one value: {', '.join(flags)}")  # fmt: skip
+    args = vars(args)
     return RunConfig.from_dict({name: _convert(name, args[name]) for name in field_names()})
 
 

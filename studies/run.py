@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    missing = spec.missing_data()
+    if missing:  # before the study, its parent run or any storage is made
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     if args.workers < 0 or args.n_trials < 0:
         bad = ("workers", args.workers, "an integer ≥ 0") if args.workers < 0 else ("n_trials", args.n_trials, "an integer ≥ 0")
         print(f"error: {bad[0]}={bad[1]!r} is not allowed; allowed: {bad[2]}", file=sys.stderr)

@@ -23,13 +23,19 @@ import optuna
 import yaml
 
 from pipelines.config import ConfigError, RunConfig, field_names
-from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from pipelines.data import missing_files
+from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_IOU, VAL_KNN_ACC, VAL_LOSS, VAL_MODES
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 TOP_LEVEL = ("name", "description", "fixed", "space", "sampler", "pruner", "objective", "n_trials", "retries")
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "percentile", "hyperband")
-OBJECTIVE_METRICS = (VAL_ACC, VAL_LOSS, TRAIN_LOSS)
+OBJECTIVE_METRICS = (VAL_ACC, VAL_LOSS, TRAIN_LOSS, VAL_MODES, VAL_HIGH_QUALITY, VAL_DICE, VAL_IOU, VAL_KNN_ACC)
+# Objective metrics only some tasks record (models/metrics.py); larger is better for each.
+TASK_METRICS = {
+    VAL_ACC: ("classification", "binary"), VAL_DICE: ("segmentation",), VAL_IOU: ("segmentation",),
+    VAL_KNN_ACC: ("metric",), VAL_MODES: ("adversarial",), VAL_HIGH_QUALITY: ("adversarial",),
+}  # fmt: skip
 GRID_CHECK_LIMIT = 20_000  # grids up to this size are validated point by point
 
 
@@ -37,6 +43,8 @@ class SpecError(ValueError):
     """A spec problem: names the spec file, the field and the problem, on one line."""
 
     def __init__(self, source: str, where: str, problem: str) -> None:
+        where = where if where.isprintable() else repr(where)[1:-1]  # a key with control characters: escaped
+        problem = " ".join(problem.split())  # one line, whatever an exception's text holds
         self.source, self.where, self.problem = source, where, problem
         super().__init__(f"{source}: {where}: {problem}")
 
@@ -62,7 +70,7 @@ class Param:
             return dict(self.bundles[trial.suggest_categorical(self.name, list(self.bundles))])
         if self.kind == "int":
             return {self.name: trial.suggest_int(self.name, int(self.low), int(self.high), step=self.step or 1, log=self.log)}
-        return {self.name: trial.suggest_float(self.name, self.low, self.high, log=self.log)}
+        return {self.name: trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)}
 
     def grid_values(self) -> list[Any]:
         """The values a grid sampler walks through (categorical and bundle parameters only)."""
@@ -92,6 +100,16 @@ class StudySpec:
     def config(self, values: dict[str, Any]) -> RunConfig:
         """The run config of one trial: fixed fields, then the sampled ones."""
         return RunConfig.from_dict({**self.fixed, **values})
+
+    def missing_data(self) -> str | None:
+        """Why a file-based dataset the study can use is absent from its data_dir (checked before anything runs)."""
+        configs = [self.config({})] + [self.config(p.expand(v)) for p in self.space for v in p.grid_values()
+                                       if "dataset" in p.expand(v) or "data_dir" in p.expand(v)]  # fmt: skip
+        for cfg in configs:
+            problem = missing_files(cfg.dataset, cfg.data_dir)
+            if problem:
+                return f"dataset {cfg.dataset!r} in data_dir {cfg.data_dir!r}: {problem}"
+        return None
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's search space."""
@@ -127,8 +145,8 @@ def _param(source: str, name: str, raw: Any) -> Param:
         raise SpecError(source, where, f"expected a list of choices or a mapping, got {raw!r}")
     keys = set(raw)
     if "choices" in keys:
-        if not raw["choices"]:
-            raise SpecError(source, where, "the choice list is empty")
+        if not isinstance(raw["choices"], list) or not raw["choices"]:
+            raise SpecError(source, where, f"choices must be a non-empty list, got {raw['choices']!r}")
         return Param(name, "categorical", choices=tuple(raw["choices"]))
     if "bundles" in keys:
         bundles = raw["bundles"]
@@ -147,7 +165,12 @@ def _param(source: str, name: str, raw: Any) -> Param:
             if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)):
                 raise SpecError(source, where, f"{kind} needs [low, high], got {bounds!r}")
             low, high = bounds
-            log = bool(raw.get("log", False))
+            log, step = raw.get("log", False), raw.get("step")
+            if not isinstance(log, bool):
+                raise SpecError(source, where, f"log must be true or false, got {log!r}")
+            number = int if kind == "int" else (int, float)
+            if step is not None and (isinstance(step, bool) or not isinstance(step, number) or not step > 0 or log):
+                raise SpecError(source, where, f"step={step!r}; allowed: a{'n integer' if kind == 'int' else ' number'} > 0, without log")
             if low > high:
                 raise SpecError(source, where, f"low={low} > high={high}")
             if log and low <= 0:
@@ -155,7 +178,7 @@ def _param(source: str, name: str, raw: Any) -> Param:
             unknown = keys - {kind, "log", "step"}
             if unknown:
                 raise SpecError(source, where, f"unknown keys {sorted(unknown)}; allowed: {kind}, log, step")
-            return Param(name, kind, low=low, high=high, log=log, step=raw.get("step"))
+            return Param(name, kind, low=low, high=high, log=log, step=step)
     raise SpecError(source, where, f"unknown parameter form {sorted(keys)}; use choices, int, float or bundles")
 
 
@@ -208,6 +231,9 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     for key in ("name", "space", "objective"):
         if key not in raw:
             raise SpecError(source, key, "missing")
+    if not isinstance(raw["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):
+        # The name is the study's tag in MLflow filter strings and the folder reports/<name>/.
+        raise SpecError(source, "name", f"{raw['name']!r}; allowed: letters, digits and _ . - (not first)")
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise SpecError(source, "fixed", "expected a mapping of run-config fields")
@@ -221,19 +247,32 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     sampler = raw.get("sampler") or {"type": "tpe"}
     if isinstance(sampler, str):
         sampler = {"type": sampler}
+    if not isinstance(sampler, dict):
+        raise SpecError(source, "sampler", f"expected a sampler name or a mapping, got {sampler!r}")
     if sampler.get("type") not in SAMPLERS:
         raise SpecError(source, "sampler.type", f"{sampler.get('type')!r}; allowed: {', '.join(SAMPLERS)}")
     pruner = raw.get("pruner") or {"type": "none"}
     if isinstance(pruner, str):
         pruner = {"type": pruner}
+    if not isinstance(pruner, dict):
+        raise SpecError(source, "pruner", f"expected a pruner name or a mapping, got {pruner!r}")
     if pruner.get("type") not in PRUNERS:
         raise SpecError(source, "pruner.type", f"{pruner.get('type')!r}; allowed: {', '.join(PRUNERS)}")
     objective = raw["objective"]
     if not isinstance(objective, dict) or objective.get("metric") not in OBJECTIVE_METRICS:
         raise SpecError(source, "objective.metric", f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; allowed: {', '.join(OBJECTIVE_METRICS)}")
-    direction = objective.get("direction", "maximize" if objective["metric"] == VAL_ACC else "minimize")
+    maximized = objective["metric"] in TASK_METRICS
+    direction = objective.get("direction", "maximize" if maximized else "minimize")
     if direction not in ("minimize", "maximize"):
         raise SpecError(source, "objective.direction", f"{direction!r}; allowed: minimize, maximize")
+    if set(objective) - {"metric", "direction"}:
+        raise SpecError(source, "objective", f"unknown keys {sorted(map(str, set(objective) - {'metric', 'direction'}))}; allowed: metric, direction")
+    if set(sampler) - {"type", "seed", "n_startup_trials"}:
+        raise SpecError(source, "sampler", f"unknown keys {sorted(map(str, set(sampler) - {'type', 'seed', 'n_startup_trials'}))}; allowed: type, seed, n_startup_trials")
+    for key, top in (("seed", 2**31), ("n_startup_trials", math.inf)):  # numpy takes seeds below 2**32, one per worker
+        value = sampler.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < top:
+            raise SpecError(source, f"sampler.{key}", f"{value!r}; allowed: an integer ≥ 0" + (" and < 2**31" if key == "seed" else ""))
     if sampler["type"] == "grid":
         ranged = [p.name for p in space if p.kind in ("int", "float")]
         if ranged:
@@ -255,11 +294,12 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
         n_trials=n_trials, retries=retries,
     )  # fmt: skip
     _check_configs(spec)
-    if spec.metric == VAL_ACC and spec.config({}).task != "classification":
-        raise SpecError(source, "objective.metric", f"{VAL_ACC} needs a classification dataset, not {spec.config({}).dataset!r}")
+    task = spec.config({}).task
+    if spec.metric in TASK_METRICS and task not in TASK_METRICS[spec.metric]:
+        raise SpecError(source, "objective.metric", f"{spec.metric} needs a {' or '.join(TASK_METRICS[spec.metric])} dataset, not {spec.config({}).dataset!r} ({task})")
     try:
         spec.make_pruner()
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # Optuna's own checks of the pruner's arguments
         raise SpecError(source, "pruner", str(exc)) from None
     return spec
 
@@ -294,10 +334,10 @@ def load_spec(name_or_path: str, overrides: dict[str, Any] | None = None) -> Stu
     if not path.exists():
         raise SpecError(str(path), "spec", f"no such file; shipped specs: {', '.join(list_specs())}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:  # also: not UTF-8 text, a folder
         raise SpecError(str(path), "yaml", " ".join(str(exc).split())) from None
-    if overrides and isinstance(raw, dict):
+    if overrides and isinstance(raw, dict) and isinstance(raw.get("fixed") or {}, dict):
         raw["fixed"] = {**(raw.get("fixed") or {}), **overrides}
     return parse_spec(raw, str(path))
 
@@ -308,6 +348,9 @@ def parse_overrides(items: list[str], source: str = "--set") -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise SpecError(source, item, "expected field=value")
-        overrides[name.strip()] = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            raise SpecError(source, item or repr(item), "expected field=value")
+        try:
+            overrides[name.strip()] = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise SpecError(source, item, f"the value is not YAML: {exc}") from None
     return overrides

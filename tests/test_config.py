@@ -95,6 +95,7 @@ BAD = [
     ("depth", "10"),
     ("depth", True),
     ("width", 0),
+    ("embed_dim", 0),
     ("kernel_size", 0),
     ("kernel_size", 4),
     ("stride", 0),
@@ -142,6 +143,17 @@ def test_bad_values_are_named_in_the_error(name: str, value) -> None:
         ({"dataset": "teacher"}, "loss", "ce"),  # cross-entropy on a regression task
         ({"loss": "huber"}, "loss", "huber"),  # a regression loss on digits
         ({"norm": "batch", "batch_size": 1}, "batch_size", 1),
+        ({"loss": "dice"}, "loss", "dice"),  # a segmentation loss on digits
+        ({"dataset": "breast_cancer"}, "loss", "ce"),  # one logit: bce, hinge or mse
+        ({"dataset": "digits_metric"}, "loss", "ce"),  # an embedding has no classes
+        ({"dataset": "diabetes", "loss": "bce"}, "loss", "bce"),
+        ({"dataset": "segment1d", "loss": "dice"}, "model", "mlp"),  # per-position output needs the cnn
+        ({"dataset": "segment1d", "loss": "dice", "model": "rnn", "activation": "tanh"}, "model", "rnn"),
+        ({"dataset": "segment1d", "loss": "dice", "model": "cnn"}, "head", "gap"),
+        ({"dataset": "segment1d", "loss": "dice", "model": "cnn", "head": "dense", "stride": 2}, "stride", 2),
+        ({"dataset": "segment1d", "loss": "dice", "model": "cnn", "head": "dense", "pool": "max"}, "pool", "max"),
+        ({"model": "cnn", "head": "dense"}, "head", "dense"),  # per-position output on a classification task
+        ({"dataset": "digits_metric", "loss": "triplet", "batch_size": 1}, "batch_size", 1),
     ],
 )
 def test_combinations_are_checked(values: dict, name: str, bad) -> None:
@@ -149,6 +161,34 @@ def test_combinations_are_checked(values: dict, name: str, bad) -> None:
         RunConfig(**values)
     assert err.value.field == name
     assert f"{name}={bad!r}" in str(err.value)
+
+
+# The losses that fit each task, as the README's table lists them.
+FITTING = {
+    "digits": ["ce", "mse", "mae", "bce", "hinge", "kl"],
+    "teacher": ["mse", "mae", "huber"],
+    "diabetes": ["mse", "mae", "huber"],
+    "breast_cancer": ["mse", "bce", "hinge"],
+    "segment1d": ["bce", "dice", "iou"],
+    "digits_metric": ["contrastive", "triplet"],
+}
+SEGMENT = {"model": "cnn", "head": "dense"}
+
+
+@pytest.mark.parametrize("dataset", sorted(FITTING))
+def test_a_loss_that_does_not_fit_names_the_losses_that_do(dataset: str) -> None:
+    extra = SEGMENT if dataset == "segment1d" else {}
+    for loss in FITTING[dataset]:
+        assert RunConfig(dataset=dataset, loss=loss, **extra).loss == loss
+    for loss in sorted(set(FITTING["digits"]) | set(FITTING["segment1d"]) | {"huber", "triplet"}):
+        if loss in FITTING[dataset]:
+            continue
+        with pytest.raises(ConfigError) as err:
+            RunConfig(dataset=dataset, loss=loss, **extra)
+        assert err.value.field == "loss" and f"loss={loss!r}" in str(err.value)
+        allowed = str(err.value).split("allowed: ", 1)[1]
+        assert allowed.split(": ", 1)[1].split(", ") == FITTING[dataset]  # exactly those, registry order
+        assert dataset in allowed and RunConfig(dataset=dataset, loss=FITTING[dataset][0], **extra).task in allowed
 
 
 def test_clip_threshold_only_matters_when_clipping() -> None:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.losses import TASKS
 from pipelines import data as D
 from pipelines.config import ConfigError, RunConfig
-from pipelines.data import DATASETS, TaskData, adding_problem
+from pipelines.data import DATASETS, INTEGER_LABELS, TaskData, adding_problem, segment1d
 from pipelines.train import check_inputs
 
 # dataset: (task, layout, input shape, outputs), at seq_len 12
@@ -23,6 +24,10 @@ EXPECTED = {
     "teacher": ("regression", "vector", (16,), 1),
     "adding": ("regression", "sequence", (12, 2), 1),
     "temporal_order": ("classification", "sequence", (12, 6), 4),
+    "diabetes": ("regression", "vector", (10,), 1),
+    "breast_cancer": ("binary", "vector", (30,), 1),
+    "segment1d": ("segmentation", "signal", (1, 12), 1),  # one mask channel; the length is seq_len
+    "digits_metric": ("metric", "image", (1, 8, 8), 10),  # classes; the run's embed_dim sets the readout
 }
 DIMS = {"image": 3, "signal": 2, "sequence": 2, "vector": 1}
 BUILTIN = sorted(name for name, d in DATASETS.items() if not d.files)  # every dataset that needs no files
@@ -35,17 +40,21 @@ def test_builtin_datasets_load_with_the_right_shapes(name: str) -> None:
         name, (data.info.task, data.info.layout, data.in_shape, data.n_outputs)
     )
     assert (data.info.task, data.info.layout, data.in_shape, data.n_outputs) == (task, layout, in_shape, n_out)
-    assert task in ("classification", "regression") and len(in_shape) == DIMS[layout]
+    assert task in TASKS and len(in_shape) == DIMS[layout]
     if layout == "sequence":
         assert in_shape[0] == 12  # seq_len steps
     for tensors in (data.train.tensors, data.val.tensors):
         x, y = tensors
         assert x.dtype == torch.float32 and x.shape[1:] == in_shape
-        if task == "classification":
+        if task in INTEGER_LABELS:
             assert y.dtype == torch.int64 and y.dim() == 1
             assert sorted(y.unique().tolist()) == list(range(n_out))  # every class occurs
         else:
-            assert y.dtype == torch.float32 and y.shape == (len(x), n_out)
+            assert y.dtype == torch.float32 and y.shape[:2] == (len(x), n_out)
+            # A segmentation target is a mask over the input's positions; other targets are (N, outputs).
+            assert y.shape[2:] == (x.shape[2:] if task == "segmentation" else ())
+        if task in ("binary", "segmentation"):
+            assert set(y.unique().tolist()) == {0.0, 1.0}
         assert torch.isfinite(x).all() and len(x) > 0
     x, y = next(iter(data.train_dataloader()))
     assert x.shape == (16, *in_shape) and len(y) == 16
@@ -67,7 +76,9 @@ def test_digits_is_the_whole_sklearn_set_split_80_20() -> None:
     assert abs(xt.mean()) < 1e-5 and xt.std() == pytest.approx(1.0, rel=1e-4)  # standardized on the training set
 
 
-@pytest.mark.parametrize("loader", [D.load_digits, D.load_teacher, D.load_adding])
+@pytest.mark.parametrize(
+    "loader", [D.load_digits, D.load_teacher, D.load_adding, D.load_diabetes, D.load_breast_cancer, D.load_segment1d]
+)
 def test_splits_are_seeded(loader) -> None:
     loader.cache_clear()
     first = loader()
@@ -113,6 +124,83 @@ def test_adding_problem_baseline_is_one_sixth() -> None:
     _, y = adding_problem(10_000, 50, np.random.default_rng(2))
     assert float(np.mean((y - y.mean()) ** 2)) == pytest.approx(1 / 6, abs=0.01)
     assert float(np.mean((y - 1.0) ** 2)) == pytest.approx(1 / 6, abs=0.01)
+
+
+# -- scikit-learn's bundled tabular sets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, sizes", [("diabetes", (354, 88)), ("breast_cancer", (455, 114))])
+def test_tabular_sets_are_standardized_by_column_with_training_statistics(name: str, sizes: tuple) -> None:
+    import sklearn.datasets
+
+    raw = getattr(sklearn.datasets, f"load_{name}")()
+    xt, yt, xv, yv = getattr(D, f"load_{name}")()
+    assert (len(xt), len(xv)) == sizes and sum(sizes) == len(raw.data)
+    assert xt.dtype == xv.dtype == yt.dtype == np.float32 and yt.shape == (len(xt), 1)
+    np.testing.assert_allclose(xt.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(xt.std(axis=0), 1, rtol=1e-4)
+    # The validation rows are mapped with the training rows' statistics, not their own.
+    raw_t, raw_yt, raw_v, raw_yv = D._split(raw.data.astype(np.float64), raw.target.reshape(-1, 1).astype(np.float64))
+    mean, std = raw_t.mean(axis=0), raw_t.std(axis=0)
+    np.testing.assert_allclose(xv, (raw_v - mean) / std, rtol=1e-5, atol=1e-5)
+    if name == "diabetes":  # the target is standardized the same way
+        np.testing.assert_allclose(yt, (raw_yt - raw_yt.mean()) / raw_yt.std(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(yv, (raw_yv - raw_yt.mean()) / raw_yt.std(), rtol=1e-5, atol=1e-5)
+    else:  # 0 = malignant, 1 = benign, as scikit-learn codes them
+        np.testing.assert_array_equal(np.concatenate([yt, yv]).ravel(), np.concatenate([raw_yt, raw_yv]).ravel())
+        assert (np.concatenate([yt, yv]) == 1).sum() == 357 and (np.concatenate([yt, yv]) == 0).sum() == 212
+
+
+def test_digits_metric_serves_the_digits() -> None:
+    metric, digits = TaskData("digits_metric"), TaskData("digits")
+    for a, b in zip(metric.train.tensors + metric.val.tensors, digits.train.tensors + digits.val.tensors):
+        assert torch.equal(a, b)
+
+
+# -- the 1-D segmentation task --------------------------------------------------------------------
+
+
+def _runs(row: np.ndarray) -> list[int]:
+    """Lengths of the runs of ones in a 0/1 row."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], row, [0]])))
+    return (edges[1::2] - edges[::2]).tolist()
+
+
+@pytest.mark.parametrize("seq_len", [50, 12, 2])
+def test_segment1d_masks_are_one_to_three_intervals(seq_len: int) -> None:
+    x, m = segment1d(3000, seq_len, np.random.default_rng(1))
+    assert x.shape == m.shape == (3000, 1, seq_len) and x.dtype == m.dtype == np.float32
+    assert set(np.unique(m).tolist()) <= {0.0, 1.0} and np.isfinite(x).all()
+    shortest = min(max(1, seq_len // 10), seq_len)
+    runs = [_runs(row) for row in m[:, 0]]
+    assert all(1 <= len(r) <= 3 for r in runs)  # one to three intervals; overlapping or touching ones merge
+    assert all(min(r) >= shortest for r in runs)
+    if seq_len == 50:  # every count occurs, and an unmerged interval is at most L // 5 long
+        assert {len(r) for r in runs} == {1, 2, 3}
+        assert max(max(r) for r in runs if len(r) == 3) <= 10
+
+
+def test_segment1d_signal_is_the_raised_box_under_unit_noise() -> None:
+    x, m = segment1d(4000, 50, np.random.default_rng(2))
+    outside, inside = x[m == 0], x[m == 1]
+    assert abs(outside.mean()) < 0.02 and outside.std() == pytest.approx(1.0, abs=0.02)  # noise alone
+    # Inside: amplitude uniform in [1, 2] (mean 1.5; a little more where intervals overlap) plus the noise.
+    assert 1.5 <= inside.mean() < 1.6 and inside.std() == pytest.approx(np.sqrt(1 + 1 / 12), abs=0.05)
+
+
+def test_segment1d_baselines_are_the_documented_ones() -> None:
+    """The numbers of the docstring and the README, on the validation set at the default length 50."""
+    _, _, x, m = D.load_segment1d(seq_len=50)
+    x, m = x[:, 0], m[:, 0]
+
+    def dice(pred: np.ndarray) -> float:
+        return float(np.mean(2 * (pred * m).sum(1) / (pred.sum(1) + m.sum(1))))
+
+    smooth = np.stack([np.convolve(row, np.ones(5) / 5, mode="same") for row in x])
+    assert m.mean() == pytest.approx(0.28, abs=0.005)
+    assert dice(np.ones_like(m)) == pytest.approx(0.42, abs=0.005)
+    assert max(dice((x > t).astype(float)) for t in np.arange(0.5, 1.55, 0.1)) == pytest.approx(0.63, abs=0.005)
+    assert max(dice((smooth > t).astype(float)) for t in np.arange(0.5, 1.05, 0.1)) == pytest.approx(0.80, abs=0.005)
 
 
 # -- MNIST and CIFAR-10 from files in their real formats ----------------------------------------

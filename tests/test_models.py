@@ -107,6 +107,26 @@ def test_cnn_conv_options_reach_the_layers() -> None:
     assert isinstance(net.layers[0].pool, torch.nn.MaxPool2d)
 
 
+@pytest.mark.parametrize("in_shape, layout", [((2, 11), "signal"), ((1, 6, 5), "image"), ((9, 3), "sequence")])
+def test_cnn_dense_head_is_the_readout_at_every_position(in_shape: tuple, layout: str) -> None:
+    """head='dense' (segmentation): a 1×1 conv, i.e. the readout's W·h + b at each position, laid out like the input."""
+    net = create_model(
+        "cnn", in_shape=in_shape, layout=layout, n_outputs=3, depth=2, width=6, activation="tanh", norm="none",
+        head="dense",
+    ).double()  # fmt: skip
+    assert isinstance(net.readout, torch.nn.Linear) and net.readout.in_features == 6  # what the probe reads
+    x = torch.randn(BATCH, *in_shape, dtype=torch.float64)
+    out, h = net(x), net.features(x)[-1]  # h: (B, width, *positions)
+    if layout == "sequence":  # (B, T, F) in, (B, T, outputs) out
+        assert out.shape == (BATCH, in_shape[0], 3)
+        out = out.movedim(-1, 1)
+    else:
+        assert out.shape == (BATCH, 3, *in_shape[1:])
+    w, b = net.readout.weight, net.readout.bias
+    expected = torch.einsum("oc,bc...->bo...", w, h) + b.reshape(1, 3, *[1] * (h.dim() - 2))
+    torch.testing.assert_close(out, expected)
+
+
 def test_circular_stride1_cnn_with_gap_is_shift_invariant() -> None:
     """Azulay & Weiss 2019: circular stride-1 convolutions with global average pooling are exactly invariant."""
     net = create_model(

@@ -70,6 +70,8 @@ BAD = [
     ({**GOOD, "space": {"lr": {"float": [0.01, 0.1]}}}, "space.lr", "grid sampler"),
     ({**GOOD, "space": {"colour": ["red"]}}, "space.colour", "not a run-config field"),
     ({**GOOD, "fixed": {"dataset": "adding", "loss": "mse"}}, "objective.metric", "classification"),
+    ({**GOOD, "objective": {"metric": "val/dice"}}, "objective.metric", "needs a segmentation dataset, not 'digits'"),
+    ({**GOOD, "objective": {"metric": "val/knn_acc"}}, "objective.metric", "needs a metric dataset"),
     ({**GOOD, "fixed": {"model": "lstm"}}, "fixed.model", "lstm"),
     ({**GOOD, "space": {"model": ["mlp", "lstm"]}}, "space.model", "lstm"),
     ({**GOOD, "sampler": "annealing"}, "sampler.type", "annealing"),
@@ -79,6 +81,20 @@ BAD = [
     ({**GOOD, "space": {"arch": {"bundles": {"x": {"colour": 1}}}}}, "space.arch.x.colour", "unknown run-config field"),
     ({**GOOD, "fixed": {"clip": "norm", "clip_threshold": -1.0}}, "fixed.clip_threshold", "-1.0"),
 ]
+
+
+@pytest.mark.parametrize(
+    "fixed, metric",
+    [
+        ({"dataset": "breast_cancer", "loss": "bce"}, "val/acc"),
+        ({"dataset": "segment1d", "loss": "dice", "model": "cnn", "head": "dense"}, "val/dice"),
+        ({"dataset": "segment1d", "loss": "iou", "model": "cnn", "head": "dense"}, "val/iou"),
+        ({"dataset": "digits_metric", "loss": "triplet"}, "val/knn_acc"),
+    ],
+)
+def test_task_metrics_are_objectives_of_their_tasks_and_maximized(fixed: dict, metric: str) -> None:
+    spec = parse_spec({**GOOD, "fixed": fixed, "objective": {"metric": metric}}, "ok.yaml")
+    assert spec.metric == metric and spec.direction == "maximize"
 
 
 @pytest.mark.parametrize(("raw", "where", "problem"), BAD, ids=[b[1] + ":" + b[2] for b in BAD])
