@@ -829,6 +829,97 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
     return fig
 
 
+# ------------------------------------------------------------------- 12. the gradient side of the loss
+
+LOSS_COLORS = {"bce": _CB[0], "mse": _CB[1], "gan_nonsaturating": _CB[0], "gan_saturating": _CB[3]}
+GAIN_DASHES = {1.0: ""}  # init_gain 1 solid, any larger gain dashed
+
+
+SMOOTH_POINTS = 5  # mini-batch noise: each run's curve is a rolling median over this many logged steps
+
+
+def _median_line(ax, rows: pd.DataFrame, color: object, dashes: tuple | str = "") -> None:
+    """Median over runs of each run's rolling median of `value` at each step, with the interquartile band."""
+    rows = rows.sort_values("step")
+    smooth = rows.groupby("run_id")["value"].transform(
+        lambda v: v.rolling(SMOOTH_POINTS, center=True, min_periods=1).median())
+    q = rows.assign(value=smooth).groupby("step")["value"].quantile([0.25, 0.5, 0.75]).unstack()
+    ax.plot(q.index, q[0.5], color=color, lw=1.6, **({"dashes": dashes} if dashes else {}))
+    ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, lw=0)
+
+
+@figure_function
+def output_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
+    """Sigmoid output with cross-entropy vs MSE: loss relative to step 0 and the readout's gradient norm."""
+    chosen = runs[(runs["dataset"] == "breast_cancer") & runs["loss"].isin(["bce", "mse"])]
+    if chosen["loss"].nunique() < 2:
+        return None
+    loss = select(stats, "train", "loss").merge(chosen[["run_id", "loss", "init_gain", "activation"]], on="run_id")
+    grad = select(stats, "grad", "l2")
+    grad = grad[grad["layer"] == "out"].merge(chosen[["run_id", "loss", "init_gain", "activation"]], on="run_id")
+    if loss.empty or grad.empty:
+        return None
+    first = loss.sort_values("step").groupby("run_id")["value"].transform("first")
+    loss = loss.assign(value=loss["value"] / first)
+    activations = sorted(chosen["activation"].dropna().unique())
+    fig, axes = new_figure(2, len(activations), width=4.4, height=3.1, sharex=True)
+    gains = sorted(chosen["init_gain"].dropna().unique())
+    dashes = {g: "" if g == min(gains) else (4, 1.5) for g in gains}
+    for col, activation in enumerate(activations):
+        for row, (rows, ylabel) in enumerate(((loss, "training loss / its value at step 0"),
+                                              (grad, "‖∂L/∂W_out‖ (grad/out/l2)"))):  # fmt: skip
+            ax = axes[row, col]
+            for (name, gain), group in rows[rows["activation"] == activation].groupby(["loss", "init_gain"]):
+                group = group[np.isfinite(group["value"]) & (group["value"] > 0)]
+                if not group.empty:
+                    _median_line(ax, group, LOSS_COLORS.get(name, GREY), dashes[gain])
+            ax.set(yscale="log", ylabel=ylabel if col == 0 else "")
+            _plain_log_ticks(ax.yaxis)
+        axes[0, col].set_title(f"{activation} hidden units")
+        axes[1, col].set_xlabel("training step")
+    handles = [Line2D([], [], color=LOSS_COLORS[n], lw=2, label=t)
+               for n, t in (("bce", "sigmoid + cross-entropy (bce)"), ("mse", "sigmoid + MSE"))]  # fmt: skip
+    handles += [Line2D([], [], color="0.3", lw=1.5, label=f"init_gain {g:g}", **({"dashes": d} if d else {}))
+                for g, d in dashes.items()]  # fmt: skip
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", title="loss · init\n(median, IQR)")
+    fig.suptitle("The gradient side of the loss: sigmoid output with MSE learns slowly when saturated")
+    return fig
+
+
+@figure_function
+def gan_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
+    """Saturating vs non-saturating generator loss: the generator's readout gradient and D(G(z)) over steps."""
+    chosen = runs[runs["loss"].isin(["gan_saturating", "gan_nonsaturating"])]
+    if chosen.empty:
+        return None
+    info = chosen[["run_id", "loss"]]
+    grad = select(stats, "grad", "l2")
+    grad = grad[grad["layer"] == "out"].merge(info, on="run_id")
+    d_fake = select(stats, "gan", "d_fake").merge(info, on="run_id")
+    if grad.empty:
+        return None
+    fig, axes = new_figure(1, 2, width=4.8, height=3.6)
+    left, right = axes[0]
+    for name, group in grad.groupby("loss"):
+        _median_line(left, group[np.isfinite(group["value"]) & (group["value"] > 0)], LOSS_COLORS.get(name, GREY))
+    for name, group in d_fake.groupby("loss"):
+        _median_line(right, group[np.isfinite(group["value"])], LOSS_COLORS.get(name, GREY))
+    left.set(yscale="log", xlabel="training step", ylabel="generator ‖∂L_G/∂W_out‖ (grad/out/l2)",
+             title="the generator's output-layer gradient")  # fmt: skip
+    _plain_log_ticks(left.yaxis)
+    right.set(yscale="log", xlabel="training step", ylabel="D(G(z)) (gan/d_fake, mean probability)",
+              title="how surely the discriminator rejects fakes")  # fmt: skip
+    counts = info["loss"].value_counts()
+    handles = [Line2D([], [], color=LOSS_COLORS[n], lw=2, label=f"{t} ({counts.get(n, 0)} runs)")
+               for n, t in (("gan_saturating", "saturating: min log(1 − D(G(z)))"),
+                            ("gan_nonsaturating", "non-saturating: min −log D(G(z))")) if n in counts]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", fontsize="small", ncols=2, title="generator loss")
+    fig.suptitle("GAN generator losses when the discriminator wins")
+    return fig
+
+
+# Figures of one task's studies (the losses and gan specs): other studies leave them out.
+TASK_FIGURES = ("output_gradient", "gan_gradient")
 # The report draws these in this order; each takes (runs, stats) and returns a Figure or None.
 FIGURES: dict[str, Callable[..., Figure | None]] = {
     "backprop_by_layer": backprop_by_layer,
@@ -843,4 +934,6 @@ FIGURES: dict[str, Callable[..., Figure | None]] = {
     "bptt": bptt,
     "recurrent_curves": recurrent_curves,
     "clipping_effect": clipping_effect,
+    "output_gradient": output_gradient,
+    "gan_gradient": gan_gradient,
 }

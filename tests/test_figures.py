@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis import figures, load
 
-NAMES = list(figures.FIGURES)
+NAMES = [n for n in figures.FIGURES if n not in figures.TASK_FIGURES]  # tests/test_loss_figures.py: the rest
 MLP_ONLY = ("backprop_by_layer", "gain_scatter", "phase_diagram", "saturation")
 
 
