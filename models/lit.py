@@ -1,4 +1,4 @@
-"""The one LightningModule: wraps any family with its loss, optimizer and schedule."""
+"""The LightningModule of every task but the GAN (lit_gan.py): any family with its loss, optimizer and schedule."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class RunConfig:
 
     @property
     def task(self) -> str:
-        """The dataset's task: classification, regression, binary, segmentation or metric."""
+        """The dataset's task: classification, regression, binary, segmentation, metric or adversarial."""
         return DATASETS[self.dataset].task
 
     @classmethod

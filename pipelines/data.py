@@ -29,7 +29,7 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_tra
 class Dataset:
     """A task: what it predicts, how its inputs are laid out, and how to load it."""
 
-    task: str  # one of models.losses.TASKS: classification, regression, binary, segmentation, metric
+    task: str  # one of models.losses.TASKS: classification, regression, binary, segmentation, metric, adversarial
     layout: str  # image (C, H, W), signal (C, L), sequence (T, F) or vector (F,)
     load: Callable[[str, int], Arrays]  # (data_dir, seq_len) -> arrays
     files: str = ""  # where local files must be, for the error message; "" when none are needed

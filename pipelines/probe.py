@@ -2,7 +2,9 @@
 
 On a logging step it hooks every hidden block (activations, and ∂loss/∂output through a tensor hook),
 unrolls recurrent layers (for ∂loss/∂h_t), reads the weight gradients before clipping
-(`on_before_optimizer_step`) and after (`LitModel.after_clipping`), and the update after the step. All
+(`on_before_optimizer_step`) and after (`LitModel.after_clipping`), and the update after the step. It
+probes `pl_module.net` and the optimizer step that updates it; another optimizer's steps (a GAN's
+discriminator) are not recorded. Run-wide numbers a module adds in `step_stats` join the record. All
 statistics stay on the device until the end of the step, where they are concatenated and copied to the
 host once. Between logging steps no hook is registered; only the divergence guard runs (one sync).
 """
@@ -46,7 +48,8 @@ class GradientProbe(pl.Callback):
         self.names = [name for name, _ in blocks]
         self.hidden = [module for name, module in blocks if name != READOUT]
         self.weights = [module.main_weight for module in self.hidden] + [pl_module.net.readout.weight]
-        self.params = [p for p in pl_module.parameters() if p.requires_grad]
+        self.params = [p for p in pl_module.net.parameters() if p.requires_grad]
+        self._param_ids = {id(p) for p in self.params}
         self.recurrent = [isinstance(m, RecurrentLayer) for m in self.hidden]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
@@ -103,6 +106,8 @@ class GradientProbe(pl.Callback):
                 state.register_hook(lambda g, t=t: norms.__setitem__(t, g.detach().norm()))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+        if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
+            return  # not the probed network's step (a GAN's discriminator)
         grads = [p.grad for p in self.params if p.grad is not None]
         self.global_l2 = stats.global_norm(grads)
         loss = pl_module.last_loss if pl_module.last_loss is not None else torch.zeros(())
@@ -139,6 +144,10 @@ class GradientProbe(pl.Callback):
         clipped = self.global_clipped if self.global_clipped is not None else self.global_l2
         loss = pl_module.last_loss if pl_module.last_loss is not None else torch.full((), math.nan)
         parts = [loss.reshape(1), self.global_l2.reshape(1), clipped.reshape(1)]
+        extra = getattr(pl_module, "step_stats", None)
+        if extra:
+            names += list(extra)
+            parts.append(torch.stack([v.reshape(()).float() for v in extra.values()]))
         for stat in ("l2", "rms", "absmax", "mean", "std"):
             names += [K.key("grad", layer, stat) for layer in self.names]
             parts.append(self.grad[stat])
