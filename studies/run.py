@@ -2,7 +2,7 @@
 
     mlflow run . -e study --env-manager local                       # the default spec
     mlflow run . -e study -P spec=vanishing -P workers=2 --env-manager local
-    python -m studies.run --spec studies/specs/recurrent.yaml --storage postgresql://user:pw@host/db
+    PGPASSWORD=… python -m studies.run --spec studies/specs/recurrent.yaml --storage postgresql://user@host/db
 """
 
 from __future__ import annotations

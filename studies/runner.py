@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +28,15 @@ import mlflow
 import optuna
 import torch
 from mlflow.tracking import MlflowClient
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from pipelines import train
 from studies.spec import StudySpec, load_spec
-from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage
+from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage, retry
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
+PARENT_WAIT_SECONDS = 60  # how long an invocation waits for the study's creator to name the parent run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -62,8 +63,14 @@ def _experiment_id() -> str:
     return mlflow.set_experiment("Default").experiment_id
 
 
-def open_study(spec: StudySpec, study_name: str, storage: str, worker: int = 0) -> optuna.Study:
-    """Create or load the study with the spec's sampler (seeded per worker) and pruner."""
+def open_study(
+    spec: StudySpec, study_name: str, storage: str, worker: int = 0, *, create_only: bool = False
+) -> optuna.Study:
+    """Create or load the study with the spec's sampler (seeded per worker) and pruner.
+
+    With `create_only`, an existing study raises DuplicatedStudyError: creation is atomic in every
+    storage, so of several invocations started at once exactly one learns that it made the study.
+    """
     try:
         return optuna.create_study(
             study_name=study_name,
@@ -71,18 +78,35 @@ def open_study(spec: StudySpec, study_name: str, storage: str, worker: int = 0) 
             sampler=spec.make_sampler(worker),
             pruner=spec.make_pruner(),
             direction=spec.direction,
-            load_if_exists=True,
+            load_if_exists=not create_only,
         )
     except ValueError as exc:  # e.g. an existing study with another direction
         raise SystemExit(f"error: study {study_name!r} in {mask(storage)}: {exc}") from None
 
 
+def _wait_for_parent(study: optuna.Study) -> str | None:
+    """The parent run id once the study's creator has recorded it, or None after PARENT_WAIT_SECONDS."""
+    deadline = time.monotonic() + PARENT_WAIT_SECONDS
+    while (parent := study.user_attrs.get(PARENT_ATTR)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return parent
+
+
 def attach_parent(
-    study: optuna.Study, spec: StudySpec, storage: str, client: MlflowClient, n_trials: int
+    study: optuna.Study, spec: StudySpec, storage: str, client: MlflowClient, n_trials: int, created: bool = True
 ) -> tuple[str, str, str]:
-    """(parent run id, this invocation's run id, its role): the study's one MLflow tree."""
+    """(parent run id, this invocation's run id, its role): the study's one MLflow tree.
+
+    Only the invocation that created the study (`created`) makes the parent; the others wait for it to
+    be recorded, so workers started at once on several machines still share one tree.
+    """
     own = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for this entry point
     parent = study.user_attrs.get(PARENT_ATTR)
+    if parent is None and not created:
+        parent = _wait_for_parent(study)
+        if parent is None:
+            print(f"warning: study {study.study_name!r} has no parent run after {PARENT_WAIT_SECONDS} s "
+                  "(its creator stopped early?): this run becomes the parent", file=sys.stderr)  # fmt: skip
     if parent is not None:
         try:
             experiment_id = client.get_run(parent).info.experiment_id
@@ -94,17 +118,18 @@ def attach_parent(
         experiment_id = _experiment_id() if own is None else client.get_run(own).info.experiment_id
         if own is None:
             own = client.create_run(experiment_id, run_name=study.study_name).info.run_id
+        # Recorded first: other invocations are waiting for it.
+        study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
+        study.set_user_attr(PARENT_ATTR, own)
         client.set_tag(own, "mlflow.runName", study.study_name)
         client.set_tag(own, "study", study.study_name)
         client.set_tag(own, "role", "parent")
         _log_spec(client, own, spec, storage, n_trials)
-        study.set_user_attr(PARENT_ATTR, own)
-        study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
         return own, own, "parent"
     if own is None:
         own = client.create_run(experiment_id, run_name=f"{study.study_name}-worker").info.run_id
     for key, value in {"mlflow.parentRunId": parent, "study": study.study_name, "role": "worker",
-                       "host": socket.gethostname()}.items():  # fmt: skip
+                       "host": socket.gethostname(), "pid": str(os.getpid())}.items():  # fmt: skip
         client.set_tag(own, key, value)
     return parent, own, "worker"
 
@@ -127,6 +152,8 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
         values: dict[str, Any] = {}
         for param in spec.space:
             values.update(param.suggest(trial))
+        if spec.sampler["type"] == "grid":
+            skip_duplicate(trial, spec)
         cfg = spec.config(values)
         trial.set_user_attr("outcome", "running")  # a retry inherits its failed trial's attributes
         trial.set_user_attr("host", socket.gethostname())
@@ -169,6 +196,39 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
     return objective
 
 
+DUPLICATE = "duplicate"  # outcome of a grid trial that drew a point another trial has: never trained, not counted
+# A failed point is taken too: it counts as finished (or waits as a retry), and re-running it could loop.
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+
+
+def _point(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def skip_duplicate(trial: optuna.Trial, spec: StudySpec) -> None:
+    """Prune a grid trial whose point another trial has done, failed, is running or will retry, before it trains.
+
+    Optuna's GridSampler hands concurrent workers the same point at times (documented): near the end,
+    when every unvisited point is running elsewhere, a free worker draws one of those. Such a trial is
+    pruned at once with outcome=duplicate (no MLflow run, not counted towards n_trials); when no point is
+    left to draw, this worker stops and leaves the rest to the workers running them.
+    """
+    trials = trial.study.get_trials(deepcopy=False, states=TAKEN)
+    retried = _retried(trials)  # a retry re-runs its failed or interrupted trial's point: that one is not a twin
+    others = [t for t in trials if t.number != trial.number and t.number not in retried
+              and t.user_attrs.get("outcome") not in (DUPLICATE, "interrupted")]  # fmt: skip
+    taken = {_point(t.params): t.number for t in others}
+    mine = _point(trial.params)
+    if mine not in taken:
+        return
+    trial.set_user_attr("outcome", DUPLICATE)
+    trial.set_user_attr("duplicate_of", taken[mine])
+    grid = spec.grid()
+    if len(set(taken)) >= math.prod(len(values) for values in grid.values()):
+        trial.study.stop()
+    raise optuna.TrialPruned(f"grid point of trial {taken[mine]}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -187,38 +247,66 @@ def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
 def recover(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowClient) -> list[int]:
     """Fail trials whose worker died, retry them if the spec allows, and close orphaned MLflow runs.
 
-    RDB storages detect dead workers by heartbeat (Optuna fails and retries them). For the journal file,
-    the rule is: a RUNNING trial started on this host by a process that no longer exists is dead (a
-    worker on another host cannot be checked from here; use an RDB storage for many machines). A trial
+    RDB storages detect dead workers by heartbeat: Optuna fails (and retries) a trial whose heartbeat is
+    older than the grace period when a worker starts a trial, and here. For the journal file, the rule
+    is: a RUNNING trial started on this host by a process that no longer exists is dead (a worker on
+    another host cannot be checked from here; use an RDB storage for many machines). A trial
     interrupted by Ctrl-C is retried once, whatever `retries` says. Retries are Optuna's own
-    (RetryFailedTrialCallback: same params, a new trial). Returns the numbers of the trials failed here.
+    (RetryHeartbeatStaleTrialCallback: same params, a new trial). Returns the numbers of the trials failed here.
     """
     failed = []
-    if not is_rdb(storage):
+    if is_rdb(storage):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
+    else:
         host, store = socket.gethostname(), open_storage(storage)
         study_id = store.get_study_id_from_name(study.study_name)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("pid")
             if t.user_attrs.get("host") == host and pid is not None and not _alive(int(pid)):
                 trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
-                store.set_trial_state_values(trial_id, TrialState.FAIL)
+                try:
+                    store.set_trial_state_values(trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:  # another invocation recovered it first
+                    continue
                 failed.append(t.number)
                 if spec.retries:
-                    RetryFailedTrialCallback(max_retry=spec.retries)(study, study.get_trials()[t.number])
+                    retry(spec.retries)(study, study.get_trials()[t.number])
     trials = study.get_trials(deepcopy=False)
     for t in trials:
         if t.user_attrs.get("outcome") == "interrupted" and t.state.is_finished() and t.number not in _retried(trials):
-            RetryFailedTrialCallback()(study, t)
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    orphans = client.search_runs(
-        [study.user_attrs.get(EXPERIMENT_ATTR, "0")],
-        filter_string=f"tags.study = '{study.study_name}' and tags.role = 'trial' and attributes.status = 'RUNNING'",
-    )
-    for run in orphans:
-        if int(run.data.tags.get("trial", -1)) not in running:
+            retry()(study, t)
+    close_orphans(study, client)
+    return failed
+
+
+def close_orphans(study: optuna.Study, client: MlflowClient) -> list[str]:
+    """End as KILLED the RUNNING MLflow runs left by dead workers; their ids.
+
+    A trial's run: a live worker ends it before Optuna ends the trial, so a run still RUNNING after its
+    trial ended is an orphan. Runs are listed before trials and checked again, so that a worker on another
+    machine starting or ending a trial meanwhile is never mistaken for a dead one. An invocation's own
+    `role=worker` run: when it was started on this host by a process that no longer exists.
+    """
+    experiment, where = study.user_attrs.get(EXPERIMENT_ATTR, "0"), f"tags.study = '{study.study_name}'"
+    candidates = client.search_runs([experiment], f"{where} and tags.role = 'trial' and attributes.status = 'RUNNING'")
+    ended = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    closed = []
+    for run in candidates:
+        if int(run.data.tags.get("trial", -1)) in ended and client.get_run(run.info.run_id).info.status == "RUNNING":
             client.set_tag(run.info.run_id, "outcome", "killed")
             client.set_terminated(run.info.run_id, "KILLED")
-    return failed
+            closed.append(run.info.run_id)
+    host = socket.gethostname()
+    for run in client.search_runs([experiment], f"{where} and tags.role = 'worker' and attributes.status = 'RUNNING'"):
+        pid = run.data.tags.get("pid")
+        if run.data.tags.get("host") == host and pid and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -230,7 +318,7 @@ def finished_trials(study: optuna.Study) -> int:
         for t in trials
         if t.state in FINISHED
         and not (t.state == TrialState.FAIL and t.number in retried)
-        and t.user_attrs.get("outcome") != "interrupted"
+        and t.user_attrs.get("outcome") not in ("interrupted", DUPLICATE)
     )
 
 
@@ -255,10 +343,12 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
     objective = objective_for(spec, ctx.study_name, ctx.parent_run_id)
     study.optimize(
         objective,
-        n_trials=remaining,
+        # A grid study ends when its points are done (the sampler and skip_duplicate stop it): a budget of
+        # trials could be spent on duplicates and leave a point undone.
+        n_trials=None if spec.sampler["type"] == "grid" else remaining,
         catch=(Exception,),  # a trial that raises is a failed trial; the study goes on
         callbacks=[_stop_at(ctx.n_trials)],
-        show_progress_bar=progress_bar,
+        show_progress_bar=progress_bar and spec.sampler["type"] != "grid",  # Optuna's bar needs n_trials
     )
     if objective.interrupted:
         raise KeyboardInterrupt
@@ -318,8 +408,11 @@ def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | 
     n_trials = n_trials or spec.n_trials
     study_name = study_name or spec.name
     client = MlflowClient()
-    study = open_study(spec, study_name, storage)
-    parent, own, role = attach_parent(study, spec, storage, client, n_trials)
+    try:
+        study, created = open_study(spec, study_name, storage, create_only=True), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = open_study(spec, study_name, storage), False
+    parent, own, role = attach_parent(study, spec, storage, client, n_trials, created)
     experiment_id = client.get_run(parent).info.experiment_id
     ctx = StudyContext(spec.source, study_name, storage, parent, experiment_id, mlflow.get_tracking_uri(), n_trials,
                        dict(overrides or {}))  # fmt: skip
@@ -347,18 +440,23 @@ def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | 
         for p in procs:
             p.join()
     study = open_study(spec, study_name, storage)
+    close_orphans(study, client)  # trials failed by the heartbeat while this invocation ran
     summary = log_summary(study, spec, parent, client)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if report and status == "FINISHED":
         _report(study_name, parent)
-    if own != parent:
-        client.set_terminated(own, status)
-    else:
-        client.set_terminated(parent, status)
+    client.set_terminated(own, status)
+    if own != parent and status == "FINISHED" and finished_trials(study) >= n_trials:
+        # The study is complete: its parent ends too, even when the invocation that made it died.
+        if client.get_run(parent).info.status == "RUNNING":
+            client.set_terminated(parent, "FINISHED")
     print(json.dumps(summary, indent=2, default=str))
-    uri = mlflow.get_tracking_uri()
-    print(f"browse: mlflow ui --backend-store-uri {mask(uri)}  then open "
-          f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent}", file=sys.stderr)  # fmt: skip
+    uri, page = mlflow.get_tracking_uri(), f"#/experiments/{experiment_id}/runs/{parent}"
+    if uri.startswith(("http://", "https://")):  # a tracking server is its own UI
+        print(f"browse: {mask(uri).rstrip('/')}/{page}", file=sys.stderr)
+    else:
+        print(f"browse: mlflow ui --backend-store-uri {mask(uri)}  then open http://127.0.0.1:5000/{page}",
+              file=sys.stderr)  # fmt: skip
     if status == "KILLED":
         raise KeyboardInterrupt
     return summary
@@ -369,5 +467,7 @@ def _report(study_name: str, parent_run_id: str) -> None:
     if importlib.util.find_spec("analysis.report") is None:
         return
     from analysis import report
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per parquet download is noise
 
     report.build(study_name)

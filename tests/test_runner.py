@@ -8,12 +8,14 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from test_data import _write_cifar, _write_mnist
 
 import pipelines.train
-from studies.runner import PARENT_ATTR, run_study
-from studies.spec import list_specs
+from studies.runner import DUPLICATE, PARENT_ATTR, objective_for, run_study
+from studies.spec import list_specs, load_spec
 
 SMOKE = {"max_steps": 3, "log_every": 1, "val_every": 3, "metric_points": 0}
+FILE_SPECS = {"mnist": lambda root: _write_mnist(root, compress=True), "cifar10": _write_cifar}  # specs of file-based datasets: their writers
 
 
 def write_spec(folder: Path, body: str) -> str:
@@ -56,7 +58,8 @@ def check_links(study: optuna.Study, parent, trials) -> None:
     assert study.user_attrs[PARENT_ATTR] == parent.info.run_id
     by_trial = {int(r.data.tags["trial"]): r for r in trials}
     assert len(by_trial) == len(trials), "a trial has two MLflow runs"
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                and t.user_attrs.get("outcome") != DUPLICATE]  # a duplicate grid draw never trains  # fmt: skip
     assert sorted(by_trial) == sorted(t.number for t in finished)
     for t in finished:
         run = by_trial[t.number]
@@ -69,7 +72,11 @@ def check_links(study: optuna.Study, parent, trials) -> None:
 @pytest.mark.parametrize("spec", list_specs())
 def test_two_trials_of_every_shipped_spec(spec: str, tracking: str, tmp_path: Path) -> None:
     storage = str(tmp_path / "optuna.journal")
-    summary = run_study(spec, n_trials=2, storage=storage, report=False, overrides=SMOKE)
+    overrides = dict(SMOKE)
+    if spec in FILE_SPECS:  # tiny files in the real formats (tests/test_data.py writes them)
+        FILE_SPECS[spec](tmp_path / "files")
+        overrides.update(data_dir=str(tmp_path / "files"), width=4, batch_size=4)
+    summary = run_study(spec, n_trials=2, storage=storage, report=False, overrides=overrides)
     assert summary["trials"] == 2
     parent, trials = study_tree(spec)
     check_links(load(spec, storage), parent, trials)
@@ -154,3 +161,43 @@ def test_objective_is_reported_at_each_validation(tracking: str, tmp_path: Path)
     for t in load("tiny", storage).trials:
         assert sorted(t.intermediate_values) == [2, 4]
         assert t.value == t.intermediate_values[4]
+
+
+GRID = TINY.replace("sampler: {type: random, seed: 3}", "sampler: grid").replace("n_trials: 2\n", "")
+
+
+@pytest.mark.slow
+def test_grid_with_two_workers_runs_every_point_exactly_once(tracking: str, tmp_path: Path) -> None:
+    """Optuna's GridSampler can hand two workers one point; the runner prunes the second draw untrained."""
+    spec, storage = write_spec(tmp_path, GRID), str(tmp_path / "optuna.journal")
+    run_study(spec, storage=storage, workers=2, report=False)
+    study = load("tiny", storage)
+    real = [t for t in study.trials if t.user_attrs.get("outcome") != DUPLICATE]
+    points = [(t.params["activation"], t.params["init"]) for t in real]
+    assert sorted(points) == sorted((a, i) for a in ("relu", "tanh", "sigmoid") for i in ("xavier_normal",
+                                                                                       "kaiming_normal"))  # fmt: skip
+    assert all(t.state == TrialState.COMPLETE for t in real)
+    for t in study.trials:
+        if t.user_attrs.get("outcome") == DUPLICATE:
+            assert t.state == TrialState.PRUNED and "mlflow_run_id" not in t.user_attrs
+    parent, trials = study_tree("tiny")
+    check_links(study, parent, trials)
+    assert len(trials) == 6
+
+
+def test_a_grid_point_already_taken_is_pruned_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec(write_spec(tmp_path, GRID))
+    study = optuna.create_study(sampler=spec.make_sampler())
+    params = {"activation": "relu", "init": "xavier_normal"}
+    distributions = {name: optuna.distributions.CategoricalDistribution(values) for name, values in spec.grid().items()}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5))
+    study.enqueue_trial(params)  # as if a second worker drew the same point
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a duplicate grid point was trained")
+
+    monkeypatch.setattr(pipelines.train, "run", must_not_train)
+    study.optimize(objective_for(spec, "tiny", "parent-id"), n_trials=1)
+    duplicate = study.trials[-1]
+    assert duplicate.state == TrialState.PRUNED and duplicate.user_attrs["outcome"] == DUPLICATE
+    assert duplicate.user_attrs["duplicate_of"] == 0

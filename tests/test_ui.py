@@ -1,0 +1,180 @@
+"""The MLflow UI in headless Chromium: a study's parent run and nested trials, a per-layer gradient chart, the report.
+
+A tiny real study (two trials and the report) goes into a SQLite store, a real `mlflow server` serves it,
+and Playwright drives Debian's `chromium` (no browser download). Screenshots land in each test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import copy_store, pointed_at
+from mlflow.tracking import MlflowClient
+from servers import mlflow_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (Debian package `chromium`; `make test` installs it as root)",
+                allow_module_level=True)  # fmt: skip
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
+expect = sync_api.expect
+
+pytestmark = pytest.mark.slow
+
+# No sandbox: tests may run as root in a container; the rest keeps Chromium off the network but for 127.0.0.1.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+WAIT = 30_000  # ms: the UI fetches everything through the server's REST API after the page loads
+STUDY = "ui_study"
+KEY = "grad/L000/l2"
+SPEC = f"""
+name: {STUDY}
+fixed: {{dataset: digits, model: mlp, depth: 3, width: 16, batch_size: 32, max_steps: 12, log_every: 2, metric_points: 0}}
+space:
+  activation: [relu, tanh]
+sampler: {{type: grid}}
+objective: {{metric: val/acc}}
+n_trials: 2
+"""
+
+
+@dataclass(frozen=True)
+class Served:
+    """The study as the UI sees it: server URL, ids from MLflow, and the link the study printed."""
+
+    url: str
+    experiment_id: str
+    parent: str
+    trials: dict[str, str]  # run id -> run name
+    report: list[str]  # the parent's report/ artifacts
+    printed_link: str
+    client: MlflowClient
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Iterator[Served]:
+    """Run the study (with its report) into a SQLite store and serve that store with `mlflow server`."""
+    from studies.runner import run_study
+
+    folder = tmp_path_factory.mktemp("ui")
+    uri = copy_store(empty_store, folder)
+    (folder / "ui.yaml").write_text(SPEC)
+    (folder / "served-artifacts").mkdir()
+    stderr = io.StringIO()
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        # The server takes ~20 s to import and start on a busy 2-core box: start it while the study trains.
+        # Starting, it only reads the store (schema check), which SQLite allows beside the study's writes.
+        starting = pool.submit(stack.enter_context, mlflow_server(uri, folder / "served-artifacts"))
+        with pointed_at(uri), pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+            patch.chdir(folder)  # the report is written to ./reports before it is logged
+            run_study(str(folder / "ui.yaml"), storage=str(folder / "optuna.journal"))
+        url = starting.result()
+        client = MlflowClient(uri)
+        runs = client.search_runs(["0"], f"tags.study = '{STUDY}'")
+        parent = next(r for r in runs if r.data.tags.get("role") == "parent")
+        trials = {r.info.run_id: r.info.run_name for r in runs if r.data.tags.get("role") == "trial"}
+        link = re.search(r"http://127\.0\.0\.1:5000/(#/\S+)", stderr.getvalue())
+        assert link, f"the study printed no UI link:\n{stderr.getvalue()[-2000:]}"
+        yield Served(url, parent.info.experiment_id, parent.info.run_id, trials,
+                     sorted(a.path for a in client.list_artifacts(parent.info.run_id, "report")),
+                     link.group(1), client)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright."""
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, tmp_path: Path) -> Iterator[Page]:
+    """A fresh page; its last state is saved as last.png, and where is printed (pytest shows it on failure)."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    yield page
+    with contextlib.suppress(Exception):
+        page.screenshot(path=tmp_path / "last.png", full_page=True)
+    print(f"screenshots: {tmp_path}")
+    context.close()
+
+
+def shot(page: Page, tmp_path: Path, name: str) -> None:
+    """Save a screenshot of what a check just saw."""
+    page.screenshot(path=tmp_path / f"{name}.png")
+
+
+def test_runs_table_shows_the_study_parent_with_its_trials_nested(served: Served, page: Page, tmp_path: Path) -> None:
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs")
+    expect(page.get_by_text("Training runs", exact=True)).to_be_visible(timeout=WAIT)
+    # ag-grid renders a row once per pinned/unpinned column block: pick the one with the name cell.
+    parent = page.locator(f'[role=row][row-id="{served.parent}"]', has_text=STUDY)
+    expect(parent).to_be_visible(timeout=WAIT)
+    rows = {run_id: page.locator(f'[role=row][row-id="{run_id}"]', has_text=name) for run_id, name in served.trials.items()}
+    for row in rows.values():  # nested: hidden while the parent is collapsed
+        expect(row).to_have_count(0)
+    shot(page, tmp_path, "collapsed")
+    parent.locator("button[data-component-id*=runnamecellrenderer]").click()  # the expand (+) button
+    for row in rows.values():
+        expect(row).to_be_visible(timeout=WAIT)
+    expect(page.get_by_text("3 matching runs")).to_be_visible()
+    shot(page, tmp_path, "expanded")
+
+
+def test_the_printed_link_opens_the_parent_run_listing_its_trials(served: Served, page: Page, tmp_path: Path) -> None:
+    assert served.printed_link.startswith(f"#/experiments/{served.experiment_id}/runs"), served.printed_link
+    page.goto(f"{served.url}/{served.printed_link}")
+    expect(page.get_by_role("heading", name=STUDY, exact=True)).to_be_visible(timeout=WAIT)
+    expect(page.get_by_text("Child runs", exact=True)).to_be_visible(timeout=WAIT)
+    for name in served.trials.values():
+        expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=WAIT)
+    shot(page, tmp_path, "parent")
+
+
+def test_a_trial_page_charts_a_per_layer_gradient_metric(served: Served, page: Page, tmp_path: Path) -> None:
+    run_id, name = sorted(served.trials.items())[0]
+    history = served.client.get_metric_history(run_id, KEY)
+    assert len(history) == 7  # steps 0, 2, …, 10 and the last, 11 (metric_points: 0 sends all)
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{run_id}/model-metrics")
+    expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible(timeout=WAIT)
+    page.get_by_placeholder("Search metric charts").fill(KEY)
+    expect(page.get_by_text("grad/L000", exact=True)).to_be_visible(timeout=WAIT)  # the layer's section of charts
+    chart = page.locator(".js-plotly-plot")
+    expect(chart).to_have_count(1, timeout=WAIT)
+    expect(chart).to_contain_text("Step")  # the x axis
+    expect(page.get_by_text(f"{name} ({KEY})")).to_be_visible()  # the legend names the run and the key
+    # One marker per logged point: the chart plots the run's data, not an empty frame.
+    expect(chart.locator(".scatterlayer .trace .points path")).to_have_count(len(history), timeout=WAIT)
+    shot(page, tmp_path, "chart")
+
+
+def test_the_parent_run_lists_the_report_artifact_and_shows_it(served: Served, page: Page, tmp_path: Path) -> None:
+    assert {"report/index.html", "report/backprop_by_layer.png", "report/summary.csv"} <= set(served.report)
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent}/artifacts")
+    page.get_by_text("report", exact=True).click()  # open the folder in the artifact tree
+    for path in served.report:
+        expect(page.get_by_text(Path(path).name, exact=True)).to_be_visible(timeout=WAIT)
+    shot(page, tmp_path, "artifacts")
+    page.get_by_text("index.html", exact=True).click()  # the report page, previewed in a sandboxed iframe
+    report = page.frame_locator("iframe.mlflow-html-iframe")
+    expect(report.get_by_text(f"Gradient report: study {STUDY}")).to_be_visible(timeout=WAIT)
+    shot(page, tmp_path, "report")
+    page.get_by_text("backprop_by_layer.png", exact=True).click()
+    expect(page.get_by_text("report/backprop_by_layer.png", exact=True)).to_be_visible(timeout=WAIT)
+    # The figure is fetched from the server and decoded: an <img> with real pixels.
+    page.wait_for_function("[...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 300)")
+    shot(page, tmp_path, "figure")
