@@ -116,9 +116,11 @@ class StudySpec:
         return {p.name: p.grid_values() for p in self.space}
 
     def make_sampler(self, worker: int = 0) -> optuna.samplers.BaseSampler:
-        """Optuna's sampler; each worker gets its own seed so parallel workers do not propose alike."""
-        seed = self.sampler.get("seed", 0) + worker
+        """Optuna's sampler; each worker gets its own seed (but one grid order) so parallel workers do not propose alike."""
         kind = self.sampler["type"]
+        # GridSampler's seed shuffles the grid, and it tracks points by their index in that order: every worker
+        # must share one order, or the same index names different points and workers skip or repeat points.
+        seed = self.sampler.get("seed", 0) + (0 if kind == "grid" else worker)
         if kind == "grid":
             return optuna.samplers.GridSampler(self.grid(), seed=seed)
         if kind == "random":

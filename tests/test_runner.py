@@ -201,3 +201,21 @@ def test_a_grid_point_already_taken_is_pruned_before_training(tmp_path: Path, mo
     duplicate = study.trials[-1]
     assert duplicate.state == TrialState.PRUNED and duplicate.user_attrs["outcome"] == DUPLICATE
     assert duplicate.user_attrs["duplicate_of"] == 0
+
+
+def test_grid_workers_share_one_grid_order(tmp_path: Path) -> None:
+    """Workers alternate on one storage: their GridSamplers must agree on which index is which point."""
+    spec = load_spec(write_spec(tmp_path, GRID))
+    storage = optuna.storages.InMemoryStorage()
+    studies = [optuna.create_study(study_name="g", storage=storage, sampler=spec.make_sampler(w), load_if_exists=True)
+               for w in (0, 1)]  # fmt: skip
+    points = []
+    for i in range(6):  # the grid's size, asked by worker 0, 1, 0, 1, …
+        study = studies[i % 2]
+        trial = study.ask()
+        for param in spec.space:
+            param.suggest(trial)
+        points.append(tuple(sorted(trial.params.items())))
+        if i < 5:  # after the last point GridSampler stops the study, which ask-and-tell cannot (Optuna docs)
+            study.tell(trial, 0.0)
+    assert len(set(points)) == 6
