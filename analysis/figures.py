@@ -720,6 +720,11 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     fig, axes = _facet_axes([f"seq_len {n}" for n in lengths] or ["runs"], ncols=3, width=4.2, height=3.4,
                             sharey=True)  # fmt: skip
     by_run = {run_id: group.sort_values("step") for run_id, group in rows.groupby("run_id")}
+    # The scale comes from the runs that stayed finite: a diverging run's last losses (1e30 and up) would
+    # flatten every other curve; it is drawn up to the top edge, with its × there.
+    diverged = set(recurrent.loc[recurrent["outcome"] == "diverged", "run_id"])
+    calm = rows[~rows["run_id"].isin(diverged) & (rows["value"] > 0)]["value"]
+    top = float(calm.max()) * 5 if not calm.empty else None
     for run in recurrent.to_dict("records"):
         line = by_run.get(run["run_id"])
         if line is None:
@@ -727,11 +732,14 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         ax = axes[f"seq_len {int(float(run['seq_len']))}"] if lengths else axes["runs"]
         color = _color(CELL_COLORS, run["model"])
         ax.plot(line["step"], line["value"], color=color, ls=_clip_style(run), lw=1.4, alpha=0.85)
-        if value(run, "outcome") == "diverged":
-            ax.plot(line["step"].iloc[-1], line["value"].iloc[-1], marker="x", color=color, ms=8, mew=2)
+        if run["run_id"] in diverged:
+            y = min(line["value"].iloc[-1], top) if top else line["value"].iloc[-1]
+            ax.plot(line["step"].iloc[-1], y, marker="x", color=color, ms=8, mew=2, clip_on=False)
     adding = (recurrent["dataset"] == "adding").any() and (recurrent["loss"] == "mse").any()
     for name, ax in axes.items():
         ax.set(yscale="log", title=name, xlabel="training step")
+        if top is not None:
+            ax.set_ylim(top=top)
         if adding:
             ax.axhline(theory.ADDING_BASELINE_MSE, color="0.3", ls=":", lw=1.0)
             ax.text(0.02, theory.ADDING_BASELINE_MSE, "predict the mean (MSE 1/6)", fontsize="x-small",
@@ -801,7 +809,8 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
         handles.append(Line2D([], [], color=color, lw=2, label=name))
     left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm before clipping",
              title="most exploding pairs: unclipped (solid) vs clipped (dashed)")  # fmt: skip
-    left.legend(handles=handles, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
+    fig.legend(handles=handles, fontsize="x-small", loc="outside lower center", ncols=2,
+               title="pair (the clipped run's setting last)", title_fontsize="x-small")  # fmt: skip
     # Right: each pair's objective with vs without clipping; a diverged run has no objective and sits on the edge.
     final = _objective_values(runs, stats, objective)
     x = pairs["run_id_off"].map(final).where(pairs["outcome_off"] != "diverged")
