@@ -45,6 +45,7 @@ bench: $(VENV)/.installed  ## the performance suite (prints ratios; minutes)
 	$(RUN) python -m benchmarks.train_overhead
 	$(RUN) python -m benchmarks.report_time
 	$(RUN) python -m benchmarks.study_throughput
+	$(RUN) python -m benchmarks.storage_throughput
 
 clean:
 	rm -rf $(VENV)

@@ -113,7 +113,9 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 120.0) -> 
     log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 (closed below)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
            "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # MLflow 3's job execution (GenAI scorers) starts seven more processes that runs and artifacts never use.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + timeout
         while True:
