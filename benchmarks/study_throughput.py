@@ -5,8 +5,9 @@
 
 Everything runs against throwaway stores in a temporary folder: a real MLflow SQLite store and a real
 Optuna journal file. The share of study time outside training is 1 − Σ(training time of each trial) /
-study wall time, where a trial's training time is its last `time/elapsed` (Lightning's fit loop from
-the first to the last step), so it counts Optuna, MLflow runs and artifacts, data and model set-up.
+(workers × study wall time), where a trial's training time is its last `time/elapsed` (Lightning's fit
+loop from the first to the last step), so it counts Optuna, MLflow runs and artifacts, data and model
+set-up, process start-up, and a worker idle at the end while the other finishes its last trial.
 """
 
 from __future__ import annotations
@@ -69,19 +70,20 @@ def main() -> None:
             results["default_study_seconds"] = timed(cmd, folder)
             n, train = training_seconds(folder, "default_full")
             results["default_study_trials"] = n
-            results["default_share_outside_training"] = 1 - train / results["default_study_seconds"]
+            workers = os.cpu_count() or 1  # the entry point's default: one worker per core
+            results["default_share_outside_training"] = 1 - train / (workers * results["default_study_seconds"])
         for workers in (1, 2):
             name = f"throughput_w{workers}"
             wall = timed(study_cmd(folder, name, args.trials, workers), folder)
             n, train = training_seconds(folder, name)
             results[f"w{workers}_seconds"] = wall
             results[f"w{workers}_trials_per_minute"] = 60 * n / wall
-            if workers == 1:
-                results["w1_share_outside_training"] = 1 - train / wall
+            results[f"w{workers}_share_outside_training"] = 1 - train / (workers * wall)
     results["speedup_2_workers"] = results["w2_trials_per_minute"] / results["w1_trials_per_minute"]
     print(f"{'measure':<34}{'value':>10}   target")
     targets = {"default_study_seconds": "≤ 360 s", "speedup_2_workers": "≥ 1.6",
-               "w1_share_outside_training": "≤ 0.10", "default_share_outside_training": "≤ 0.10"}  # fmt: skip
+               "w1_share_outside_training": "≤ 0.10", "w2_share_outside_training": "≤ 0.10",
+               "default_share_outside_training": "≤ 0.10"}  # fmt: skip
     for key, value in results.items():
         print(f"{key:<34}{value:>10.2f}   {targets.get(key, '')}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
