@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from studies.runner import run_study
-from studies.spec import SpecError, list_specs, load_spec, parse_overrides
+from studies.spec import STUDY_NAME_RULE, SpecError, list_specs, load_spec, parse_overrides, valid_study_name
 from studies.storage import DEFAULT_STORAGE
 
 
@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = spec.missing_data()
     if missing:  # before the study, its parent run or any storage is made
         print(f"error: {missing}", file=sys.stderr)
+        return 2
+    if args.study_name and not valid_study_name(args.study_name):
+        print(f"error: study_name={args.study_name!r} is not allowed; allowed: {STUDY_NAME_RULE}", file=sys.stderr)
         return 2
     if args.workers < 0 or args.n_trials < 0:
         bad = ("workers", args.workers, "an integer ≥ 0") if args.workers < 0 else ("n_trials", args.n_trials, "an integer ≥ 0")

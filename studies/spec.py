@@ -223,6 +223,14 @@ def _try(spec: StudySpec, values: dict[str, Any], combo: tuple) -> None:
         raise SpecError(spec.source, where, f"{exc} (with {shown})") from None
 
 
+STUDY_NAME_RULE = "letters, digits and _ . - (not first)"
+
+
+def valid_study_name(name: Any) -> bool:
+    """Whether `name` may name a study: it is the study's tag in MLflow filter strings and the folder reports/<name>/."""
+    return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
+
+
 def parse_spec(raw: Any, source: str) -> StudySpec:
     """Validate a spec mapping and build the StudySpec (SpecError on the first problem)."""
     if not isinstance(raw, dict):
@@ -233,9 +241,8 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     for key in ("name", "space", "objective"):
         if key not in raw:
             raise SpecError(source, key, "missing")
-    if not isinstance(raw["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):
-        # The name is the study's tag in MLflow filter strings and the folder reports/<name>/.
-        raise SpecError(source, "name", f"{raw['name']!r}; allowed: letters, digits and _ . - (not first)")
+    if not valid_study_name(raw["name"]):
+        raise SpecError(source, "name", f"{raw['name']!r}; allowed: {STUDY_NAME_RULE}")
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise SpecError(source, "fixed", "expected a mapping of run-config fields")

@@ -121,3 +121,15 @@ def test_cli_refuses_bad_spec_with_exit_2_and_writes_nothing(tmp_path: Path, tex
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.yaml" in lines[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+@pytest.mark.parametrize("name", ["it's", "../up", "a/b", "-x"])
+def test_study_name_flag_follows_the_spec_name_rule(name: str, tmp_path, monkeypatch, capsys) -> None:
+    """--study-name becomes the MLflow tag and the report folder: a quote or a path is refused, nothing written."""
+    from studies import run as study_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = study_cli.main(["--spec", "default", f"--study-name={name}"])
+    assert code == 2 and "study_name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
