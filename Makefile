@@ -25,7 +25,8 @@ $(VENV)/.system-deps: | $(VENV)/.installed
 	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+	    || echo "note: apt-get could not install$$missing; the tests that need them will skip"; \
 	else echo "note: missing$$missing (needs root and apt-get); the tests that need them will skip"; fi
 	touch $@
 
