@@ -223,8 +223,7 @@ def skip_duplicate(trial: optuna.Trial, spec: StudySpec) -> None:
         return
     trial.set_user_attr("outcome", DUPLICATE)
     trial.set_user_attr("duplicate_of", taken[mine])
-    grid = spec.grid()
-    if len(set(taken)) >= math.prod(len(values) for values in grid.values()):
+    if len(taken) >= math.prod(len(values) for values in spec.grid().values()):
         trial.study.stop()
     raise optuna.TrialPruned(f"grid point of trial {taken[mine]}")
 

@@ -103,8 +103,8 @@ class StudySpec:
 
     def missing_data(self) -> str | None:
         """Why a file-based dataset the study can use is absent from its data_dir (checked before anything runs)."""
-        configs = [self.config({})] + [self.config(p.expand(v)) for p in self.space for v in p.grid_values()
-                                       if "dataset" in p.expand(v) or "data_dir" in p.expand(v)]  # fmt: skip
+        sampled = [p.expand(v) for p in self.space for v in p.grid_values()]
+        configs = [self.config({})] + [self.config(f) for f in sampled if "dataset" in f or "data_dir" in f]
         for cfg in configs:
             problem = missing_files(cfg.dataset, cfg.data_dir)
             if problem:
