@@ -1,9 +1,13 @@
 """Stacked recurrent networks (vanilla RNN, LSTM, GRU), one module per layer so every layer is probed.
 
-Training steps use PyTorch's fused kernels. When a probe sets `unroll`, a layer runs the same cell
-equations step by step in Python (same parameters, same result up to float rounding, tested), keeping
-every hidden state h_t in the graph so that ∂loss/∂h_t, the total gradient through time, can be read,
-together with the gate activations of LSTM (forget gate) and GRU (update gate).
+Every step, logging steps included, uses PyTorch's fused kernels (a vanilla RNN whose nonlinearity
+nn.RNN lacks runs the cell equations step by step). The fused kernels never expose h_t to autograd,
+so ∂loss/∂h_t, the total gradient through time, is computed beside autograd instead of inside it:
+when a probe sets `keep_sequence`, a layer keeps its input and its hidden states; `replay` recomputes
+every gate of every step from them in a few batched operations, and `CellReplay.state_gradients`
+runs the cell's adjoint recursion backwards in time from the gradient the layer's consumers send back
+to its outputs. That recursion is linear in the gradient and needs one matrix product per time step
+(no autograd graph over T small cells: about 10× cheaper on an LSTM at T = 100, benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.activations import make_activation
+from models.activations import ACTIVATIONS, make_activation
 from models.base import Family
 from models.norms import make_norm
 
@@ -38,48 +42,103 @@ class RecurrentLayer(nn.Module):
         self.rnn = CELLS[cell](in_features, hidden, **kwargs)
         self.norm = make_norm(norm, hidden, "sequence")
         self.always_unroll = cell == "rnn" and activation not in FUSED_RNN_ACTIVATIONS
-        self.unroll = False
-        self.states: list[Tensor] = []  # h_1 … h_T of the last unrolled forward
-        self.gate_values: Tensor | None = None  # (T, B, H) forget/update gate of the last unrolled forward
+        self.keep_sequence = False  # set by the probe on logging steps
+        self.kept: tuple[Tensor, Tensor] | None = None  # (input x, hidden states h) of the last forward
 
     @property
     def main_weight(self) -> nn.Parameter:  # noqa: D102
         return self.rnn.weight_hh_l0
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        if self.unroll or self.always_unroll:
-            seq = self._unrolled(x)
-        else:
-            seq = self.rnn(x)[0]
+        seq = self._unrolled(x) if self.always_unroll else self.rnn(x)[0]
+        if self.keep_sequence:
+            self.kept = (x, seq)
         return self.norm(seq)
 
     def _unrolled(self, x: Tensor) -> Tensor:
+        """A vanilla RNN with a nonlinearity nn.RNN lacks: h_t = φ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh)."""
         rnn = self.rnn
-        xs = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # input part of every gate, all steps at once
+        xs = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # input part of every step at once
         h = x.new_zeros(x.shape[0], rnn.hidden_size)
-        c = torch.zeros_like(h)
-        states, gates = [], []
+        states = []
         for t in range(x.shape[1]):
-            gh = F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
-            if self.cell == "rnn":
-                h = self.nonlinearity(xs[:, t] + gh)
-            elif self.cell == "lstm":
-                i, f, g, o = (xs[:, t] + gh).chunk(4, dim=1)  # PyTorch's gate order
-                f = torch.sigmoid(f)
-                c = f * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                gates.append(f)
-            else:  # gru, PyTorch's equations and gate order (r, z, n)
-                xr, xz, xn = xs[:, t].chunk(3, dim=1)
-                hr, hz, hn = gh.chunk(3, dim=1)
-                r = torch.sigmoid(xr + hr)
-                z = torch.sigmoid(xz + hz)
-                h = (1 - z) * torch.tanh(xn + r * hn) + z * h
-                gates.append(z)
+            h = self.nonlinearity(xs[:, t] + F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0))
             states.append(h)
-        self.states = states
-        self.gate_values = torch.stack(gates).detach() if gates else None
         return torch.stack(states, dim=1)
+
+    @torch.no_grad()
+    def replay(self, x: Tensor, seq: Tensor) -> CellReplay:
+        """Every gate of every step, recomputed in batch from the layer's input x and its outputs h (B, T, ·).
+
+        h_{t−1} is known for every t from the outputs, so each gate pre-activation is two batched matrix
+        products; only the LSTM's cell state c_t needs a pass over time (one fused op per step).
+        """
+        rnn = self.rnn
+        x, h = x.detach().transpose(0, 1), seq.detach().transpose(0, 1)  # time first: (T, B, ·)
+        h_prev = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
+        xs = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)
+        hs = F.linear(h_prev, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        w_hh = rnn.weight_hh_l0.detach()
+        if self.cell == "rnn":
+            z = xs + hs
+            return CellReplay("rnn", w_hh, h, ACTIVATIONS[self.activation].derivative(z, h))
+        if self.cell == "lstm":  # PyTorch's gate order (i, f, g, o)
+            i, f, g, o = (xs + hs).chunk(4, dim=2)
+            i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+            ig = i * g
+            c = torch.empty_like(ig)
+            c[0] = ig[0]
+            for t in range(1, len(c)):
+                torch.addcmul(ig[t], f[t], c[t - 1], out=c[t])
+            c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
+            tc = torch.tanh(c)
+            # dgates = [dc·g·i(1−i), dc·c_{t−1}·f(1−f), dc·i·(1−g²), dh·tanh(c)·o(1−o)]
+            coef = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=2)
+            return CellReplay("lstm", w_hh, h, coef, gate=f, carry=o * (1 - tc * tc), keep=f)
+        # gru, PyTorch's equations and gate order (r, z, n): n = tanh(x_n + r·(W_hn h + b_hn))
+        xr, xz, xn = xs.chunk(3, dim=2)
+        hr, hz, a_n = hs.chunk(3, dim=2)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * a_n)
+        dn = (1 - z) * (1 - n * n)  # ∂h_t/∂(pre-activation of n)
+        coef = torch.cat([dn * a_n * r * (1 - r), (h_prev - n) * z * (1 - z), dn * r], dim=2)
+        return CellReplay("gru", w_hh, h, coef, gate=z, keep=z)
+
+
+class CellReplay:
+    """One recurrent layer's forward pass, replayed: what the adjoint recursion through time needs.
+
+    For every cell the gradient a step passes back to h_{t−1} is linear in the gradient at step t:
+    rnn   dh_{t−1} += (dh_t·φ'(z_t)) W_hh
+    gru   dh_{t−1} += dh_t·z_t + ([dh_t, dh_t, dh_t]·coef_t) W_hh
+    lstm  dc_t = dh_t·o_t(1 − tanh²c_t) + dc_{t+1}·f_{t+1};  dh_{t−1} += ([dc_t, dc_t, dc_t, dh_t]·coef_t) W_hh
+    """
+
+    def __init__(self, cell: str, w_hh: Tensor, h: Tensor, coef: Tensor, *, gate: Tensor | None = None,
+                 carry: Tensor | None = None, keep: Tensor | None = None) -> None:  # fmt: skip
+        self.cell, self.w_hh, self.h, self.coef = cell, w_hh, h, coef
+        self.gate = gate  # (T, B, H): LSTM forget gate, GRU update gate
+        self.carry, self.keep = carry, keep  # LSTM: ∂c_t/∂h_t's share o(1 − tanh²c); f_t (LSTM) or z_t (GRU)
+
+    @torch.no_grad()
+    def state_gradients(self, grad_out: Tensor) -> Tensor:
+        """(T, B, H) total ∂loss/∂h_t for every t, from ∂loss/∂(outputs) (B, T, H) sent by the consumers."""
+        direct = grad_out.detach().transpose(0, 1)
+        dh = torch.empty_like(direct)
+        back = torch.zeros_like(direct[0])  # what step t+1 passes back to h_t
+        dc = torch.zeros_like(back)
+        for t in range(len(direct) - 1, -1, -1):
+            torch.add(direct[t], back, out=dh[t])
+            if self.cell == "rnn":
+                back = (dh[t] * self.coef[t]) @ self.w_hh
+            elif self.cell == "gru":
+                back = torch.addmm(dh[t] * self.keep[t], dh[t].repeat(1, 3) * self.coef[t], self.w_hh)
+            else:
+                if t + 1 < len(direct):
+                    dc = dc * self.keep[t + 1]
+                dc = torch.addcmul(dc, dh[t], self.carry[t])
+                back = (torch.cat([dc, dc, dc, dh[t]], dim=1) * self.coef[t]) @ self.w_hh
+        return dh
 
 
 class Recurrent(Family):

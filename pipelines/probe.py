@@ -1,7 +1,7 @@
 """The gradient probe: a Lightning callback that records per-layer statistics on a schedule.
 
 On a logging step it hooks every hidden block (activations, and ∂loss/∂output through a tensor hook),
-unrolls recurrent layers (for ∂loss/∂h_t), reads the weight gradients before clipping
+replays recurrent layers (for ∂loss/∂h_t: models/recurrent.py), reads the weight gradients before clipping
 (`on_before_optimizer_step`) and after (`LitModel.after_clipping`), and the update after the step. It
 probes `pl_module.net` and the optimizer step that updates it; another optimizer's steps (a GAN's
 discriminator) are not recorded. Run-wide numbers a module adds in `step_stats` join the record. All
@@ -67,7 +67,7 @@ class GradientProbe(pl.Callback):
         n = len(self.names)
         self.backprop: list[Tensor] = [torch.full((), math.nan)] * n
         self.act: list[Tensor] = [torch.full((3,), math.nan)] * (n - 1)
-        self.bptt: list[list[Tensor]] = [[] for _ in self.hidden]
+        self.bptt: list[Tensor | None] = [None] * (n - 1)  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
         self.gates: list[Tensor | None] = [None] * (n - 1)
         self.global_clipped: Tensor | None = None
 
@@ -92,18 +92,20 @@ class GradientProbe(pl.Callback):
             if getattr(module, "act", None) is not None:
                 self._hooks.append(module.act.register_forward_hook(on_act(i)))
             if isinstance(module, RecurrentLayer):
-                module.unroll = True
+                module.keep_sequence = True
 
     def _on_recurrent(self, i: int, layer: RecurrentLayer) -> None:
-        h = torch.stack(layer.states).detach()
-        self.act[i] = stats.activation_stats(layer.activation, h)
-        if layer.gate_values is not None:
-            self.gates[i] = stats.gate_stats(layer.gate_values)
-        norms: list[Tensor] = [torch.full((), math.nan)] * len(layer.states)
-        self.bptt[i] = norms
-        for t, state in enumerate(layer.states):
-            if state.requires_grad:
-                state.register_hook(lambda g, t=t: norms.__setitem__(t, g.detach().norm()))
+        x, seq = layer.kept
+        layer.kept = None
+        replay = layer.replay(x, seq)
+        self.act[i] = stats.activation_stats(layer.activation, replay.h)
+        if replay.gate is not None:
+            self.gates[i] = stats.gate_stats(replay.gate)
+        self.bptt[i] = torch.full((seq.shape[1],), math.nan)
+        if seq.requires_grad:
+            # ∂loss/∂(the outputs) from the consumers, then the cell's own recursion back through time;
+            # run during backward, before the optimizer changes W_hh.
+            seq.register_hook(lambda g: self.bptt.__setitem__(i, stats.state_norms(replay.state_gradients(g))))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
         if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
@@ -162,8 +164,7 @@ class GradientProbe(pl.Callback):
             names += [K.key("update", layer, "ratio") for layer in self.names]
             parts.append(stats.update_ratios(self.before, [w.detach() for w in self.weights]))
             for i, layer in enumerate(self.names[:-1]):
-                if self.bptt[i]:
-                    per_t = torch.stack(self.bptt[i])
+                if (per_t := self.bptt[i]) is not None:
                     names += [K.key("bptt", layer, K.time_stat(t)) for t in range(len(per_t))]
                     names += [K.key("bptt", layer, stat) for stat in K.BPTT_SUMMARY]
                     parts += [per_t, stats.bptt_summary(per_t)]
@@ -180,4 +181,4 @@ class GradientProbe(pl.Callback):
         pl_module.after_clipping = None
         for module in self.hidden:
             if isinstance(module, RecurrentLayer):
-                module.unroll, module.states, module.gate_values = False, [], None
+                module.keep_sequence, module.kept = False, None

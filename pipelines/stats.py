@@ -58,6 +58,11 @@ def update_ratios(before: list[Tensor], after: list[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(before)) / norms
 
 
+def state_norms(grads: Tensor) -> Tensor:
+    """‖∂L/∂h_t‖ over the batch for each t of (T, B, H) state gradients: one reduction."""
+    return torch.linalg.vector_norm(grads.flatten(1), dim=1)
+
+
 def bptt_summary(norms: Tensor) -> Tensor:
     """[first, last, first/last] of per-time-step gradient norms ‖∂L/∂h_t‖."""
     return torch.stack([norms[0], norms[-1], norms[0] / norms[-1]])

@@ -50,9 +50,9 @@ def test_forget_gate_statistics_on_a_hand_checked_lstm(bias: float, saturated: f
     """With every weight zero the forget gate is σ(bias) everywhere: σ(±5) is saturated, σ(4) = 0.982 is not."""
     net = _zero_lstm(bias)
     layer = net.layers[0]
-    layer.unroll = True
+    layer.keep_sequence = True
     net(torch.randn(7, 5, 3))
-    mean, share = gate_stats(layer.gate_values).tolist()
+    mean, share = gate_stats(layer.replay(*layer.kept).gate).tolist()
     assert mean == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-6)
     assert share == saturated
 
