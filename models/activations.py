@@ -17,33 +17,50 @@ LEAKY_SLOPE = 0.01
 
 @dataclass(frozen=True)
 class Activation:
-    """A nonlinearity: how to build it and its derivative φ'(z), given z or the output a = φ(z)."""
+    """A nonlinearity: how to build it and its derivative φ'(z), read off the output a = φ(z) where it can be.
+
+    `from_output_` overwrites a = φ(z) with φ'(z), in place: the probe runs it on its own copy of a
+    layer's outputs, so that no buffer is allocated (on the CPU a fresh megabyte-sized tensor costs its
+    page faults, more than the arithmetic). `from_input` is for φ' that a alone does not tell (GELU).
+    """
 
     make: Callable[[], nn.Module]
-    derivative: Callable[[Tensor | None, Tensor], Tensor]  # (z, a) -> φ'(z); z may be None
     max_derivative: float
+    from_output_: Callable[[Tensor], Tensor] | None = None
+    from_input: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def needs_input(self) -> bool:
+        """Whether φ' needs the pre-activation z."""
+        return self.from_output_ is None
+
+    def derivative(self, z: Tensor | None, a: Tensor, *, overwrite: bool = False) -> Tensor:
+        """φ'(z), from a = φ(z) (overwritten if `overwrite`) or, where needed, from z."""
+        if self.from_output_ is not None:
+            return self.from_output_(a if overwrite else a.clone())
+        if z is None:
+            raise ValueError("this activation's derivative needs the pre-activation")
+        return self.from_input(z)
 
 
-def _gelu_derivative(z: Tensor | None, a: Tensor) -> Tensor:
-    if z is None:
-        raise ValueError("the GELU derivative needs the pre-activation")
+def _gelu_derivative(z: Tensor) -> Tensor:
     cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
     pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
     return cdf + z * pdf
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "sigmoid": Activation(nn.Sigmoid, lambda z, a: a * (1 - a), 0.25),
-    "tanh": Activation(nn.Tanh, lambda z, a: 1 - a * a, 1.0),
-    "relu": Activation(nn.ReLU, lambda z, a: (a > 0).to(a.dtype), 1.0),
+    "sigmoid": Activation(nn.Sigmoid, 0.25, lambda a: a.sub_(0.5).square_().neg_().add_(0.25)),  # a(1 − a)
+    "tanh": Activation(nn.Tanh, 1.0, lambda a: a.square_().neg_().add_(1)),  # 1 − a²
+    # 1[a > 0] as ceil(a) ∧ 1 (a ≥ 0): float kernels, which vectorize (building a bool mask is several times slower).
+    "relu": Activation(nn.ReLU, 1.0, lambda a: a.ceil_().clamp_(max=1)),
     "leaky_relu": Activation(
-        lambda: nn.LeakyReLU(LEAKY_SLOPE),
-        lambda z, a: torch.where(a > 0, 1.0, LEAKY_SLOPE).to(a.dtype),
-        1.0,
-    ),
+        lambda: nn.LeakyReLU(LEAKY_SLOPE), 1.0,
+        lambda a: a.clamp_(min=0).ceil_().clamp_(max=1).mul_(1 - LEAKY_SLOPE).add_(LEAKY_SLOPE),
+    ),  # fmt: skip
     # GELU's derivative peaks at about 1.129 (z ≈ 0.75).
-    "gelu": Activation(nn.GELU, _gelu_derivative, 1.1289),
-    "linear": Activation(nn.Identity, lambda z, a: torch.ones_like(a), 1.0),
+    "gelu": Activation(nn.GELU, 1.1289, from_input=_gelu_derivative),
+    "linear": Activation(nn.Identity, 1.0, lambda a: a.fill_(1)),
 }
 
 
@@ -52,7 +69,15 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name].make()
 
 
-def saturation(name: str, a: Tensor, z: Tensor | None = None) -> Tensor:
-    """Share of units whose local derivative is below SATURATION_SHARE of its maximum (0-d tensor)."""
+def saturation(name: str, a: Tensor, z: Tensor | None = None, dim: int | None = None, *,
+               overwrite: bool = False) -> Tensor:  # fmt: skip
+    """Share of units whose local derivative is below SATURATION_SHARE of its maximum (over `dim`, or all).
+
+    `overwrite` lets it use a as its scratch space (the probe's own copy of a layer's outputs).
+    """
     act = ACTIVATIONS[name]
-    return (act.derivative(z, a) < SATURATION_SHARE * act.max_derivative).float().mean()
+    d = act.derivative(z, a, overwrite=overwrite)  # a tensor of our own: a copy, a, or computed from z
+    # ⌈max(threshold − φ', 0)⌉ is 1 exactly where φ' < threshold (its values lie in [0, threshold < 1]):
+    # the same count as a comparison, in place and in float kernels.
+    below = d.neg_().add_(SATURATION_SHARE * act.max_derivative).clamp_(min=0).ceil_()
+    return below.mean() if dim is None else below.mean(dim)

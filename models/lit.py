@@ -80,7 +80,7 @@ class LitModel(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning's clipping, then let the probe read the clipped gradients."""
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if self.after_clipping is not None:
+        if self.after_clipping is not None and gradient_clip_val is not None:  # unclipped: the same norm
             self.after_clipping()
 
 

@@ -50,7 +50,12 @@ class GradientProbe(pl.Callback):
         self.weights = [module.main_weight for module in self.hidden] + [pl_module.net.readout.weight]
         self.params = [p for p in pl_module.net.parameters() if p.requires_grad]
         self._param_ids = {id(p) for p in self.params}
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self._weight_index = torch.tensor([index[id(w)] for w in self.weights])
         self.recurrent = [isinstance(m, RecurrentLayer) for m in self.hidden]
+        self.before = [torch.empty_like(w) for w in self.weights]  # the weights before a logged step
+        self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
+        self._workspace: dict = {}  # the activation statistics' scratch copy, reused at every logging step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self.started = time.perf_counter()
@@ -67,6 +72,7 @@ class GradientProbe(pl.Callback):
         n = len(self.names)
         self.backprop: list[Tensor] = [torch.full((), math.nan)] * n
         self.act: list[Tensor] = [torch.full((3,), math.nan)] * (n - 1)
+        self.act_io: dict[int, tuple[Tensor, Tensor]] = {}  # layer → (a, z): statistics batched at the step's end
         self.bptt: list[Tensor | None] = [None] * (n - 1)  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
         self.gates: list[Tensor | None] = [None] * (n - 1)
         self.global_clipped: Tensor | None = None
@@ -82,7 +88,7 @@ class GradientProbe(pl.Callback):
 
         def on_act(i: int) -> Callable:
             def hook(module: nn.Module, inputs, output: Tensor) -> None:
-                self.act[i] = stats.activation_stats(self.activation, output, inputs[0])
+                self.act_io[i] = (output, inputs[0])
 
             return hook
 
@@ -110,13 +116,17 @@ class GradientProbe(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
         if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
             return  # not the probed network's step (a GAN's discriminator)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        self.global_l2 = stats.global_norm(grads)
+        grads = [p.grad for p in self.params]
+        complete = all(g is not None for g in grads)
+        per_param = stats.norms([g for g in grads if g is not None])
+        self.global_l2 = torch.linalg.vector_norm(per_param)
         loss = pl_module.last_loss if pl_module.last_loss is not None else torch.zeros(())
         finite = bool(torch.isfinite(self.global_l2) & torch.isfinite(loss))
         if self._active or not finite:
-            self.grad = stats.tensor_stats([w.grad for w in self.weights])
-            self.before = [w.detach().clone() for w in self.weights]
+            # The weights' norms are among the ones the guard just took: no second pass over them.
+            l2 = per_param[self._weight_index] if complete else None
+            self.grad = stats.tensor_stats([w.grad for w in self.weights], l2)
+            torch._foreach_copy_(self.before, [w.detach() for w in self.weights])
         self.nonfinite = torch.zeros(len(self.weights))
         if not finite:
             # Divergence is a result: record what this step produced, take no step, stop training.
@@ -142,37 +152,53 @@ class GradientProbe(pl.Callback):
 
     def _collect(self, pl_module: pl.LightningModule) -> tuple[list[str], list[Tensor]]:
         """Keys and the matching device tensors of one logging step, in one fixed order."""
-        names = [K.TRAIN_LOSS, K.GLOBAL_NORM, K.GLOBAL_NORM_CLIPPED]
         clipped = self.global_clipped if self.global_clipped is not None else self.global_l2
         loss = pl_module.last_loss if pl_module.last_loss is not None else torch.full((), math.nan)
         parts = [loss.reshape(1), self.global_l2.reshape(1), clipped.reshape(1)]
-        extra = getattr(pl_module, "step_stats", None)
+        extra = getattr(pl_module, "step_stats", None) or {}
         if extra:
-            names += list(extra)
             parts.append(torch.stack([v.reshape(()).float() for v in extra.values()]))
-        for stat in ("l2", "rms", "absmax", "mean", "std"):
-            names += [K.key("grad", layer, stat) for layer in self.names]
-            parts.append(self.grad[stat])
-        names += [K.key("grad", layer, "nonfinite") for layer in self.names]
-        parts.append(self.nonfinite)
-        if self.diverged_step is None:
-            names += [K.key("backprop", layer, "l2") for layer in self.names]
+        parts += [self.grad[stat] for stat in K.GRAD_STATS[:-1]] + [self.nonfinite]
+        diverged = self.diverged_step is not None
+        if not diverged:
             parts.append(torch.stack(self.backprop))
-            for i, layer in enumerate(self.names[:-1]):
-                names += [K.key("act", layer, stat) for stat in K.ACT_STATS]
-                parts.append(self.act[i])
-            names += [K.key("update", layer, "ratio") for layer in self.names]
+            if self.act_io:
+                layers = sorted(self.act_io)
+                outputs, inputs = zip(*(self.act_io[i] for i in layers))
+                values = stats.layer_activation_stats(self.activation, list(outputs), list(inputs), self._workspace)
+                for i, row in zip(layers, values):
+                    self.act[i] = row
+                self.act_io.clear()
+            parts += self.act
             parts.append(stats.update_ratios(self.before, [w.detach() for w in self.weights]))
-            for i, layer in enumerate(self.names[:-1]):
-                if (per_t := self.bptt[i]) is not None:
-                    names += [K.key("bptt", layer, K.time_stat(t)) for t in range(len(per_t))]
-                    names += [K.key("bptt", layer, stat) for stat in K.BPTT_SUMMARY]
-                    parts += [per_t, stats.bptt_summary(per_t)]
-                if self.gates[i] is not None:
-                    gate = GATE_NAME[self.hidden[i].cell]
-                    names += [K.key("gate", layer, f"{gate}_{stat}") for stat in K.GATE_STATS]
-                    parts.append(self.gates[i])
-        return names, parts
+            for per_t, gate in zip(self.bptt, self.gates):
+                parts += [per_t, stats.bptt_summary(per_t)] if per_t is not None else []
+                parts += [gate] if gate is not None else []
+        shape = (diverged, tuple(extra), tuple(None if t is None else len(t) for t in self.bptt),
+                 tuple(g is not None for g in self.gates))  # fmt: skip
+        if shape not in self._names:
+            self._names[shape] = self._keys(diverged, list(extra))
+        return self._names[shape], parts
+
+    def _keys(self, diverged: bool, extra: list[str]) -> list[str]:
+        """The keys of `_collect`'s values, in its order (built once per kind of step, not every step)."""
+        names = [K.TRAIN_LOSS, K.GLOBAL_NORM, K.GLOBAL_NORM_CLIPPED, *extra]
+        for stat in K.GRAD_STATS:
+            names += [K.key("grad", layer, stat) for layer in self.names]
+        if diverged:
+            return names
+        names += [K.key("backprop", layer, "l2") for layer in self.names]
+        for layer in self.names[:-1]:
+            names += [K.key("act", layer, stat) for stat in K.ACT_STATS]
+        names += [K.key("update", layer, "ratio") for layer in self.names]
+        for i, layer in enumerate(self.names[:-1]):
+            if (per_t := self.bptt[i]) is not None:
+                names += [K.key("bptt", layer, K.time_stat(t)) for t in range(len(per_t))]
+                names += [K.key("bptt", layer, stat) for stat in K.BPTT_SUMMARY]
+            if self.gates[i] is not None:
+                gate = GATE_NAME[self.hidden[i].cell]
+                names += [K.key("gate", layer, f"{gate}_{stat}") for stat in K.GATE_STATS]
+        return names
 
     def _detach(self, pl_module: pl.LightningModule) -> None:
         for handle in self._hooks:

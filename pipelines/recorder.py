@@ -4,7 +4,8 @@ The parquet table (step, layer, family, stat, value) holds every recorded statis
 validation metrics (family `val`), so analysis reads one file per run.
 
 MLflow receives metrics through `MlflowClient.log_batch` in chunks of 1,000 from a background thread,
-so training never waits on the tracking store. Run-wide keys (train/loss, global norms, validation)
+so training never waits on the tracking store; the thread gathers what arrives within SEND_INTERVAL
+into one round of calls. Run-wide keys (train/loss, global norms, validation)
 are sent as they come, for live curves; the per-layer keys (hundreds per step on a deep net) are sent
 when the run ends: sending them during training cost the training thread up to 2× its step time
 (SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md). Downsampling (only when needed): of the R recorded
@@ -30,6 +31,9 @@ from pipelines import keys as K
 
 STATS_ARTIFACT = "stats/gradient_stats.parquet"
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1,000 metrics per call
+# Live metrics leave at most this often (seconds): each log_batch is milliseconds of Python in the
+# tracking client, which at every step would take a core from training (benchmarks/README.md).
+SEND_INTERVAL = 1.0
 
 
 class Recorder:
@@ -83,14 +87,35 @@ class Recorder:
         ]
 
     def _ship(self) -> None:
-        while (metrics := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                for start in range(0, len(metrics), BATCH_LIMIT):
-                    self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH_LIMIT], synchronous=True)
-            except BaseException as exc:  # kept, and raised by close() once the parquet table is safe
-                self._error = exc
+        """Send what is queued, at most once per SEND_INTERVAL: one `log_batch` round for many logging steps."""
+        pending: list[Metric] = []
+        last_sent = -math.inf
+        while True:
+            if pending:
+                remaining = last_sent + SEND_INTERVAL - time.monotonic()
+                if remaining <= 0:
+                    self._log(pending)
+                    pending, last_sent = [], time.monotonic()
+                    continue
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+            else:
+                item = self._queue.get()
+            if item is None:
+                self._log(pending)
+                return
+            pending.extend(item)
+
+    def _log(self, metrics: list[Metric]) -> None:
+        if self._error is not None:
+            return
+        try:
+            for start in range(0, len(metrics), BATCH_LIMIT):
+                self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH_LIMIT], synchronous=True)
+        except BaseException as exc:  # kept, and raised by close() once the parquet table is safe
+            self._error = exc
 
     def table(self) -> pd.DataFrame:
         """Everything recorded so far as the long table: step, layer, family, stat, value."""

@@ -6,26 +6,74 @@ once per logging step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from models.activations import saturation
+from models.activations import ACTIVATIONS, saturation
 
 
-def tensor_stats(tensors: list[Tensor]) -> dict[str, Tensor]:
+def by_shape(tensors: list[Tensor], fn: Callable[[Tensor], Tensor], workspace: dict | None = None) -> Tensor:
+    """fn on the same-shaped tensors stacked as rows (k, numel) → (k, m); the rows back in input order.
+
+    One batched kernel per statistic and group instead of one per tensor: on the CPU, kernels over a
+    few thousand elements cost their launch, not their arithmetic (a deep MLP's 20 layers are one group).
+    The stacked rows are a copy that `fn` may overwrite; with a `workspace` (a dict the caller keeps)
+    the copy goes into the same buffer every time instead of a freshly allocated one.
+    """
+    groups: dict[torch.Size, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.shape, []).append(i)
+    parts = []
+    for shape, idx in groups.items():
+        members = [tensors[i].detach() for i in idx]
+        key = (len(idx), shape, members[0].dtype, members[0].device)
+        if workspace is None:
+            rows = torch.stack(members)
+        else:
+            if key not in workspace:
+                workspace[key] = torch.empty((len(idx), *shape), dtype=members[0].dtype, device=members[0].device)
+            rows = torch.stack(members, out=workspace[key])
+        parts.append(fn(rows.flatten(1)))
+    if len(parts) == 1:
+        return parts[0]
+    order = [i for idx in groups.values() for i in idx]
+    return torch.cat(parts)[torch.tensor(order).argsort()]
+
+
+# ‖t‖²/n − mean² keeps the spread to about 1e-6 of ‖t‖²/n in float32; where that is more than 1/8 of
+# the variance (the mean dominates: a saturated sigmoid layer, a constant offset) the variance is
+# taken again in two passes. Gradients almost never need it; most activations do not.
+ONE_PASS_LIMIT = 8.0
+
+
+def _std(l2: Tensor, mean: Tensor, numel: Tensor, exact: Callable[[int], Tensor]) -> Tensor:
+    """Population std from the norms and means of one pass; `exact(i)` where one pass is not enough."""
+    mean_square = l2.square() / numel
+    var = (mean_square - mean.square()).clamp(min=0)
+    shaky = mean_square > ONE_PASS_LIMIT * var
+    if shaky.any():  # a host sync on a logging step; none on the CPU, where it is free
+        for i in shaky.nonzero().flatten().tolist():
+            var[i] = exact(i)
+    return var.sqrt()
+
+
+def tensor_stats(tensors: list[Tensor], l2: Tensor | None = None) -> dict[str, Tensor]:
     """l2, rms, absmax, mean, std (population) of each tensor, as 1-D tensors over the list.
 
-    One `_foreach_norm` kernel, then per tensor `aminmax`, `mean` and a two-pass `var` (exact when the
-    mean is large against the spread). On the CPU these are several times faster than `_foreach_norm`
-    with ord=inf and than `var_mean` (measured: benchmarks/README.md). `nonfinite` is left to
-    `nonfinite_counts`, needed only when a norm is not finite.
+    Pass `l2` when the norms are known already (the probe has them from the global norm). Each tensor
+    is read by one `sum` and one `aminmax`, kernels that vectorize on the CPU; `var` (Welford) is about
+    3× slower there and runs only where the one-pass variance is not exact enough (`_std`).
+    `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
     """
-    l2 = torch.stack(torch._foreach_norm(tensors))
-    absmax = torch.stack([torch.stack(torch.aminmax(t)).abs().amax() for t in tensors]).to(l2.dtype)
+    if l2 is None:
+        l2 = torch.stack(torch._foreach_norm(tensors))
     numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
-    mean = torch.stack([t.mean() for t in tensors]).to(l2.dtype)
-    std = torch.stack([t.var(correction=0) for t in tensors]).to(l2.dtype).sqrt()
-    return {"l2": l2, "rms": l2 / numel.sqrt(), "absmax": absmax, "mean": mean, "std": std}
+    mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
+    low, high = (torch.stack(m).to(l2.dtype) for m in zip(*(torch.aminmax(t) for t in tensors)))
+    std = _std(l2, mean, numel, lambda i: tensors[i].var(correction=0))
+    return {"l2": l2, "rms": l2 / numel.sqrt(), "absmax": torch.maximum(low.abs(), high.abs()), "mean": mean, "std": std}
 
 
 def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
@@ -33,17 +81,39 @@ def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
     return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).float()
 
 
+def norms(tensors: list[Tensor]) -> Tensor:
+    """L2 norm of each tensor, stacked (one `_foreach_norm`)."""
+    return torch.stack(torch._foreach_norm(tensors)) if tensors else torch.zeros(0)
+
+
 def global_norm(tensors: list[Tensor]) -> Tensor:
     """L2 norm of all tensors taken together (what norm clipping compares with its threshold)."""
-    if not tensors:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+    return torch.linalg.vector_norm(norms(tensors))
 
 
 def activation_stats(activation: str, a: Tensor, z: Tensor | None = None) -> Tensor:
     """[mean, std, saturation] of a layer's activations a = φ(z) (std over all entries, population)."""
-    a = a.detach()
-    return torch.stack([a.mean(), a.std(correction=0), saturation(activation, a, None if z is None else z.detach())])
+    return layer_activation_stats(activation, [a], None if z is None else [z])[0]
+
+
+def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[Tensor] | None = None,
+                           workspace: dict | None = None) -> Tensor:  # fmt: skip
+    """(layers, 3): [mean, std, saturation] of each layer's a = φ(z), batched by shape (`by_shape`).
+
+    The pre-activations z are needed only where φ' cannot be read off a (GELU).
+    """
+    if inputs is None or not ACTIVATIONS[activation].needs_input:
+        return by_shape(outputs, lambda a: _activation_rows(activation, a, None), workspace)
+    both = [torch.stack([a.detach(), z.detach()]) for a, z in zip(outputs, inputs)]
+    return by_shape(both, lambda rows: _activation_rows(activation, *rows.chunk(2, dim=1)), workspace)
+
+
+def _activation_rows(activation: str, a: Tensor, z: Tensor | None) -> Tensor:
+    """[mean, std, saturation] of each row of a (k, n) copy of activations, which it overwrites."""
+    numel = torch.full((len(a),), a.shape[1], dtype=a.dtype)
+    mean, l2 = a.sum(1) / numel, torch.linalg.vector_norm(a, dim=1)
+    std = _std(l2, mean, numel, lambda i: a[i].var(correction=0))
+    return torch.stack([mean, std, saturation(activation, a, z, dim=1, overwrite=True)], dim=1)
 
 
 def gate_stats(gates: Tensor) -> Tensor:
