@@ -120,3 +120,31 @@ def test_validation_metrics_are_sent_as_they_are_and_kept_in_the_table(tracking,
     df = _parquet(run_id, tmp_path)
     val = df[(df.family == "val") & (df.layer == "") & (df.stat == "acc")]
     assert list(zip(val.step, val.value)) == [(s, s / 100) for s in range(0, 50, 10)]
+
+
+def test_live_metrics_leave_in_one_round_per_send_interval(tracking, monkeypatch) -> None:
+    """Within one SEND_INTERVAL the thread gathers every queued step into one log_batch round."""
+    import pipelines.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "SEND_INTERVAL", 3600.0)  # nothing is due before close()
+    client = MlflowClient()
+    calls: list[int] = []
+    real = client.log_batch
+
+    def counting(run_id, metrics=(), **kwargs):  # a spy: the real store still receives every call
+        calls.append(len(metrics))
+        return real(run_id, metrics=metrics, **kwargs)
+
+    client.log_batch = counting
+    run_id = client.create_run("0").info.run_id
+    recorder = Recorder(client, run_id, expected_records=30, metric_points=0)
+    for step in range(30):
+        recorder.record(step, [_key(*k) for k in KEYS], [_value(step, i) for i in range(len(KEYS))])
+    assert len(calls) <= 1  # at most the first step, sent at once
+    recorder.close()
+    history = MlflowClient().get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(30))  # nothing lost by gathering
+    # the first step; then the rest of the live keys with the deferred per-layer keys, in chunks of 1,000
+    live_and_layers = 30 * len([k for k in KEYS if k[0] != "bptt" or not k[2].startswith("t")])
+    assert sum(calls) == live_and_layers
+    assert len(calls) <= 2 + live_and_layers // 1000

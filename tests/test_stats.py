@@ -106,6 +106,43 @@ def test_saturation_by_hand() -> None:
     assert stats.activation_stats("relu", torch.relu(z), z)[2].item() == pytest.approx(0.6)
 
 
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_layer_activation_stats_batch_layers_by_shape_and_reuse_a_workspace(name: str) -> None:
+    """Layers of two shapes, in mixed order, twice through one workspace: each row = that layer alone."""
+    g = torch.Generator().manual_seed(5)
+    zs = [torch.randn(*shape, generator=g, dtype=torch.float64) * 3 for shape in [(8, 5), (8, 3), (8, 5), (8, 5)]]
+    outputs = [make_activation(name)(z) for z in zs]
+    kept = [a.clone() for a in outputs]
+    workspace: dict = {}
+    for _ in range(2):
+        got = stats.layer_activation_stats(name, outputs, zs, workspace)
+        expected = torch.stack([stats.activation_stats(name, a, z) for a, z in zip(kept, zs)])
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert all(a.equal(k) for a, k in zip(outputs, kept))  # the statistics overwrite their copy, not the layer's
+    assert len(workspace) == 2  # one buffer per shape, reused
+
+
+def test_std_of_activations_is_exact_when_the_mean_dominates() -> None:
+    """A saturated sigmoid layer: all outputs near 1, a tiny spread (the one-pass variance would lose it)."""
+    z = 4.0 + 0.1 * torch.randn(128, 256, generator=torch.Generator().manual_seed(6))  # a ≈ 0.98 ± 0.002
+    a = torch.sigmoid(z)
+    got = stats.layer_activation_stats("sigmoid", [a, torch.sigmoid(z[:, :256] * 0)])[:, 1]
+    assert got[0].item() == pytest.approx(a.double().std(correction=0).item(), rel=1e-3)
+    assert got[1].item() == 0.0  # constant 0.5
+
+
+def test_saturation_leaves_its_input_alone_unless_allowed() -> None:
+    from models.activations import saturation
+
+    a = torch.relu(torch.randn(100, generator=torch.Generator().manual_seed(7)))
+    before = a.clone()
+    share = saturation("relu", a)
+    assert a.equal(before)
+    assert share.item() == pytest.approx((before == 0).float().mean().item())
+    assert saturation("relu", a, overwrite=True).item() == share.item()
+    assert not a.equal(before)  # used as scratch space
+
+
 def test_gate_stats() -> None:
     z = torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5
     gates = torch.sigmoid(z)
