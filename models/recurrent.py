@@ -87,9 +87,10 @@ class RecurrentLayer(nn.Module):
             i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
             ig = i * g
             c = torch.empty_like(ig)
-            c[0] = ig[0]
+            c_t, ig_t, f_t = c.unbind(0), ig.unbind(0), f.unbind(0)
+            c_t[0].copy_(ig_t[0])
             for t in range(1, len(c)):
-                torch.addcmul(ig[t], f[t], c[t - 1], out=c[t])
+                torch.addcmul(ig_t[t], f_t[t], c_t[t - 1], out=c_t[t])
             c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
             tc = torch.tanh(c)
             # dgates = [dc·g·i(1−i), dc·c_{t−1}·f(1−f), dc·i·(1−g²), dh·tanh(c)·o(1−o)]
@@ -122,22 +123,46 @@ class CellReplay:
 
     @torch.no_grad()
     def state_gradients(self, grad_out: Tensor) -> Tensor:
-        """(T, B, H) total ∂loss/∂h_t for every t, from ∂loss/∂(outputs) (B, T, H) sent by the consumers."""
+        """(T, B, H) total ∂loss/∂h_t for every t, from ∂loss/∂(outputs) (B, T, H) sent by the consumers.
+
+        A Python loop over t of a few fused ops into preallocated buffers (no allocation, no indexing
+        op per step: every per-step view is made once by `unbind`).
+        """
         direct = grad_out.detach().transpose(0, 1)
+        steps, batch, hidden = direct.shape
         dh = torch.empty_like(direct)
+        dh_t, direct_t, coef = dh.unbind(0), direct.unbind(0), self.coef
         back = torch.zeros_like(direct[0])  # what step t+1 passes back to h_t
+        gates = coef.shape[2] // hidden
+        if self.cell == "rnn":
+            coef_t, scratch = coef.unbind(0), torch.empty_like(back)
+            for t in range(steps - 1, -1, -1):
+                torch.add(direct_t[t], back, out=dh_t[t])
+                torch.mul(dh_t[t], coef_t[t], out=scratch)
+                torch.mm(scratch, self.w_hh, out=back)
+            return dh
+        scratch = torch.empty(batch, gates * hidden, dtype=dh.dtype, device=dh.device)
+        keep_t = self.keep.unbind(0)
+        if self.cell == "gru":  # every gate's coefficient multiplies dh_t
+            coef_t, spread = coef.view(steps, batch, gates, hidden).unbind(0), scratch.view(batch, gates, hidden)
+            for t in range(steps - 1, -1, -1):
+                torch.add(direct_t[t], back, out=dh_t[t])
+                torch.mul(coef_t[t], dh_t[t][:, None], out=spread)
+                torch.addmm(dh_t[t] * keep_t[t], scratch, self.w_hh, out=back)
+            return dh
+        # lstm: the first three gates' coefficients multiply dc_t, the output gate's dh_t
+        inner_t = coef[..., : 3 * hidden].reshape(steps, batch, 3, hidden).unbind(0)
+        outer_t, carry_t = coef[..., 3 * hidden :].unbind(0), self.carry.unbind(0)
+        inner, outer = scratch[:, : 3 * hidden].view(batch, 3, hidden), scratch[:, 3 * hidden :]
         dc = torch.zeros_like(back)
-        for t in range(len(direct) - 1, -1, -1):
-            torch.add(direct[t], back, out=dh[t])
-            if self.cell == "rnn":
-                back = (dh[t] * self.coef[t]) @ self.w_hh
-            elif self.cell == "gru":
-                back = torch.addmm(dh[t] * self.keep[t], dh[t].repeat(1, 3) * self.coef[t], self.w_hh)
-            else:
-                if t + 1 < len(direct):
-                    dc = dc * self.keep[t + 1]
-                dc = torch.addcmul(dc, dh[t], self.carry[t])
-                back = (torch.cat([dc, dc, dc, dh[t]], dim=1) * self.coef[t]) @ self.w_hh
+        for t in range(steps - 1, -1, -1):
+            torch.add(direct_t[t], back, out=dh_t[t])
+            if t + 1 < steps:
+                dc.mul_(keep_t[t + 1])
+            dc.addcmul_(dh_t[t], carry_t[t])
+            torch.mul(inner_t[t], dc[:, None], out=inner)
+            torch.mul(outer_t[t], dh_t[t], out=outer)
+            torch.mm(scratch, self.w_hh, out=back)
         return dh
 
 
