@@ -173,13 +173,13 @@ def run(
     client = MlflowClient()
     if progress_bar is None:
         progress_bar = sys.stderr.isatty()
+    # The training-set size tells full-batch gradient descent from mini-batch SGD in the optimizer figures.
+    tags = {**(tags or {}), "n_train": str(len(data.train))}
     with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags) as active:
         run_id = active.info.run_id
         if on_start is not None:
             on_start(run_id)
         mlflow.log_params(cfg.to_dict())
-        # The training-set size tells full-batch gradient descent from mini-batch SGD in the optimizer figures.
-        mlflow.set_tag("n_train", str(len(data.train)))
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
         recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
         probe = GradientProbe(recorder.record, activation=cfg.activation, log_every=cfg.log_every,

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from studies.runner import run_study
-from studies.spec import STUDY_NAME_RULE, SpecError, list_specs, load_spec, parse_overrides, valid_study_name
-from studies.storage import DEFAULT_STORAGE
+from studies import DEFAULT_STORAGE, list_specs
+from studies.workers import WarmWorkers
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,21 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate the spec and arguments (exit 2 on a problem), then run the study."""
     args = make_parser().parse_args(argv)
+    # The extra workers start importing torch and Lightning now, while this process does the same and
+    # validates; a caller that has imported them already (a test) has no import to overlap.
+    warm = WarmWorkers(max(0, (args.workers or os.cpu_count() or 1) - 1)) if "torch" not in sys.modules else None
+    try:
+        return _main(args, warm)
+    finally:
+        if warm is not None:
+            warm.join()  # a worker that got no job (bad input) is stopped; it wrote nothing
+
+
+def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
+    # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
+    from studies.runner import run_study
+    from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
+
     try:
         overrides = parse_overrides(args.set)
         spec = load_spec(args.spec, overrides)
@@ -54,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
                   storage=args.storage, workers=args.workers, report=not args.no_report,
-                  overrides=overrides)  # fmt: skip
+                  overrides=overrides, warm=warm)  # fmt: skip
     except KeyboardInterrupt:
         return 130
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import multiprocessing as mp
 import os
 import socket
 import sys
@@ -33,6 +32,7 @@ from optuna.trial import TrialState
 from pipelines import train
 from studies.spec import StudySpec, load_spec
 from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage, retry
+from studies.workers import WarmWorkers
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
@@ -353,7 +353,8 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
         raise KeyboardInterrupt
 
 
-def _work_in_subprocess(ctx: StudyContext, worker: int, threads: int) -> None:
+def work_in_subprocess(ctx: StudyContext, worker: int, threads: int) -> None:
+    """One extra worker process's whole life (studies.workers): trials until the study is done or Ctrl-C."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         work(ctx, worker, threads, progress_bar=False)
@@ -395,15 +396,28 @@ def log_summary(study: optuna.Study, spec: StudySpec, run_id: str, client: Mlflo
 
 def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | None = None,
               storage: str = DEFAULT_STORAGE, workers: int = 1, report: bool = True,
-              overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+              overrides: dict[str, Any] | None = None, warm: WarmWorkers | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) a study to its total of n_trials and return its summary.
 
     `workers=0` runs one single-threaded worker per CPU core: small networks gain nothing from
     intra-op threads, and parallel trials keep every core busy. `overrides` replace fixed run-config
-    fields of the spec (e.g. fewer steps for a smoke test).
+    fields of the spec (e.g. fewer steps for a smoke test). `warm`: the extra worker processes, if the
+    caller started them already (studies.run does, before validating the spec); else they start here.
     """
-    spec = load_spec(spec_name, overrides)
     workers = workers or os.cpu_count() or 1
+    if warm is None:
+        warm = WarmWorkers(workers - 1)  # first: their imports overlap the set-up below
+    elif len(warm) != workers - 1:
+        raise ValueError(f"{len(warm)} warm workers for workers={workers}")
+    try:
+        return _run_study(spec_name, n_trials, study_name, storage, workers, report, overrides, warm)
+    finally:
+        warm.join()
+
+
+def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, storage: str, workers: int,
+               report: bool, overrides: dict[str, Any] | None, warm: WarmWorkers) -> dict[str, Any]:  # fmt: skip
+    spec = load_spec(spec_name, overrides)
     n_trials = n_trials or spec.n_trials
     study_name = study_name or spec.name
     client = MlflowClient()
@@ -425,19 +439,16 @@ def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | 
     threads = max(1, (os.cpu_count() or 1) // workers)
     started = time.perf_counter()
     status = "FINISHED"
-    procs = [mp.get_context("spawn").Process(target=_work_in_subprocess, args=(ctx, w, threads)) for w in range(1, workers)]
     try:
         if not is_rdb(storage) and workers > 1:
             Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        for p in procs:
-            p.start()
+        warm.start(ctx, threads)
         work(ctx, 0, threads, progress_bar=True)
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
     finally:
-        for p in procs:
-            p.join()
+        warm.join()
     study = open_study(spec, study_name, storage)
     close_orphans(study, client)  # trials failed by the heartbeat while this invocation ran
     summary = log_summary(study, spec, parent, client)

@@ -25,8 +25,8 @@ import yaml
 from pipelines.config import ConfigError, RunConfig, field_names
 from pipelines.data import missing_files
 from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_IOU, VAL_KNN_ACC, VAL_LOSS, VAL_MODES
+from studies import SPEC_DIR, list_specs  # noqa: F401 (list_specs: re-exported)
 
-SPEC_DIR = Path(__file__).resolve().parent / "specs"
 TOP_LEVEL = ("name", "description", "fixed", "space", "sampler", "pruner", "objective", "n_trials", "retries")
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "percentile", "hyperband")
@@ -330,11 +330,6 @@ def spec_path(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     return SPEC_DIR / f"{name_or_path}.yaml"
-
-
-def list_specs() -> list[str]:
-    """Names of the shipped specs."""
-    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
 
 def load_spec(name_or_path: str, overrides: dict[str, Any] | None = None) -> StudySpec:

@@ -13,7 +13,8 @@ import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-DEFAULT_STORAGE = "optuna.journal"
+from studies import DEFAULT_STORAGE  # noqa: F401 (re-exported)
+
 # RDB storages run a heartbeat: a trial whose worker stopped beating for GRACE seconds is failed (and
 # retried if the spec allows) by the next worker that starts a trial, or by the next invocation.
 # The environment can shorten both (the crash tests do); the defaults suit studies on many machines.

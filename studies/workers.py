@@ -1,0 +1,60 @@
+"""Worker processes started before a study is set up, so that their start-up overlaps the parent's.
+
+A spawned worker spends about 5 s importing torch, Lightning and MLflow before it can run a trial. Started
+first thing, it imports while the parent validates the spec and opens the study, then waits for its job;
+a parent that stops early (a bad spec) stops them, and they have written nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+class WarmWorkers:
+    """`n` spawned processes, each importing the study runner and waiting for one job."""
+
+    def __init__(self, n: int) -> None:
+        spawn = mp.get_context("spawn")
+        self._pipes: list[Connection] = []
+        self._procs = []
+        self._started = self._joined = False
+        for _ in range(n):
+            ours, theirs = spawn.Pipe()
+            proc = spawn.Process(target=_serve, args=(theirs,))
+            proc.start()
+            theirs.close()
+            self._pipes.append(ours)
+            self._procs.append(proc)
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def start(self, ctx: Any, threads: int) -> None:
+        """Hand every worker the study: worker numbers 1 … n (0 is the parent's own)."""
+        for number, pipe in enumerate(self._pipes, start=1):
+            pipe.send((ctx, number, threads))
+        self._started = True
+
+    def join(self) -> None:
+        """Wait for the workers to finish the study; stop those never given it (the parent stopped early)."""
+        if self._joined:
+            return
+        self._joined = True
+        for pipe, proc in zip(self._pipes, self._procs):
+            pipe.close()
+            if not self._started:
+                proc.terminate()  # still importing or waiting: nothing written yet
+            proc.join()
+
+
+def _serve(pipe: Connection) -> None:
+    try:
+        from studies.runner import work_in_subprocess  # the slow part, done while the parent sets up
+
+        job = pipe.recv()
+    except (EOFError, KeyboardInterrupt):
+        return
+    if job is not None:
+        work_in_subprocess(*job)
