@@ -8,6 +8,7 @@ a parent that stops early (a bad spec) stops them, and they have written nothing
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -50,6 +51,9 @@ class WarmWorkers:
 
 
 def _serve(pipe: Connection) -> None:
+    # The run `mlflow run` made for the entry point is the parent's (attach_parent takes it): a worker
+    # that inherited MLFLOW_RUN_ID would have its first trial's start_run take that run over.
+    os.environ.pop("MLFLOW_RUN_ID", None)
     try:
         from studies.runner import work_in_subprocess  # the slow part, done while the parent sets up
 

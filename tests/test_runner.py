@@ -117,6 +117,29 @@ def test_two_workers_share_one_study(tracking: str, tmp_path: Path) -> None:
     check_links(study, parent, trials)
 
 
+@pytest.mark.slow
+def test_cli_under_mlflow_run_keeps_its_run_as_the_parent_with_two_workers(tracking: str, tmp_path: Path) -> None:
+    """As `mlflow run . -e study` starts it: MLFLOW_RUN_ID names the entry point's run, and a fresh interpreter
+    starts its extra worker before importing torch; that worker must not inherit the run (it would take it over)."""
+    import os
+    import subprocess
+    import sys
+
+    spec, storage = write_spec(tmp_path, TINY.replace("n_trials: 2", "n_trials: 4")), str(tmp_path / "optuna.journal")
+    client = MlflowClient()
+    own = client.create_run("0").info.run_id
+    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    cmd = [sys.executable, "-m", "studies.run", "--spec", spec, "--storage", storage, "--workers", "2", "--no-report"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    study = load("tiny", storage)
+    parent, trials = study_tree("tiny")
+    assert parent.info.run_id == own and "model" not in client.get_run(own).data.params  # no trial wrote into it
+    check_links(study, parent, trials)
+    assert len(trials) >= 4
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers ran trials
+
+
 def test_diverged_trial_is_recorded_and_the_study_goes_on(tracking: str, tmp_path: Path) -> None:
     body = TINY.replace("fixed: {", "fixed: {lr: 1000000.0, init: kaiming_normal, ").replace(
         "init: [xavier_normal, kaiming_normal]", "init_gain: [1.0, 2.0]").replace(
