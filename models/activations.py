@@ -77,7 +77,7 @@ def saturation(name: str, a: Tensor, z: Tensor | None = None, dim: int | None = 
     """
     act = ACTIVATIONS[name]
     d = act.derivative(z, a, overwrite=overwrite)  # a tensor of our own: a copy, a, or computed from z
-    # ⌈max(threshold − φ', 0)⌉ is 1 exactly where φ' < threshold (its values lie in [0, threshold < 1]):
-    # the same count as a comparison, in place and in float kernels.
-    below = d.neg_().add_(SATURATION_SHARE * act.max_derivative).clamp_(min=0).ceil_()
-    return below.mean() if dim is None else below.mean(dim)
+    # min(max(⌊φ' / threshold⌋, 0), 1) is 0 exactly where φ' < threshold and 1 elsewhere: the same count
+    # as a comparison, in place and in float kernels.
+    kept = d.div_(SATURATION_SHARE * act.max_derivative).floor_().clamp_(0, 1)
+    return 1 - (kept.mean() if dim is None else kept.mean(dim))

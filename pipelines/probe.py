@@ -70,7 +70,7 @@ class GradientProbe(pl.Callback):
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
         n = len(self.names)
-        self.backprop: list[Tensor] = [torch.full((), math.nan)] * n
+        self.backprop: list[Tensor] = [torch.full((), math.nan)] * n  # ∂loss/∂(each block's output)
         self.act: list[Tensor] = [torch.full((3,), math.nan)] * (n - 1)
         self.act_io: dict[int, tuple[Tensor, Tensor]] = {}  # layer → (a, z): statistics batched at the step's end
         self.bptt: list[Tensor | None] = [None] * (n - 1)  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
@@ -79,8 +79,8 @@ class GradientProbe(pl.Callback):
 
         def on_output(i: int) -> Callable:
             def hook(module: nn.Module, inputs, output: Tensor) -> None:
-                if output.requires_grad:
-                    output.register_hook(lambda g: self.backprop.__setitem__(i, g.detach().norm()))
+                if output.requires_grad:  # kept; their norms are taken together at the step's end
+                    output.register_hook(lambda g: self.backprop.__setitem__(i, g.detach()))
                 if isinstance(module, RecurrentLayer):
                     self._on_recurrent(i, module)
 
@@ -161,7 +161,7 @@ class GradientProbe(pl.Callback):
         parts += [self.grad[stat] for stat in K.GRAD_STATS[:-1]] + [self.nonfinite]
         diverged = self.diverged_step is not None
         if not diverged:
-            parts.append(torch.stack(self.backprop))
+            parts.append(stats.norms(self.backprop))
             if self.act_io:
                 layers = sorted(self.act_io)
                 outputs, inputs = zip(*(self.act_io[i] for i in layers))
