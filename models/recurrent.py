@@ -7,7 +7,7 @@ when a probe sets `keep_sequence`, a layer keeps its input and its hidden states
 every gate of every step from them in a few batched operations, and `CellReplay.state_gradients`
 runs the cell's adjoint recursion backwards in time from the gradient the layer's consumers send back
 to its outputs. That recursion is linear in the gradient and needs one matrix product per time step
-(no autograd graph over T small cells: about 10× cheaper on an LSTM at T = 100, benchmarks/README.md).
+(no autograd graph over T small cells: about 15 ms instead of 50 for an LSTM at T = 100; README, Performance).
 """
 
 from __future__ import annotations

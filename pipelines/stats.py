@@ -1,7 +1,7 @@
 """The gradient statistics themselves: every number the probe records is computed here, on the device.
 
-Each function returns stacked tensors and never synchronizes; the probe copies everything to the host
-once per logging step.
+Each function returns stacked tensors and never synchronizes (but for `_std`'s check, which decides
+where the variance needs a second pass); the probe copies everything to the host once per logging step.
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def gate_stats(gates: Tensor) -> Tensor:
 
 def update_ratios(before: list[Tensor], after: list[Tensor]) -> Tensor:
     """‖W_after − W_before‖ / ‖W_before‖ for each weight; overwrites `before` (a copy) with the step."""
-    norms = torch.stack(torch._foreach_norm(before))
+    sizes = norms(before)
     torch._foreach_sub_(before, after)  # in place: no second copy of every weight
-    return torch.stack(torch._foreach_norm(before)) / norms
+    return norms(before) / sizes
 
 
 def state_norms(grads: Tensor) -> Tensor:
