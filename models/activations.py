@@ -28,6 +28,7 @@ class Activation:
     max_derivative: float
     from_output_: Callable[[Tensor], Tensor] | None = None
     from_input: Callable[[Tensor], Tensor] | None = None
+    binary: bool = False  # φ' is 0 or 1 only (ReLU): φ' itself says which units pass a gradient
 
     @property
     def needs_input(self) -> bool:
@@ -52,8 +53,8 @@ def _gelu_derivative(z: Tensor) -> Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Activation(nn.Sigmoid, 0.25, lambda a: a.sub_(0.5).square_().neg_().add_(0.25)),  # a(1 − a)
     "tanh": Activation(nn.Tanh, 1.0, lambda a: a.square_().neg_().add_(1)),  # 1 − a²
-    # 1[a > 0] as ceil(a) ∧ 1 (a ≥ 0): float kernels, which vectorize (building a bool mask is several times slower).
-    "relu": Activation(nn.ReLU, 1.0, lambda a: a.ceil_().clamp_(max=1)),
+    # 1[a > 0] as sign(a) (a ≥ 0), in place: a float kernel, which vectorizes (a bool mask is several times slower).
+    "relu": Activation(nn.ReLU, 1.0, lambda a: a.sign_(), binary=True),
     "leaky_relu": Activation(
         lambda: nn.LeakyReLU(LEAKY_SLOPE), 1.0,
         lambda a: a.clamp_(min=0).ceil_().clamp_(max=1).mul_(1 - LEAKY_SLOPE).add_(LEAKY_SLOPE),
@@ -78,6 +79,6 @@ def saturation(name: str, a: Tensor, z: Tensor | None = None, dim: int | None = 
     act = ACTIVATIONS[name]
     d = act.derivative(z, a, overwrite=overwrite)  # a tensor of our own: a copy, a, or computed from z
     # min(max(⌊φ' / threshold⌋, 0), 1) is 0 exactly where φ' < threshold and 1 elsewhere: the same count
-    # as a comparison, in place and in float kernels.
-    kept = d.div_(SATURATION_SHARE * act.max_derivative).floor_().clamp_(0, 1)
+    # as a comparison, in place and in float kernels; a 0-or-1 derivative is that indicator already.
+    kept = d if act.binary else d.div_(SATURATION_SHARE * act.max_derivative).floor_().clamp_(0, 1)
     return 1 - (kept.mean() if dim is None else kept.mean(dim))

@@ -95,6 +95,17 @@ def test_activation_stats_follow_the_saturation_definition(name: str) -> None:
         assert 0 < expected_sat < 1  # the case discriminates
 
 
+@pytest.mark.parametrize("name", sorted(n for n, act in ACTIVATIONS.items() if act.binary))
+def test_a_binary_derivative_is_exactly_zero_or_one(name: str) -> None:
+    """saturation() uses such a derivative as its own indicator: it must be 0 or 1, as autograd's is."""
+    z = torch.cat([torch.randn(1000, generator=torch.Generator().manual_seed(8)), torch.zeros(10), -torch.zeros(10)])
+    a = make_activation(name)(z)
+    d = ACTIVATIONS[name].derivative(z, a)
+    assert ACTIVATIONS[name].max_derivative == 1.0
+    assert set(d.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(d, _autograd_derivative(name, z), rtol=0, atol=0)
+
+
 def test_saturation_by_hand() -> None:
     """A few values checked against the README's wording: tanh near ±1, sigmoid near 0/1, ReLU exactly 0."""
     z = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0])
