@@ -52,7 +52,6 @@ class GradientProbe(pl.Callback):
         self._param_ids = {id(p) for p in self.params}
         index = {id(p): i for i, p in enumerate(self.params)}
         self._weight_index = torch.tensor([index[id(w)] for w in self.weights])
-        self.recurrent = [isinstance(m, RecurrentLayer) for m in self.hidden]
         self.before = [torch.empty_like(w) for w in self.weights]  # the weights before a logged step
         self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
         self._workspace: dict = {}  # the activation statistics' scratch copy, reused at every logging step
