@@ -40,7 +40,7 @@ class GradientProbe(pl.Callback):
         self.log_every, self.max_steps = log_every, max_steps
         self.diverged_step: int | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._active = False
+        self._active = self._recording = False
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # noqa: D102
@@ -52,12 +52,16 @@ class GradientProbe(pl.Callback):
         self._param_ids = {id(p) for p in self.params}
         index = {id(p): i for i, p in enumerate(self.params)}
         self._weight_index = torch.tensor([index[id(w)] for w in self.weights])
-        self.before = [torch.empty_like(w) for w in self.weights]  # the weights before a logged step
         self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
         self._workspace: dict = {}  # the activation statistics' scratch copy, reused at every logging step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self.started = time.perf_counter()
+        # The weights before a logged step, stacked by shape; made here, where the weights are on their device.
+        self.before = stats.Stacked(self.weights)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        self._detach(pl_module)
 
     # -- one step ---------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
@@ -65,21 +69,33 @@ class GradientProbe(pl.Callback):
         self._active = is_logging_step(self.step, self.log_every, self.max_steps)
         pl_module.after_clipping = self._after_clipping if self._active else None
         if self._active:
-            self._attach(pl_module)
+            self._reset()
+            if not self._hooks:
+                self._attach(pl_module)
+        self._recording = self._active
 
-    def _attach(self, pl_module: pl.LightningModule) -> None:
+    def _reset(self) -> None:
+        """Empty the per-step slots that the hooks fill."""
         n = len(self.names)
-        self.backprop: list[Tensor] = [torch.full((), math.nan)] * n  # ∂loss/∂(each block's output)
+        self.backprop: list[Tensor] = [torch.full((), math.nan)] * n  # ‖∂loss/∂(each block's output)‖
         self.act: list[Tensor] = [torch.full((3,), math.nan)] * (n - 1)
         self.act_io: dict[int, tuple[Tensor, Tensor]] = {}  # layer → (a, z): statistics batched at the step's end
         self.bptt: list[Tensor | None] = [None] * (n - 1)  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
         self.gates: list[Tensor | None] = [None] * (n - 1)
         self.global_clipped: Tensor | None = None
 
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        """Hook every block; the hooks stay while logging steps follow each other (`log_every=1`)."""
+
+        # Between a training step's start and end only: never in a validation pass run between two steps.
         def on_output(i: int) -> Callable:
             def hook(module: nn.Module, inputs, output: Tensor) -> None:
-                if output.requires_grad:  # kept; their norms are taken together at the step's end
-                    output.register_hook(lambda g: self.backprop.__setitem__(i, g.detach()))
+                if not self._recording:
+                    if isinstance(module, RecurrentLayer):
+                        module.kept = None  # a validation pass: nothing to replay
+                    return
+                if output.requires_grad:  # its norm at once, so backward frees ∂loss/∂output as usual
+                    output.register_hook(lambda g: self.backprop.__setitem__(i, torch.linalg.vector_norm(g.detach())))
                 if isinstance(module, RecurrentLayer):
                     self._on_recurrent(i, module)
 
@@ -87,7 +103,8 @@ class GradientProbe(pl.Callback):
 
         def on_act(i: int) -> Callable:
             def hook(module: nn.Module, inputs, output: Tensor) -> None:
-                self.act_io[i] = (output, inputs[0])
+                if self._recording:
+                    self.act_io[i] = (output, inputs[0])
 
             return hook
 
@@ -125,7 +142,7 @@ class GradientProbe(pl.Callback):
             # The weights' norms are among the ones the guard just took: no second pass over them.
             l2 = per_param[self._weight_index] if complete else None
             self.grad = stats.tensor_stats([w.grad for w in self.weights], l2)
-            torch._foreach_copy_(self.before, [w.detach() for w in self.weights])
+            self.before.copy_(self.weights)
         self.nonfinite = torch.zeros(len(self.weights))
         if not finite:
             # Divergence is a result: record what this step produced, take no step, stop training.
@@ -144,7 +161,10 @@ class GradientProbe(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
         if not self._active:
             return
-        self._detach(pl_module)
+        self._recording = False
+        pl_module.after_clipping = None
+        if self.diverged_step is not None or not is_logging_step(self.step + 1, self.log_every, self.max_steps):
+            self._detach(pl_module)
         names, parts = self._collect(pl_module)
         values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host copy
         self.record(self.step, [*names, K.ELAPSED], [*values, time.perf_counter() - self.started])
@@ -160,7 +180,7 @@ class GradientProbe(pl.Callback):
         parts += [self.grad[stat] for stat in K.GRAD_STATS[:-1]] + [self.nonfinite]
         diverged = self.diverged_step is not None
         if not diverged:
-            parts.append(stats.norms(self.backprop))
+            parts.append(torch.stack(self.backprop))
             if self.act_io:
                 layers = sorted(self.act_io)
                 outputs, inputs = zip(*(self.act_io[i] for i in layers))

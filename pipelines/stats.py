@@ -14,32 +14,56 @@ from torch import Tensor
 from models.activations import ACTIVATIONS, saturation
 
 
+class Stacked:
+    """Copies of a list of tensors kept as the rows of one buffer per shape, in the list's order.
+
+    One batched kernel per statistic and shape instead of one per tensor: on the CPU, kernels over a
+    few thousand elements cost their launch, not their arithmetic (a deep MLP's 20 layers are one group).
+    `rows` are views into the buffers, one per tensor, for in-place foreach arithmetic on the copies.
+    """
+
+    def __init__(self, like: list[Tensor]) -> None:
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(like):
+            groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
+        self.groups = [(idx, torch.empty((len(idx), *shape), dtype=dtype, device=device))
+                       for (shape, dtype, device), idx in groups.items()]  # fmt: skip
+        self.rows: list[Tensor] = [torch.empty(0)] * len(like)
+        for idx, buffer in self.groups:
+            for j, i in enumerate(idx):
+                self.rows[i] = buffer[j]
+        self._order = torch.tensor([i for idx, _ in self.groups for i in idx]).argsort()
+
+    def copy_(self, tensors: list[Tensor]) -> Stacked:
+        """Overwrite the rows with `tensors` (shaped like the list it was made for): one copy per shape."""
+        for idx, buffer in self.groups:
+            torch.stack([tensors[i].detach() for i in idx], out=buffer)
+        return self
+
+    def per_row(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """fn on each buffer seen as (k, numel) rows → (k, ...); the rows back in list order. fn may overwrite them."""
+        parts = [fn(buffer.flatten(1)) for _, buffer in self.groups]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)[self._order]
+
+
 def by_shape(tensors: list[Tensor], fn: Callable[[Tensor], Tensor], workspace: dict | None = None) -> Tensor:
     """fn on the same-shaped tensors stacked as rows (k, numel) → (k, m); the rows back in input order.
 
-    One batched kernel per statistic and group instead of one per tensor: on the CPU, kernels over a
-    few thousand elements cost their launch, not their arithmetic (a deep MLP's 20 layers are one group).
-    The stacked rows are a copy that `fn` may overwrite; with a `workspace` (a dict the caller keeps)
-    the copy goes into the same buffer every time instead of a freshly allocated one.
+    The stacked rows are a copy (`Stacked`) that `fn` may overwrite; with a `workspace` (a dict the caller
+    keeps) the copy goes into the same buffers every time the shapes repeat instead of fresh ones.
     """
-    groups: dict[torch.Size, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(t.shape, []).append(i)
-    parts = []
-    for shape, idx in groups.items():
-        members = [tensors[i].detach() for i in idx]
-        key = (len(idx), shape, members[0].dtype, members[0].device)
-        if workspace is None:
-            rows = torch.stack(members)
-        else:
-            if key not in workspace:
-                workspace[key] = torch.empty((len(idx), *shape), dtype=members[0].dtype, device=members[0].device)
-            rows = torch.stack(members, out=workspace[key])
-        parts.append(fn(rows.flatten(1)))
-    if len(parts) == 1:
-        return parts[0]
-    order = [i for idx in groups.values() for i in idx]
-    return torch.cat(parts)[torch.tensor(order).argsort()]
+    key = tuple((t.shape, t.dtype, t.device) for t in tensors)
+    stacked = workspace.get(key) if workspace is not None else None
+    if stacked is None:
+        stacked = Stacked(tensors)
+        if workspace is not None:
+            workspace[key] = stacked
+    return stacked.copy_(tensors).per_row(fn)
+
+
+def row_norms(rows: Tensor) -> Tensor:
+    """L2 norm of each row of a (k, n) tensor."""
+    return torch.linalg.vector_norm(rows, dim=1)
 
 
 # ‖t‖²/n − mean² keeps the spread to about 1e-6 of ‖t‖²/n in float32; where that is more than 1/8 of
@@ -121,11 +145,11 @@ def gate_stats(gates: Tensor) -> Tensor:
     return torch.stack([gates.mean(), saturation("sigmoid", gates)])
 
 
-def update_ratios(before: list[Tensor], after: list[Tensor]) -> Tensor:
-    """‖W_after − W_before‖ / ‖W_before‖ for each weight; overwrites `before` (a copy) with the step."""
-    sizes = norms(before)
-    torch._foreach_sub_(before, after)  # in place: no second copy of every weight
-    return norms(before) / sizes
+def update_ratios(before: Stacked, after: list[Tensor]) -> Tensor:
+    """‖W_after − W_before‖ / ‖W_before‖ for each weight; overwrites `before` (the weights' copy) with the step."""
+    sizes = before.per_row(row_norms)
+    torch._foreach_sub_(before.rows, after)  # in place: no second copy of every weight
+    return before.per_row(row_norms) / sizes
 
 
 def state_norms(grads: Tensor) -> Tensor:

@@ -86,6 +86,7 @@ def run_fit(**overrides) -> Fit:
     trainer = train.make_trainer(cfg, [probe, Snapshots(fit)], progress_bar=False)
     trainer.fit(lit, datamodule=data)
     assert len(fit.after) == (cfg.max_steps if probe.diverged_step is None else probe.diverged_step + 1)
+    assert not any(m._forward_hooks for m in lit.net.modules())  # hooks stay only between logging steps
     return fit
 
 
@@ -390,18 +391,20 @@ def reference_recurrent(cell: str, net: torch.nn.Module, x: torch.Tensor, y: tor
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_recurrent_step0_and_bptt_match_autograd_through_time(cell: str) -> None:
+def test_recurrent_steps_and_bptt_match_autograd_through_time(cell: str) -> None:
+    """Every step, with a validation pass between each two (the hooks stay on: it must not reach them)."""
     seq_len = 8
     fit = run_fit(model=cell, activation="tanh", dataset="adding", loss="mse", seq_len=seq_len, depth=2, width=6,
-                  batch_size=16, init="orthogonal", init_gain=1.5)  # fmt: skip
-    x, y = fit.batches()[0]
-    expected = reference_recurrent(cell, fit.net_at(0), x, y)
-    got = fit.records[0]
-    expected_keys = contract_keys(2) | {k for k in expected if k.startswith(("bptt/", "gate/"))}
-    assert set(got) == expected_keys
-    assert {k for k in got if k.startswith("bptt/L001/t")} == {f"bptt/L001/t{t:04d}" for t in range(seq_len)}
-    assert_matches(got, expected)
-    assert expected["bptt/L000/t0000"] != pytest.approx(expected["bptt/L000/t0007"], rel=1e-2)  # varies with t
+                  batch_size=16, init="orthogonal", init_gain=1.5, max_steps=3, val_every=1)  # fmt: skip
+    assert sorted(fit.records) == [0, 1, 2]
+    for step, (x, y) in enumerate(fit.batches()):
+        expected = reference_recurrent(cell, fit.net_at(step), x, y)
+        got = fit.records[step]
+        expected_keys = contract_keys(2) | {k for k in expected if k.startswith(("bptt/", "gate/"))}
+        assert set(got) == expected_keys
+        assert {k for k in got if k.startswith("bptt/L001/t")} == {f"bptt/L001/t{t:04d}" for t in range(seq_len)}
+        assert_matches(got, expected)
+        assert expected["bptt/L000/t0000"] != pytest.approx(expected["bptt/L000/t0007"], rel=1e-2)  # varies with t
 
 
 def test_lstm_forget_gate_by_hand() -> None:

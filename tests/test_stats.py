@@ -130,7 +130,8 @@ def test_layer_activation_stats_batch_layers_by_shape_and_reuse_a_workspace(name
         expected = torch.stack([stats.activation_stats(name, a, z) for a, z in zip(kept, zs)])
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert all(a.equal(k) for a, k in zip(outputs, kept))  # the statistics overwrite their copy, not the layer's
-    assert len(workspace) == 2  # one buffer per shape, reused
+    (stacked,) = workspace.values()  # one stack for these shapes, reused
+    assert len(stacked.groups) == 2  # with one buffer per shape
 
 
 def test_std_of_activations_is_exact_when_the_mean_dominates() -> None:
@@ -164,12 +165,17 @@ def test_gate_stats() -> None:
 
 
 def test_update_ratios() -> None:
-    before = _tensors(torch.float64)[:3]
+    """Weights of two shapes in mixed order, through one reused stack: each ratio = that weight's alone."""
     g = torch.Generator().manual_seed(4)
-    after = [b + 0.1 * torch.randn(b.shape, generator=g, dtype=b.dtype) for b in before]
-    expected = [torch.linalg.norm((a - b).flatten()) / torch.linalg.norm(b.flatten()) for a, b in zip(after, before)]
-    torch.testing.assert_close(stats.update_ratios(before, after), torch.stack(expected), rtol=1e-12, atol=0)
-    assert stats.update_ratios(before, before).abs().max().item() == 0.0
+    before = [torch.randn(*shape, generator=g, dtype=torch.float64) for shape in [(4, 3), (5,), (4, 3), (2, 2, 2)]]
+    stacked = stats.Stacked(before)
+    for scale in (0.1, 0.01):
+        after = [b + scale * torch.randn(b.shape, generator=g, dtype=b.dtype) for b in before]
+        expected = [torch.linalg.norm((a - b).flatten()) / torch.linalg.norm(b.flatten()) for a, b in zip(after, before)]
+        torch.testing.assert_close(stats.update_ratios(stacked.copy_(before), after), torch.stack(expected),
+                                   rtol=1e-12, atol=0)  # fmt: skip
+    assert stats.update_ratios(stacked.copy_(before), before).abs().max().item() == 0.0
+    assert len(stacked.groups) == 3 and all(r.data_ptr() != b.data_ptr() for r, b in zip(stacked.rows, before))
 
 
 def test_bptt_summary() -> None:
