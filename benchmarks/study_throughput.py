@@ -1,6 +1,6 @@
 """Study throughput: wall time of the default study, trials/minute with 1 vs 2 workers, bookkeeping share.
 
-    python -m benchmarks.study_throughput                 # full: the default study, then 12 trials × 1 and 2 workers
+    python -m benchmarks.study_throughput                 # full: the default study, then 24 trials × 1 and 2 workers
     python -m benchmarks.study_throughput --skip-default --trials 6
     python -m benchmarks.study_throughput --trials 0                 # only the default study, with its breakdown
 
@@ -111,7 +111,7 @@ def study_cmd(folder: Path, name: str, trials: int, workers: int) -> list[str]:
 def main() -> None:
     """Measure and print the table; save JSON beside it."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=12, help="trials per worker-count measurement (0: skip it)")
+    parser.add_argument("--trials", type=int, default=24, help="trials per worker-count measurement (0: skip it)")
     parser.add_argument("--skip-default", action="store_true", help="skip the full `mlflow run . -e study`")
     args = parser.parse_args()
     results: dict[str, float] = {}

@@ -145,10 +145,13 @@ class Recorder:
             self._send(len(self._steps) - 1)
         self._queue.put(self._per_layer_metrics())
         self._queue.put(None)
-        self._thread.join()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(STATS_ARTIFACT).name
-            self.table().to_parquet(path, index=False)
-            self.client.log_artifact(self.run_id, str(path), artifact_path=str(Path(STATS_ARTIFACT).parent))
+        # The table is written while the thread sends: SQLite's commits and pyarrow's writer release the GIL.
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(STATS_ARTIFACT).name
+                self.table().to_parquet(path, index=False)
+                self.client.log_artifact(self.run_id, str(path), artifact_path=str(Path(STATS_ARTIFACT).parent))
+        finally:
+            self._thread.join()
         if self._error is not None:
             raise RuntimeError(f"sending metrics to MLflow failed: {self._error}") from self._error

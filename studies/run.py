@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pipelines.startup import imports_without_gc, prepare_exit
 from studies import DEFAULT_STORAGE, list_specs
 from studies.workers import WarmWorkers
 
@@ -46,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
-    from studies.runner import run_study
-    from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
+    with imports_without_gc(fresh="studies.runner" not in sys.modules):
+        from studies.runner import run_study
+        from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
 
     try:
         overrides = parse_overrides(args.set)
@@ -76,4 +78,6 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    prepare_exit()
+    sys.exit(code)

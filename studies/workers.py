@@ -12,6 +12,8 @@ import os
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pipelines.startup import imports_without_gc, prepare_exit
+
 
 class WarmWorkers:
     """`n` spawned processes, each importing the study runner and waiting for one job."""
@@ -55,10 +57,12 @@ def _serve(pipe: Connection) -> None:
     # that inherited MLFLOW_RUN_ID would have its first trial's start_run take that run over.
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        from studies.runner import work_in_subprocess  # the slow part, done while the parent sets up
+        with imports_without_gc():
+            from studies.runner import work_in_subprocess  # the slow part, done while the parent sets up
 
         job = pipe.recv()
     except (EOFError, KeyboardInterrupt):
         return
     if job is not None:
         work_in_subprocess(*job)
+    prepare_exit()  # the parent waits for this process to end
