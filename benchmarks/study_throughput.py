@@ -97,6 +97,9 @@ def breakdown(folder: Path, study: str, storage: Path, started: float, ended: fl
         parts["idle at the end"] += last_end - last
         parts["after"] += ended - last_end
     shares = {k: v / total for k, v in parts.items()}
+    # Trials counted as all overhead: failed ones, or runs without a recorded training time.
+    shares["untimed trials"] = sum(t.user_attrs.get("mlflow_run_id") not in trained for ts in by_worker.values() for t in ts)
+    shares["failed trials"] = sum(t.state.name == "FAIL" for t in trials)
     # What the target names (Optuna, MLflow, set-up per trial), over the span in which workers run trials.
     in_study = parts["training"] + parts["in-trial"] + parts["between"]
     shares["per-trial overhead"] = (parts["in-trial"] + parts["between"]) / in_study
@@ -128,7 +131,9 @@ def main() -> None:
             workers = os.cpu_count() or 1  # the entry point's default: one worker per core
             results["default_share_outside_training"] = 1 - train / (workers * results["default_study_seconds"])
             shares = breakdown(folder, "default_full", journal, started, started + results["default_study_seconds"])
+            counts = {k: shares.pop(k) for k in ("untimed trials", "failed trials")}
             results.update({f"default_share_{k.replace(' ', '_').replace('-', '_')}": v for k, v in shares.items()})
+            results.update({f"default_{k.replace(' ', '_')}": v for k, v in counts.items()})
         for workers in (1, 2) if args.trials else ():
             name = f"throughput_w{workers}"
             started = time.time()
@@ -139,6 +144,8 @@ def main() -> None:
             results[f"w{workers}_share_outside_training"] = 1 - train / (workers * wall)
             shares = breakdown(folder, name, folder / f"{name}.journal", started, started + wall)
             results[f"w{workers}_per_trial_overhead"] = shares["per-trial overhead"]
+            results[f"w{workers}_untimed_trials"] = shares["untimed trials"]
+            results[f"w{workers}_failed_trials"] = shares["failed trials"]
     if args.trials:
         results["speedup_2_workers"] = results["w2_trials_per_minute"] / results["w1_trials_per_minute"]
     print(f"{'measure':<34}{'value':>10}   target")
