@@ -28,6 +28,7 @@ import optuna
 import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from tqdm import tqdm
 
 from pipelines import train
 from studies.spec import StudySpec, load_spec
@@ -329,6 +330,25 @@ def _stop_at(n_trials: int):
     return callback
 
 
+class StudyProgress:
+    """A bar over the study's finished trials, every worker's: Optuna's own bar counts this process's only."""
+
+    def __init__(self, study: optuna.Study, total: int) -> None:
+        self.total = total
+        self.bar = tqdm(total=total, initial=min(finished_trials(study), total), unit="trial", desc="study",
+                        dynamic_ncols=True)  # fmt: skip
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback: after each of this worker's trials, the study's count and best value."""
+        self.bar.n = min(finished_trials(study), self.total)
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            self.bar.set_postfix_str(f"best {study.best_value:.4g} (trial {study.best_trial.number})", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:  # noqa: D102
+        self.bar.close()
+
+
 def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> None:
     """Run trials of the study until it has `n_trials` finished trials (one worker)."""
     torch.set_num_threads(threads)
@@ -340,15 +360,19 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
     if remaining <= 0:
         return
     objective = objective_for(spec, ctx.study_name, ctx.parent_run_id)
-    study.optimize(
-        objective,
-        # A grid study ends when its points are done (the sampler and skip_duplicate stop it): a budget of
-        # trials could be spent on duplicates and leave a point undone.
-        n_trials=None if spec.sampler["type"] == "grid" else remaining,
-        catch=(Exception,),  # a trial that raises is a failed trial; the study goes on
-        callbacks=[_stop_at(ctx.n_trials)],
-        show_progress_bar=progress_bar and spec.sampler["type"] != "grid",  # Optuna's bar needs n_trials
-    )
+    progress = StudyProgress(study, ctx.n_trials) if progress_bar else None
+    try:
+        study.optimize(
+            objective,
+            # A grid study ends when its points are done (the sampler and skip_duplicate stop it): a budget of
+            # trials could be spent on duplicates and leave a point undone.
+            n_trials=None if spec.sampler["type"] == "grid" else remaining,
+            catch=(Exception,),  # a trial that raises is a failed trial; the study goes on
+            callbacks=[_stop_at(ctx.n_trials)] + ([progress] if progress else []),
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     if objective.interrupted:
         raise KeyboardInterrupt
 

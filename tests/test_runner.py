@@ -242,3 +242,24 @@ def test_grid_workers_share_one_grid_order(tmp_path: Path) -> None:
         if i < 5:  # after the last point GridSampler stops the study, which ask-and-tell cannot (Optuna docs)
             study.tell(trial, 0.0)
     assert len(set(points)) == 6
+
+
+def test_progress_bar_counts_every_workers_trials(tmp_path: Path) -> None:
+    """The bar shows the study's finished trials (another worker's too) and the best value so far."""
+    from studies.runner import StudyProgress
+
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED))  # "another worker's", before this one starts
+    progress = StudyProgress(study, total=4)
+    assert progress.bar.n == 1
+    for value in (0.5, 0.75):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # not finished: not counted
+    progress(study, study.trials[-1])
+    assert progress.bar.n == 3
+    assert "best 0.75 (trial 2)" in str(progress.bar)
+    for _ in range(3):  # more than the total: the bar stops at it
+        study.add_trial(optuna.trial.create_trial(value=0.1, params={}, distributions={}))
+    progress(study, study.trials[-1])
+    assert progress.bar.n == 4
+    progress.close()
