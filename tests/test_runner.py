@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from test_data import _write_cifar, _write_mnist
 
 import pipelines.train
-from studies.runner import DUPLICATE, PARENT_ATTR, objective_for, run_study
+from studies.runner import DUPLICATE, PARENT_ATTR, StudyProgress, objective_for, run_study
 from studies.spec import list_specs, load_spec
 
 SMOKE = {"max_steps": 3, "log_every": 1, "val_every": 3, "metric_points": 0}
@@ -246,8 +246,6 @@ def test_grid_workers_share_one_grid_order(tmp_path: Path) -> None:
 
 def test_progress_bar_counts_every_workers_trials(tmp_path: Path) -> None:
     """The bar shows the study's finished trials (another worker's too) and the best value so far."""
-    from studies.runner import StudyProgress
-
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED))  # "another worker's", before this one starts
     progress = StudyProgress(study, total=4)
