@@ -341,8 +341,12 @@ class StudyProgress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: after each of this worker's trials, the study's count and best value."""
         self.bar.n = min(finished_trials(study), self.total)
-        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-            self.bar.set_postfix_str(f"best {study.best_value:.4g} (trial {study.best_trial.number})", refresh=False)
+        try:
+            best = study.best_trial
+        except ValueError:  # no completed trial yet
+            best = None
+        if best is not None:
+            self.bar.set_postfix_str(f"best {best.value:.4g} (trial {best.number})", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:  # noqa: D102
