@@ -16,7 +16,8 @@ Variants, all on the same model (`pipelines.train.build`), data loader and optim
 "step ms" is the training portion (on_train_start → on_train_end, minus the validation passes inside it)
 per optimizer step; "total ms/step" is the whole call (build + fit incl. validation + recorder close/flush
 or logger finalize) per step. Each variant is warmed up once; the medians over --repeats runs are shown,
-variants interleaved within each repeat. Times are reported, never asserted.
+variants interleaved within each repeat, and "paired" is the median of each repeat's ratio to (b) in the
+same repeat (robust to the machine's speed drifting between repeats). Times are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -316,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
             "label": LABELS[k],
             "step_ms": 1e3 * med[k]["step_s"],
             "step_ratio": med[k]["step_s"] / ref["step_s"],
+            # Each repeat's ratio to (b) of the same repeat: machine speed drifting between repeats cancels.
+            "paired_ratios": (paired := [x["step_s"] / x["steps"] / (y["step_s"] / y["steps"]) for x, y in zip(runs[k], runs["b"])]),
+            "paired_ratio": statistics.median(paired),
             "total_ms_per_step": 1e3 * med[k]["total_s"],
             "total_ratio": med[k]["total_s"] / ref["total_s"],
             "step_ms_runs": [1e3 * x["step_s"] / x["steps"] for x in runs[k]],
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     print(f"\nworkload: {what}, depth {args.depth} width {args.width}, batch {args.batch_size}, "
           f"{args.steps} steps; torch threads {args.threads}; median of {args.repeats} (after 1 warm-up); "
           f"benchmark wall time {elapsed:.0f} s")  # fmt: skip
-    head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
+    head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6} {'paired':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
            f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15} {'spread %':>8}"  # fmt: skip
     print(head)
     print("-" * len(head))
@@ -347,10 +351,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         flush = f"{row['close_ms']:.0f}" if "close_ms" in row else ""
         vals = str(row.get("values_per_record", ""))
         pts = f"{row['mlflow_points_per_step']:.1f}" if "mlflow_points_per_step" in row else ""
-        print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f}  {target_text.get(k, ''):<18} "
+        print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f} {row['paired_ratio']:>6.2f}  "
+              f"{target_text.get(k, ''):<18} "
               f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15} "
               f"{100 * row['spread']:>8.0f}")  # fmt: skip
 
+    for k in ("c", "d"):
+        print(f"{LABELS[k]}: per-repeat ×(b) " + ", ".join(f"{r:.2f}" for r in results[k]["paired_ratios"]))
     cpus = os.cpu_count() or 1
     print(f"load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {cpus} CPUs")
     if max(load_before[0], load_after[0]) > cpus or max(r["spread"] for r in results.values()) > 0.10:
