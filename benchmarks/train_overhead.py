@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         if "close_s" in v[0]:
             med[k]["close_s"] = statistics.median(x["close_s"] for x in v)
     ref = med["b"]
+    step_s = {k: [x["step_s"] / x["steps"] for x in v] for k, v in runs.items()}  # per repeat
     results: dict[str, Any] = {}
     for k in variants:
         row = {
@@ -318,15 +319,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
             "step_ms": 1e3 * med[k]["step_s"],
             "step_ratio": med[k]["step_s"] / ref["step_s"],
             # Each repeat's ratio to (b) of the same repeat: machine speed drifting between repeats cancels.
-            "paired_ratios": (paired := [x["step_s"] / x["steps"] / (y["step_s"] / y["steps"]) for x, y in zip(runs[k], runs["b"])]),
-            "paired_ratio": statistics.median(paired),
+            "paired_ratios": [x / y for x, y in zip(step_s[k], step_s["b"])],
             "total_ms_per_step": 1e3 * med[k]["total_s"],
             "total_ratio": med[k]["total_s"] / ref["total_s"],
-            "step_ms_runs": [1e3 * x["step_s"] / x["steps"] for x in runs[k]],
-            "spread": (max(s := [x["step_s"] / x["steps"] for x in runs[k]]) - min(s)) / med[k]["step_s"],
+            "step_ms_runs": [1e3 * x for x in step_s[k]],
+            "spread": (max(step_s[k]) - min(step_s[k])) / med[k]["step_s"],
             "total_ms_per_step_runs": [1e3 * x["total_s"] / x["steps"] for x in runs[k]],
             **counts.get(k, {}),
         }
+        row["paired_ratio"] = statistics.median(row["paired_ratios"])
         if "close_s" in med[k]:
             row["close_ms"] = 1e3 * med[k]["close_s"]
         if "mlflow_points" in row:
