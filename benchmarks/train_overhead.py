@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import sqlite3
@@ -46,6 +47,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import grad_norm
 
 from models.lit import LitModel
+from pipelines import probe as probe_module
 from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.recorder import Recorder
@@ -231,6 +233,101 @@ def grad_norm_logger(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any
     return out
 
 
+# -- interleaved in one fit: the probe switched on and off by blocks of steps ------------------------------
+
+# Steps per block: the first step of each block (where the probe's hooks are attached or removed) is not
+# timed; the other 10 hold one logging step for log_every=10 (offset 1) and ten for log_every=1.
+BLOCK = 11
+
+
+def block_is_on(step: int) -> bool:
+    """Blocks alternate: probe on, probe off, …"""
+    return (step // BLOCK) % 2 == 0
+
+
+class BlockSwitch(pl.Callback):
+    """Forwards the batch-level hooks to the probe in "on" blocks only, and times every step.
+
+    In "off" blocks nothing of the probe runs (no guard, no hooks): those steps are variant (b) inside
+    the same fit. A step's time runs from its `on_train_batch_start` to the next one's, minus validation.
+    """
+
+    def __init__(self, probe: pl.Callback) -> None:
+        self.probe = probe
+        self.samples: list[tuple[int, float]] = []  # (step, seconds)
+        self._last: float | None = None
+        self._val = 0.0
+
+    def setup(self, trainer, pl_module, stage) -> None:  # noqa: D102
+        self.probe.setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self.probe.on_train_start(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
+        self.probe.on_train_end(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # noqa: D102
+        self._val += time.perf_counter() - self._v0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        now = time.perf_counter()
+        if self._last is not None:
+            self.samples.append((trainer.global_step - 1, now - self._last - self._val))
+        self._last, self._val = now, 0.0
+        if block_is_on(trainer.global_step):
+            self.probe.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+        if block_is_on(trainer.global_step):
+            self.probe.on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        if block_is_on(trainer.global_step - 1):  # global_step counts the step just taken
+            self.probe.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def interleaved(cfg: RunConfig) -> dict[str, Any]:
+    """pipelines.train.run with the probe on in every other block of BLOCK steps; per-block mean step times.
+
+    The machine's speed drifts over seconds to minutes; blocks of ~0.2 s side by side cancel it, so the
+    ratio of each "on" block to the mean of its two "off" neighbours is the probe's cost as measured in
+    one fit. The probe logs on every `log_every`-th step of an "on" block, counted from its second step.
+    """
+    every = cfg.log_every
+
+    def logging(step: int, log_every: int, max_steps: int) -> bool:
+        return block_is_on(step) and (step % BLOCK - 1) % every == 0 and step % BLOCK != 0
+
+    switches: list[BlockSwitch] = []
+
+    def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
+        wrapped = [BlockSwitch(cb) if isinstance(cb, probe_module.GradientProbe) else cb for cb in callbacks]
+        switches.extend(cb for cb in wrapped if isinstance(cb, BlockSwitch))
+        return real_make(cfg, wrapped, progress_bar)
+
+    real_make = train.make_trainer
+    with mock.patch.object(train, "make_trainer", make_trainer), \
+         mock.patch.object(probe_module, "is_logging_step", logging):  # fmt: skip
+        result = train.run(cfg, progress_bar=False)
+    blocks: dict[int, list[float]] = {}
+    for step, seconds in switches[0].samples:
+        if step % BLOCK != 0 and step >= 2 * BLOCK:  # block boundaries and the first two blocks (warm-up) out
+            blocks.setdefault(step // BLOCK, []).append(seconds)
+    mean = {b: statistics.fmean(v) for b, v in blocks.items() if len(v) == BLOCK - 1}
+    ratios = [mean[b] / (0.5 * (mean[b - 1] + mean[b + 1]))
+              for b in mean if block_is_on(b * BLOCK) and b - 1 in mean and b + 1 in mean]  # fmt: skip
+    on = [v for b, v in mean.items() if block_is_on(b * BLOCK)]
+    off = [v for b, v in mean.items() if not block_is_on(b * BLOCK)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [math.nan] * 3
+    return {"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]], "blocks": len(ratios),
+            "on_ms": 1e3 * statistics.median(on), "off_ms": 1e3 * statistics.median(off),
+            "steps": result.steps, "outcome": result.outcome}  # fmt: skip
+
+
 # -- driver -----------------------------------------------------------------------------------------------
 
 
@@ -245,6 +342,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:  # noqa: D103
     p.add_argument("--seq-len", type=int, default=100, help="lstm sequence length (default: 100)")
     p.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 128 mlp, 64 lstm)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant, median reported (default: 3)")
+    p.add_argument("--interleaved-steps", type=int, default=20 * 4 * BLOCK,
+                   help="steps of each interleaved fit of (c) and (d), 0 to skip (default: %(default)s)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every variant (default: 2)")
     p.add_argument("--out", type=Path, default=None, help=f"JSON results (default: {RESULTS}, _lstm for lstm)")
     return p.parse_args(argv)
@@ -299,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
             for key in variants:
                 print(f"repeat {r + 1}/{args.repeats} {LABELS[key]} ...", file=sys.stderr, flush=True)
                 runs[key].append(once(key, count=False))
+        inter: dict[str, dict[str, Any]] = {}
+        if args.interleaved_steps:
+            for key in ("c", "d"):
+                print(f"interleaved {LABELS[key]} ...", file=sys.stderr, flush=True)
+                torch.set_num_threads(args.threads)
+                gc.collect()
+                inter[key] = interleaved(variants[key][1].replace(max_steps=args.interleaved_steps))
     finally:
         store.close()
     elapsed = time.perf_counter() - started
@@ -359,6 +465,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
 
     for k in ("c", "d"):
         print(f"{LABELS[k]}: per-repeat ×(b) " + ", ".join(f"{r:.2f}" for r in results[k]["paired_ratios"]))
+    if inter:
+        print(f"\ninterleaved in one fit of {args.interleaved_steps} steps (pipelines.train.run, the probe on in every "
+              f"other block of {BLOCK} steps): median over blocks of an 'on' block's mean step time divided by its two "
+              "'off' neighbours' (quartiles), robust to the machine's drift")  # fmt: skip
+        for k, row in inter.items():
+            targets[f"interleaved {k}/b<={target[k]}"] = {"value": row["ratio"], "met": row["ratio"] <= target[k]}
+            print(f"{LABELS[k]:<40} {row['ratio']:>6.2f} ({row['quartiles'][0]:.2f}–{row['quartiles'][1]:.2f}, "
+                  f"{row['blocks']} blocks; on {row['on_ms']:.2f} ms, off {row['off_ms']:.2f} ms)  "
+                  f"≤ {target[k]:.2f} {'met' if row['ratio'] <= target[k] else 'MISSED'}")  # fmt: skip
     cpus = os.cpu_count() or 1
     print(f"load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {cpus} CPUs")
     if max(load_before[0], load_after[0]) > cpus or max(r["spread"] for r in results.values()) > 0.10:
@@ -373,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
                         pl.__version__, "mlflow": mlflow.__version__, "cpus": os.cpu_count(),
                         "machine": platform.machine()},
         "results": results,
+        "interleaved": {"steps": args.interleaved_steps, "block": BLOCK, **inter},
         "targets": targets,
         "wall_time_s": elapsed,
         "load_average_before": load_before,
