@@ -323,12 +323,72 @@ def interleaved(cfg: RunConfig) -> dict[str, Any]:
     on = [v for b, v in mean.items() if block_is_on(b * BLOCK)]
     off = [v for b, v in mean.items() if not block_is_on(b * BLOCK)]
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [math.nan] * 3
-    return {"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]], "blocks": len(ratios),
-            "on_ms": 1e3 * statistics.median(on), "off_ms": 1e3 * statistics.median(off),
-            "steps": result.steps, "outcome": result.outcome}  # fmt: skip
+    median = statistics.median(ratios) if ratios else math.nan
+    return {"ratio": median, "quartiles": [q[0], q[2]], "blocks": len(ratios),
+            "on_ms": 1e3 * statistics.median(on) if on else math.nan,
+            "off_ms": 1e3 * statistics.median(off) if off else math.nan,
+            "steps": result.steps, "outcome": result.outcome, "run_id": result.run_id}  # fmt: skip
 
 
 # -- driver -----------------------------------------------------------------------------------------------
+
+
+def fit_table(runs: dict[str, list[dict[str, Any]]], counts: dict[str, dict[str, Any]],
+              variants: dict[str, tuple[Callable[..., dict[str, Any]], RunConfig]], target: dict[str, float],
+              header: str) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Medians and paired ratios of the fit-level repeats, printed as the table; (results, targets)."""
+    med = {
+        k: {m: statistics.median(x[m] / x["steps"] for x in v) for m in ("step_s", "total_s")} for k, v in runs.items()
+    }
+    for k, v in runs.items():
+        if "close_s" in v[0]:
+            med[k]["close_s"] = statistics.median(x["close_s"] for x in v)
+    ref = med["b"]
+    step_s = {k: [x["step_s"] / x["steps"] for x in v] for k, v in runs.items()}  # per repeat
+    results: dict[str, Any] = {}
+    for k in variants:
+        row = {
+            "label": LABELS[k],
+            "step_ms": 1e3 * med[k]["step_s"],
+            "step_ratio": med[k]["step_s"] / ref["step_s"],
+            # Each repeat's ratio to (b) of the same repeat: machine speed drifting between repeats cancels.
+            "paired_ratios": [x / y for x, y in zip(step_s[k], step_s["b"])],
+            "total_ms_per_step": 1e3 * med[k]["total_s"],
+            "total_ratio": med[k]["total_s"] / ref["total_s"],
+            "step_ms_runs": [1e3 * x for x in step_s[k]],
+            "spread": (max(step_s[k]) - min(step_s[k])) / med[k]["step_s"],
+            "total_ms_per_step_runs": [1e3 * x["total_s"] / x["steps"] for x in runs[k]],
+            **counts.get(k, {}),
+        }
+        row["paired_ratio"] = statistics.median(row["paired_ratios"])
+        if "close_s" in med[k]:
+            row["close_ms"] = 1e3 * med[k]["close_s"]
+        if "mlflow_points" in row:
+            row["mlflow_points_per_step"] = row["mlflow_points"] / variants[k][1].max_steps
+        results[k] = row
+    met = {k: results[k]["step_ratio"] <= target[k] for k in ("c", "d")}
+    targets = {f"{k}/b<={target[k]}": {"value": results[k]["step_ratio"], "met": met[k]} for k in ("c", "d")}
+    faster = results["c"]["step_ms"] < results["e"]["step_ms"]
+    targets["c<e"] = {"value": results["c"]["step_ms"] / results["e"]["step_ms"], "met": faster}
+    target_text = {k: f"≤ {target[k]:.2f} {'met' if met[k] else 'MISSED'}" for k in ("c", "d")}
+    target_text["e"] = f"(c) faster: {'met' if faster else 'MISSED'}"
+    print(header)
+    head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6} {'paired':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
+           f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15} {'spread %':>8}"  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for k, row in results.items():
+        flush = f"{row['close_ms']:.0f}" if "close_ms" in row else ""
+        vals = str(row.get("values_per_record", ""))
+        pts = f"{row['mlflow_points_per_step']:.1f}" if "mlflow_points_per_step" in row else ""
+        print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f} {row['paired_ratio']:>6.2f}  "
+              f"{target_text.get(k, ''):<18} "
+              f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15} "
+              f"{100 * row['spread']:>8.0f}")  # fmt: skip
+
+    for k in ("c", "d"):
+        print(f"{LABELS[k]}: per-repeat ×(b) " + ", ".join(f"{r:.2f}" for r in results[k]["paired_ratios"]))
+    return results, targets
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:  # noqa: D103
@@ -341,7 +401,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:  # noqa: D103
     p.add_argument("--width", type=int, default=None, help="hidden units (default: 256 mlp, 64 lstm)")
     p.add_argument("--seq-len", type=int, default=100, help="lstm sequence length (default: 100)")
     p.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 128 mlp, 64 lstm)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant, median reported (default: 3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per variant, median reported; 0: the interleaved measurement only (default: 3)")  # fmt: skip
     p.add_argument("--interleaved-steps", type=int, default=20 * 4 * BLOCK,
                    help="steps of each interleaved fit of (c) and (d), 0 to skip (default: %(default)s)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every variant (default: 2)")
@@ -390,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         return out
 
     try:
-        for key in variants:  # warm-up, also counts the values each route records
+        for key in variants if args.repeats else ():  # warm-up, also counts the values each route records
             print(f"warm-up {LABELS[key]} ...", file=sys.stderr, flush=True)
             warm = once(key, count=True)
             counts[key] = {k: warm[k] for k in ("values_per_record", "records", "mlflow_points") if k in warm}
@@ -410,61 +471,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     elapsed = time.perf_counter() - started
     load_after = os.getloadavg()
 
-    med = {
-        k: {m: statistics.median(x[m] / x["steps"] for x in v) for m in ("step_s", "total_s")} for k, v in runs.items()
-    }
-    for k, v in runs.items():
-        if "close_s" in v[0]:
-            med[k]["close_s"] = statistics.median(x["close_s"] for x in v)
-    ref = med["b"]
-    step_s = {k: [x["step_s"] / x["steps"] for x in v] for k, v in runs.items()}  # per repeat
-    results: dict[str, Any] = {}
-    for k in variants:
-        row = {
-            "label": LABELS[k],
-            "step_ms": 1e3 * med[k]["step_s"],
-            "step_ratio": med[k]["step_s"] / ref["step_s"],
-            # Each repeat's ratio to (b) of the same repeat: machine speed drifting between repeats cancels.
-            "paired_ratios": [x / y for x, y in zip(step_s[k], step_s["b"])],
-            "total_ms_per_step": 1e3 * med[k]["total_s"],
-            "total_ratio": med[k]["total_s"] / ref["total_s"],
-            "step_ms_runs": [1e3 * x for x in step_s[k]],
-            "spread": (max(step_s[k]) - min(step_s[k])) / med[k]["step_s"],
-            "total_ms_per_step_runs": [1e3 * x["total_s"] / x["steps"] for x in runs[k]],
-            **counts.get(k, {}),
-        }
-        row["paired_ratio"] = statistics.median(row["paired_ratios"])
-        if "close_s" in med[k]:
-            row["close_ms"] = 1e3 * med[k]["close_s"]
-        if "mlflow_points" in row:
-            row["mlflow_points_per_step"] = row["mlflow_points"] / variants[k][1].max_steps
-        results[k] = row
-    met = {k: results[k]["step_ratio"] <= target[k] for k in ("c", "d")}
-    targets = {f"{k}/b<={target[k]}": {"value": results[k]["step_ratio"], "met": met[k]} for k in ("c", "d")}
-    faster = results["c"]["step_ms"] < results["e"]["step_ms"]
-    targets["c<e"] = {"value": results["c"]["step_ms"] / results["e"]["step_ms"], "met": faster}
-    target_text = {k: f"≤ {target[k]:.2f} {'met' if met[k] else 'MISSED'}" for k in ("c", "d")}
-    target_text["e"] = f"(c) faster: {'met' if faster else 'MISSED'}"
     what = f"lstm seq_len {args.seq_len}, adding" if lstm else "mlp relu, digits"
-
     print(f"\nworkload: {what}, depth {args.depth} width {args.width}, batch {args.batch_size}, "
-          f"{args.steps} steps; torch threads {args.threads}; median of {args.repeats} (after 1 warm-up); "
-          f"benchmark wall time {elapsed:.0f} s")  # fmt: skip
-    head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6} {'paired':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
-           f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15} {'spread %':>8}"  # fmt: skip
-    print(head)
-    print("-" * len(head))
-    for k, row in results.items():
-        flush = f"{row['close_ms']:.0f}" if "close_ms" in row else ""
-        vals = str(row.get("values_per_record", ""))
-        pts = f"{row['mlflow_points_per_step']:.1f}" if "mlflow_points_per_step" in row else ""
-        print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f} {row['paired_ratio']:>6.2f}  "
-              f"{target_text.get(k, ''):<18} "
-              f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15} "
-              f"{100 * row['spread']:>8.0f}")  # fmt: skip
-
-    for k in ("c", "d"):
-        print(f"{LABELS[k]}: per-repeat ×(b) " + ", ".join(f"{r:.2f}" for r in results[k]["paired_ratios"]))
+          f"torch threads {args.threads}; benchmark wall time {elapsed:.0f} s")  # fmt: skip
+    results: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    if args.repeats:
+        header = f"fit by fit, {args.steps} steps each: median of {args.repeats} repeats (after 1 warm-up)"
+        results, targets = fit_table(runs, counts, variants, target, header)
     if inter:
         print(f"\ninterleaved in one fit of {args.interleaved_steps} steps (pipelines.train.run, the probe on in every "
               f"other block of {BLOCK} steps): median over blocks of an 'on' block's mean step time divided by its two "
@@ -476,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
                   f"≤ {target[k]:.2f} {'met' if row['ratio'] <= target[k] else 'MISSED'}")  # fmt: skip
     cpus = os.cpu_count() or 1
     print(f"load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {cpus} CPUs")
-    if max(load_before[0], load_after[0]) > cpus or max(r["spread"] for r in results.values()) > 0.10:
+    if max(load_before[0], load_after[0]) > cpus or max((r["spread"] for r in results.values()), default=0) > 0.10:
         print("warning: load above the CPU count or a spread above 10 %: other processes may have "
               "competed for the CPUs; treat ratios near a target with caution and rerun on a quiet machine")  # fmt: skip
     report = {
