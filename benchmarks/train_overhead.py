@@ -17,7 +17,9 @@ Variants, all on the same model (`pipelines.train.build`), data loader and optim
 per optimizer step; "total ms/step" is the whole call (build + fit incl. validation + recorder close/flush
 or logger finalize) per step. Each variant is warmed up once; the medians over --repeats runs are shown,
 variants interleaved within each repeat, and "paired" is the median of each repeat's ratio to (b) in the
-same repeat (robust to the machine's speed drifting between repeats). Times are reported, never asserted.
+same repeat (robust to the machine's speed drifting between repeats). Then (c) and (d) once more inside
+one fit each, the probe switched on in every other block of BLOCK steps (`interleaved`): the ratio of
+neighbouring blocks, which drift over seconds cannot move. Times are reported, never asserted.
 """
 
 from __future__ import annotations
