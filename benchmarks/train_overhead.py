@@ -237,8 +237,10 @@ def grad_norm_logger(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any
 
 # -- interleaved in one fit: the probe switched on and off by blocks of steps ------------------------------
 
-# Steps per block: the first step of each block (where the probe's hooks are attached or removed) is not
-# timed; the other 10 hold one logging step for log_every=10 (offset 1) and ten for log_every=1.
+# Steps per block. The first step of each block is not timed (it separates the two kinds of step: the
+# probe starts or stops there, its guard included); the other 10 hold one logging step for log_every=10
+# (offset 1) and ten for log_every=1 (where the hooks are attached at offset 1 and removed at offset 10,
+# once per block rather than once per run: ~0.2 ms in 10 steps, ~1 % of them).
 BLOCK = 11
 
 
