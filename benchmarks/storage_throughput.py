@@ -49,7 +49,9 @@ def run_study(name: str, storage: str, tracking: str, workers: int, trials: int,
     cmd = [sys.executable, "-m", "studies.run", "--spec", "default", "--study-name", name, "--n-trials", str(trials),
            "--workers", str(workers), "--storage", storage, "--no-report"]  # fmt: skip
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"study {name!r} exited with {done.returncode}:\n{done.stderr[-2000:]}")
     return time.perf_counter() - started
 
 
@@ -125,7 +127,7 @@ def main() -> None:
         if not args.no_server:
             (folder / "artifacts").mkdir()
             with mlflow_server(pg.create_database("mlflow"), folder / "artifacts") as server:
-                name = "postgresql+server_w2"
+                name = "postgresql-server_w2"  # a study name: letters, digits, _ . -
                 rows[name] = measure(name, pg.create_database("server_w2"), server, 2, args.trials, folder)
         load.append(os.getloadavg()[0])
     print(table(rows))

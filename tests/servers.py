@@ -90,15 +90,16 @@ def postgres_server() -> Iterator[Postgres]:
     port = free_port()
     run = dict(check=True, capture_output=True, text=True)
     try:
-        subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                                     "--auth-local=trust", "--auth-host=scram-sha-256",
-                                     f"--pwfile={pwfile}"]), **run)  # fmt: skip
-        options = f"-p {port} -k {folder} -c listen_addresses={HOST} -c max_connections=200 -c fsync=off"
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
-                                     "-l", str(folder / "log"), "-w", "start"]), **run)  # fmt: skip
+        try:
+            subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
+                                         "--auth-local=trust", "--auth-host=scram-sha-256",
+                                         f"--pwfile={pwfile}"]), **run)  # fmt: skip
+            options = f"-p {port} -k {folder} -c listen_addresses={HOST} -c max_connections=200 -c fsync=off"
+            subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
+                                         "-l", str(folder / "log"), "-w", "start"]), **run)  # fmt: skip
+        except subprocess.CalledProcessError as exc:  # only the start: the caller's own failures stay theirs
+            raise RuntimeError(f"PostgreSQL failed to start: {exc.stderr or exc.stdout}") from exc
         yield Postgres(port)
-    except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"PostgreSQL failed to start: {exc.stderr or exc.stdout}") from exc
     finally:
         subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)  # fmt: skip
