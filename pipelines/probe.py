@@ -133,15 +133,15 @@ class GradientProbe(pl.Callback):
         if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
             return  # not the probed network's step (a GAN's discriminator)
         grads = [p.grad for p in self.params]
-        complete = all(g is not None for g in grads)
-        per_param = stats.norms([g for g in grads if g is not None])
+        present = [g for g in grads if g is not None]
+        # On a logging step the guard's pass over the gradients also takes the weights' statistics.
+        m = stats.moments(present) if self._active and len(present) == len(grads) else None
+        per_param = stats.norms(present) if m is None else m[:, 0].sqrt().float()
         self.global_l2 = torch.linalg.vector_norm(per_param)
         loss = pl_module.last_loss if pl_module.last_loss is not None else torch.zeros(())
         finite = bool(torch.isfinite(self.global_l2) & torch.isfinite(loss))
         if self._active or not finite:
-            # The weights' norms are among the ones the guard just took: no second pass over them.
-            l2 = per_param[self._weight_index] if complete else None
-            self.grad = stats.tensor_stats([w.grad for w in self.weights], l2)
+            self.grad = stats.tensor_stats([w.grad for w in self.weights], None if m is None else m[self._weight_index])
             self.before.copy_(self.weights)
         self.nonfinite = torch.zeros(len(self.weights))
         if not finite:

@@ -2,16 +2,20 @@
 
 Each function returns stacked tensors and never synchronizes (but for `_std`'s check, which decides
 where the variance needs a second pass); the probe copies everything to the host once per logging step.
+Contiguous float32 CPU tensors go through the one-pass kernels of `fused` where they are built; the
+eager PyTorch path computes the same numbers everywhere else and is what the tests hold them to.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from models.activations import ACTIVATIONS, saturation
+from models.activations import ACTIVATIONS, SATURATION_SHARE, saturation
+from pipelines import fused
 
 
 class Stacked:
@@ -83,21 +87,38 @@ def _std(l2: Tensor, mean: Tensor, numel: Tensor, exact: Callable[[int], Tensor]
     return var.sqrt()
 
 
-def tensor_stats(tensors: list[Tensor], l2: Tensor | None = None) -> dict[str, Tensor]:
-    """l2, rms, absmax, mean, std (population) of each tensor, as 1-D tensors over the list.
+# A float32 sum of squares overflows here; the fused kernels sum in float64 and put inf where the eager
+# float32 reductions would, so that the divergence guard's rule does not depend on which path ran.
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
-    Pass `l2` when the norms are known already (the probe has them from the global norm). Each tensor
-    is read by one `sum` and one `aminmax`, kernels that vectorize on the CPU; `var` (Welford) is about
-    3× slower there and runs only where the one-pass variance is not exact enough (`_std`).
-    `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
+
+def moments(tensors: list[Tensor]) -> Tensor:
+    """(k, 4) float64: Σx², Σx, min, max of each tensor (one pass each where fused, four eager)."""
+    if fused.usable(tensors):
+        m = fused.moments(tensors)
+        if bool((m[:, 0] <= FLOAT32_MAX).all()):  # else NaN, inf or overflow: eager, which propagates them
+            return m
+    l2 = torch.stack(torch._foreach_norm(tensors)).double()
+    total = torch.stack([t.sum() for t in tensors]).double()
+    low, high = (torch.stack(m).double() for m in zip(*(torch.aminmax(t) for t in tensors)))
+    return torch.stack([l2.square(), total, low, high], dim=1)
+
+
+def tensor_stats(tensors: list[Tensor], m: Tensor | None = None) -> dict[str, Tensor]:
+    """l2, rms, absmax, mean, std (population) of each tensor, as 1-D tensors over the list (their dtype).
+
+    Pass `m` when their `moments` are known already (the probe takes them in the divergence guard's pass).
+    Eager, each tensor is read by one norm, one `sum` and one `aminmax`, kernels that vectorize on the
+    CPU; `var` (Welford) is about 3× slower there and runs only where the one-pass variance is not
+    exact enough (`_std`). `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
     """
-    if l2 is None:
-        l2 = torch.stack(torch._foreach_norm(tensors))
-    numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
-    mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
-    low, high = (torch.stack(m).to(l2.dtype) for m in zip(*(torch.aminmax(t) for t in tensors)))
+    m = moments(tensors) if m is None else m
+    numel = torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
+    l2, mean = m[:, 0].sqrt(), m[:, 1] / numel
     std = _std(l2, mean, numel, lambda i: tensors[i].var(correction=0))
-    return {"l2": l2, "rms": l2 / numel.sqrt(), "absmax": torch.maximum(low.abs(), high.abs()), "mean": mean, "std": std}
+    got = {"l2": l2, "rms": l2 / numel.sqrt(), "absmax": torch.maximum(m[:, 2].abs(), m[:, 3].abs()),
+           "mean": mean, "std": std}  # fmt: skip
+    return {name: value.to(tensors[0].dtype) for name, value in got.items()}
 
 
 def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
@@ -106,7 +127,10 @@ def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
 
 
 def norms(tensors: list[Tensor]) -> Tensor:
-    """L2 norm of each tensor, stacked (one `_foreach_norm`)."""
+    """L2 norm of each tensor, stacked (one fused call or one `_foreach_norm`)."""
+    if fused.usable(tensors):
+        squares = fused.sumsq(tensors)
+        return squares.sqrt().masked_fill_(~(squares <= FLOAT32_MAX), math.inf).float()
     return torch.stack(torch._foreach_norm(tensors)) if tensors else torch.zeros(0)
 
 
@@ -124,8 +148,17 @@ def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[
                            workspace: dict | None = None) -> Tensor:  # fmt: skip
     """(layers, 3): [mean, std, saturation] of each layer's a = φ(z), batched by shape (`by_shape`).
 
-    The pre-activations z are needed only where φ' cannot be read off a (GELU).
+    The pre-activations z are needed only where φ' cannot be read off a (GELU). Fused, the outputs are
+    read in place, once; eager, their copy (`by_shape`) is overwritten by φ'.
     """
+    if activation in fused.KINDS and fused.usable(outputs):
+        threshold = SATURATION_SHARE * ACTIVATIONS[activation].max_derivative
+        m = fused.act_moments([a.detach() for a in outputs], fused.KINDS[activation], threshold)
+        if bool(torch.isfinite(m[:, 1]).all()):  # else eager, whose NaN reach the record
+            numel = torch.tensor([a.numel() for a in outputs], dtype=torch.float64)
+            mean = m[:, 0] / numel
+            std = _std(m[:, 1].sqrt(), mean, numel, lambda i: outputs[i].detach().var(correction=0))
+            return torch.stack([mean, std, m[:, 2] / numel], dim=1).float()
     if inputs is None or not ACTIVATIONS[activation].needs_input:
         return by_shape(outputs, lambda a: _activation_rows(activation, a, None), workspace)
     both = [torch.stack([a.detach(), z.detach()]) for a, z in zip(outputs, inputs)]
@@ -146,7 +179,10 @@ def gate_stats(gates: Tensor) -> Tensor:
 
 
 def update_ratios(before: Stacked, after: list[Tensor]) -> Tensor:
-    """‖W_after − W_before‖ / ‖W_before‖ for each weight; overwrites `before` (the weights' copy) with the step."""
+    """‖W_after − W_before‖ / ‖W_before‖ for each weight; may overwrite `before` (the weights' copy) with the step."""
+    if fused.usable(after) and fused.usable(before.rows):
+        m = fused.diff_sumsq(after, before.rows)  # one pass over both, nothing written
+        return (m[:, 0] / m[:, 1]).sqrt().to(after[0].dtype)
     sizes = before.per_row(row_norms)
     torch._foreach_sub_(before.rows, after)  # in place: no second copy of every weight
     return before.per_row(row_norms) / sizes

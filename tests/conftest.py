@@ -18,7 +18,28 @@ if str(ROOT) not in sys.path:  # the project runs from its root, it is not insta
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from pipelines import fused  # noqa: E402
 from pipelines.config import RunConfig  # noqa: E402
+
+
+def require_fused() -> None:
+    """Skip where no C compiler exists; fail where one does and the fused kernels still did not build."""
+    if fused.enabled():
+        return
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: the fused statistics cannot be built here (the eager path is tested)")
+    pytest.fail("a C compiler exists but pipelines/fused.c did not build or load (see the RuntimeWarning)")
+
+
+@pytest.fixture(params=["fused", "eager"])
+def statistics_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once through the fused kernels and once through eager PyTorch (GPL_FUSED=0)."""
+    if request.param == "eager":
+        monkeypatch.setenv(fused.ENV, "0")
+    else:
+        monkeypatch.delenv(fused.ENV, raising=False)
+        require_fused()
+    return request.param
 
 
 @pytest.fixture(scope="session")

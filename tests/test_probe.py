@@ -23,6 +23,9 @@ from pipelines.config import RunConfig
 from pipelines.data import TaskData
 from pipelines.probe import GradientProbe
 
+# Every test twice: the statistics through the fused kernels and through eager PyTorch, both against autograd.
+pytestmark = pytest.mark.usefixtures("statistics_path")
+
 SATURATION_SHARE = 0.05  # the README's definition: φ' below 5 % of its largest value
 
 GRAD_STATS = ("l2", "rms", "absmax", "mean", "std", "nonfinite")

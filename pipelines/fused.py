@@ -1,0 +1,158 @@
+"""One-pass CPU kernels for the probe's statistics (fused.c), built with the machine's C compiler on first use.
+
+Eager PyTorch reads a buffer once per statistic and costs a few microseconds per call even when the data
+is small; a logging step of a 20-layer MLP was ~250 such calls over ~5 MB, a third of the step. These
+kernels read each buffer once for all of its statistics, a whole list of tensors per call (README,
+Performance). They are used only for contiguous float32 tensors on the CPU. Everything else, every
+machine without a C compiler and every process with GPL_FUSED=0 takes the eager path in stats.py, which
+is also what the tests check these against.
+
+The library is compiled once per source, flags, compiler and machine type (~1 s) into the user's cache
+directory (GPL_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /gradient-pathology-lab) and shared by every
+process: parallel study workers each build into a temporary file and rename it into place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ENV = "GPL_FUSED"  # "0": eager statistics only
+SOURCE = Path(__file__).with_name("fused.c")
+# No -ffast-math: -fno-math-errno/-fno-trapping-math are enough for the reductions to vectorize, and NaN
+# and inf keep their IEEE meaning. -fopenmp shares the buffers out among PyTorch's OpenMP threads; the
+# serial build (-fopenmp-simd: the same vector code, no runtime) is for compilers without OpenMP and for
+# a torch whose OpenMP runtime is not the libgomp.so.1 that the library would load (`_openmp_runtimes`).
+FLAGS = ("-O3", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math")
+THREADING = {"openmp": ("-fopenmp",), "serial": ("-fopenmp-simd",)}
+# Saturation as fused.c's `kind` argument; an activation missing here (GELU: φ' needs z) is eager only.
+KINDS = {"linear": 0, "relu": 1, "leaky_relu": 1, "sigmoid": 2, "tanh": 3}
+
+_P = ctypes.c_void_p
+_SIGNATURES = {
+    "gpl_sumsq": [ctypes.c_int64, _P, _P, _P],
+    "gpl_moments": [ctypes.c_int64, _P, _P, _P],
+    "gpl_diff_sumsq": [ctypes.c_int64, _P, _P, _P, _P],
+    "gpl_act_moments": [ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, _P],
+}
+
+
+def cache_dir() -> Path:
+    """Where the built library is kept."""
+    if explicit := os.environ.get("GPL_CACHE_DIR"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradient-pathology-lab"
+
+
+def build(threading: str = "openmp", directory: Path | None = None) -> Path:
+    """Compile fused.c with `THREADING[threading]` (unless built already) and return its path; raises on failure."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    flags = (*FLAGS, *THREADING[threading])
+    key = b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(), platform.machine().encode()])
+    directory = cache_dir() if directory is None else directory
+    target = directory / f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        built = Path(tmp) / target.name
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+            raise RuntimeError(f"{compiler} failed: {last[0]}")
+        os.replace(built, target)  # atomic: a worker building at the same time finds a whole library
+    return target
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtime libraries mapped into this process (Linux; empty where /proc is not)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in maps.splitlines() if re.search(r"/lib(g|i)?omp[^/]*\.so", line)}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib, errors = None, []
+    for threading in THREADING:
+        try:
+            before = _openmp_runtimes()
+            lib = ctypes.CDLL(str(build(threading)))
+        except (OSError, RuntimeError) as err:
+            errors.append(f"{threading}: {err}")
+            continue
+        if threading == "openmp" and len(_openmp_runtimes()) > max(len(before), 1):
+            errors.append("openmp: not torch's OpenMP runtime")  # loaded, never called: its pool never starts
+            lib = None
+            continue
+        break
+    if lib is None:
+        warnings.warn(f"fused statistics unavailable, using eager PyTorch (slower logging steps): {'; '.join(errors)}",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+    return lib
+
+
+def enabled() -> bool:
+    """Whether the fused kernels are switched on (GPL_FUSED is not 0) and built."""
+    return os.environ.get(ENV, "1") != "0" and _library() is not None
+
+
+def usable(tensors: Sequence[Tensor]) -> bool:
+    """Whether the kernels can read these tensors as they are: contiguous float32 on the CPU, and built."""
+    return bool(tensors) and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+                                 for t in tensors) and enabled()  # fmt: skip
+
+
+def _pointers(tensors: Sequence[Tensor]) -> tuple[ctypes.Array, ctypes.Array]:
+    return (_P * len(tensors))(*[t.data_ptr() for t in tensors]), (ctypes.c_int64 * len(tensors))(
+        *[t.numel() for t in tensors]
+    )
+
+
+def sumsq(tensors: Sequence[Tensor]) -> Tensor:
+    """(k,) float64: the sum of squares of each tensor."""
+    out = torch.empty(len(tensors), dtype=torch.float64)
+    _library().gpl_sumsq(len(tensors), *_pointers(tensors), out.data_ptr())
+    return out
+
+
+def moments(tensors: Sequence[Tensor]) -> Tensor:
+    """(k, 4) float64: Σx², Σx, min, max of each tensor (min and max skip NaN)."""
+    out = torch.empty(len(tensors), 4, dtype=torch.float64)
+    _library().gpl_moments(len(tensors), *_pointers(tensors), out.data_ptr())
+    return out
+
+
+def diff_sumsq(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """(k, 2) float64: Σ(a − b)² (the difference taken in float32) and Σb² of each pair."""
+    out = torch.empty(len(a), 2, dtype=torch.float64)
+    pa, lengths = _pointers(a)
+    _library().gpl_diff_sumsq(len(a), pa, _pointers(b)[0], lengths, out.data_ptr())
+    return out
+
+
+def act_moments(tensors: Sequence[Tensor], kind: int, threshold: float) -> Tensor:
+    """(k, 3) float64: Σa, Σa², and the number of saturated units (`KINDS`, φ' below `threshold`)."""
+    out = torch.empty(len(tensors), 3, dtype=torch.float64)
+    _library().gpl_act_moments(len(tensors), *_pointers(tensors), kind, threshold, out.data_ptr())
+    return out

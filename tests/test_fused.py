@@ -1,0 +1,169 @@
+"""The fused kernels (pipelines/fused.c) against float64 computations, and stats.py's two paths against each other."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import ROOT, require_fused
+
+from models.activations import ACTIVATIONS, make_activation
+from pipelines import fused, stats
+
+# Sizes around the vector width and the threading threshold (fused.c's PARALLEL_FROM = 32768 in all).
+SHAPES = [(1,), (7,), (33,), (256, 64), (1000, 3), (256, 256), (100_003,)]
+
+
+@pytest.fixture(autouse=True)
+def _fused_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(fused.ENV, raising=False)
+    require_fused()
+
+
+def _tensors(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    scales = [1e-3, 1.0, 30.0, 1e-8, 1.0, 5.0, 0.1]
+    offsets = [0.0, 0.5, -3.0, 0.0, 10.0, 0.0, 1e-2]
+    return [torch.randn(s, generator=g) * k + b for s, k, b in zip(SHAPES, scales, offsets)]
+
+
+def test_moments_are_float64_sums_of_the_float32_values() -> None:
+    tensors = _tensors()
+    got = fused.moments(tensors)
+    expected = torch.stack([torch.stack([t.double().square().sum(), t.double().sum(), t.double().min(),
+                                         t.double().max()]) for t in tensors])  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_sumsq_and_diff_sumsq() -> None:
+    a = _tensors(1)
+    b = [torch.randn_like(t) + t for t in a]  # same shapes, a nearby "after"
+    torch.testing.assert_close(fused.sumsq(a), torch.stack([t.double().square().sum() for t in a]), rtol=1e-12, atol=0)
+    got = fused.diff_sumsq(a, b)
+    expected = [[(x - y).double().square().sum(), y.double().square().sum()] for x, y in zip(a, b)]  # difference in float32
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(fused.KINDS))
+def test_activation_moments_count_the_saturated_units_of_the_definition(name: str) -> None:
+    """Σa, Σa² and the count of φ' < 5 % of its maximum, φ' by autograd in float64 from the same z."""
+    g = torch.Generator().manual_seed(3)
+    zs = [torch.randn(s, generator=g) * 3 for s in [(64, 40), (128, 256), (5,)]]
+    zs[0][:, :3] = 0.0  # exact zeros (ReLU's boundary)
+    outputs = [make_activation(name)(z) for z in zs]
+    act = ACTIVATIONS[name]
+    threshold = 0.05 * act.max_derivative
+    got = fused.act_moments(outputs, fused.KINDS[name], threshold)
+    for row, z, a in zip(got, zs, outputs):
+        zz = z.double().requires_grad_(True)
+        (d,) = torch.autograd.grad(make_activation(name)(zz).sum(), zz)
+        assert row[0].item() == pytest.approx(a.double().sum().item(), rel=1e-12, abs=1e-9)
+        assert row[1].item() == pytest.approx(a.double().square().sum().item(), rel=1e-12)
+        # φ' read off the float32 output can differ from float64 autograd within float32 rounding of the threshold
+        near = ((d - threshold).abs() < 1e-5).sum().item()
+        assert abs(row[2].item() - (d < threshold).sum().item()) <= near
+    if name != "linear":
+        assert 0 < got[:2, 2].min() and (got[:2, 2] < torch.tensor([o.numel() for o in outputs[:2]])).all()  # it discriminates
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_results_do_not_depend_on_the_thread_count(threads: int) -> None:
+    """Each buffer is reduced by one thread in one order: bitwise the same for any number of threads (determinism)."""
+    tensors = _tensors(4) * 3
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = fused.moments(tensors)
+        torch.set_num_threads(threads)
+        assert torch.equal(fused.moments(tensors), reference)
+        assert torch.equal(fused.moments(tensors), reference)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_the_stats_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stats.py's numbers with the kernels and with GPL_FUSED=0, on float32 tensors the kernels take."""
+    tensors = _tensors(5)
+    relu = [torch.relu(t) for t in tensors]
+    before = stats.Stacked(tensors).copy_(tensors)
+    after = [t + 1e-3 * torch.randn_like(t) for t in tensors]
+    runs = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(fused.ENV, setting)
+        assert fused.usable(tensors) == (setting == "1")
+        runs.append([stats.tensor_stats(tensors), stats.norms(tensors),
+                     stats.layer_activation_stats("relu", relu), stats.layer_activation_stats("tanh", [torch.tanh(t) for t in tensors]),
+                     stats.update_ratios(stats.Stacked(tensors).copy_(tensors), after)])  # fmt: skip
+    (grad_f, norms_f, relu_f, tanh_f, upd_f), (grad_e, norms_e, relu_e, tanh_e, upd_e) = runs
+    for name in grad_e:
+        torch.testing.assert_close(grad_f[name], grad_e[name], rtol=2e-5, atol=1e-30, msg=name)
+    torch.testing.assert_close(norms_f, norms_e, rtol=2e-5, atol=0)
+    torch.testing.assert_close(relu_f, relu_e, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(tanh_f, tanh_e, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(upd_f, upd_e, rtol=2e-5, atol=0)
+    assert before.rows[0].data_ptr() != tensors[0].data_ptr()
+
+
+def test_what_the_kernels_cannot_take_goes_eager() -> None:
+    t = torch.randn(64, 64)
+    assert fused.usable([t])
+    assert not fused.usable([t.t()])  # not contiguous
+    assert not fused.usable([t.double()])
+    assert not fused.usable([])
+    expected = torch.linalg.vector_norm(t.t()[:, :10])
+    assert stats.norms([t.t()[:, :10]]).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stats.layer_activation_stats("gelu", [torch.nn.functional.gelu(t)], [t]).shape == (1, 3)  # φ' needs z
+
+
+def test_nonfinite_values_reach_the_record_as_eager_reports_them() -> None:
+    """A NaN in a gradient: min/max/absmax NaN as the eager reductions give (the kernels' comparisons skip NaN)."""
+    g = torch.randn(300, 200)
+    g[7, 9] = float("nan")
+    got = stats.tensor_stats([g, torch.ones(10)])
+    assert torch.isnan(got["absmax"][0]) and torch.isnan(got["l2"][0]) and got["l2"][1].item() == pytest.approx(10**0.5)
+    a = torch.relu(torch.randn(300, 200))
+    a[0, 0] = float("inf")
+    assert torch.isnan(stats.layer_activation_stats("relu", [a])[0, 1])  # std of an infinite layer: NaN, as eager
+
+
+def test_a_sum_of_squares_beyond_float32_is_inf_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The divergence guard's rule (README): a norm whose float32 sum of squares overflows is not finite."""
+    g = torch.full((4, 4), 1e19)  # finite entries, ‖g‖² = 1.6e39 > 3.4e38
+    small = torch.full((4, 4), 1e18)  # ‖g‖² = 1.6e37: finite
+    for setting in ("1", "0"):
+        monkeypatch.setenv(fused.ENV, setting)
+        got = stats.norms([g, small])
+        assert torch.isinf(got[0]) and got[1].item() == pytest.approx(4e18, rel=1e-6)
+        assert torch.isinf(stats.tensor_stats([g])["l2"][0])
+
+
+def test_without_a_compiler_the_eager_path_runs_and_says_so(tmp_path) -> None:
+    """CC that fails and a fresh cache: one RuntimeWarning, fused off, the statistics still computed (eager)."""
+    script = (
+        "import warnings, torch\n"
+        "from pipelines import fused, stats\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    print(fused.enabled(), stats.norms([torch.ones(9)]).item())\n"
+        "print([str(w.message)[:60] for w in caught])\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "CC": "/bin/false", "GPL_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "False 3.0"
+    assert "fused statistics unavailable, using eager" in second
+    assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def test_build_is_cached_per_source_and_flags(tmp_path) -> None:
+    first = fused.build("serial", tmp_path)
+    assert first.exists() and fused.build("serial", tmp_path) == first
+    assert fused.build("openmp", tmp_path) != first
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no temporary build directory left behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fused.enabled()
