@@ -54,6 +54,7 @@ class GradientProbe(pl.Callback):
         self._weight_index = torch.tensor([index[id(w)] for w in self.weights])
         self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
         self._workspace: dict = {}  # the activation statistics' scratch copy, reused at every logging step
+        self._missing = (torch.full((), math.nan), torch.full((3,), math.nan))  # shared placeholders, never written
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self.started = time.perf_counter()
@@ -77,8 +78,8 @@ class GradientProbe(pl.Callback):
     def _reset(self) -> None:
         """Empty the per-step slots that the hooks fill."""
         n = len(self.names)
-        self.backprop: list[Tensor] = [torch.full((), math.nan)] * n  # ‖∂loss/∂(each block's output)‖
-        self.act: list[Tensor] = [torch.full((3,), math.nan)] * (n - 1)
+        self.backprop: list[Tensor] = [self._missing[0]] * n  # ‖∂loss/∂(each block's output)‖
+        self.act: list[Tensor] = [self._missing[1]] * (n - 1)
         self.act_io: dict[int, tuple[Tensor, Tensor]] = {}  # layer → (a, z): statistics batched at the step's end
         self.bptt: list[Tensor | None] = [None] * (n - 1)  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
         self.gates: list[Tensor | None] = [None] * (n - 1)
@@ -181,15 +182,19 @@ class GradientProbe(pl.Callback):
         diverged = self.diverged_step is not None
         if not diverged:
             parts.append(torch.stack(self.backprop))
+            acts = self.act
             if self.act_io:
                 layers = sorted(self.act_io)
                 outputs, inputs = zip(*(self.act_io[i] for i in layers))
                 values = stats.layer_activation_stats(self.activation, list(outputs), list(inputs), self._workspace)
-                for i, row in zip(layers, values):
-                    self.act[i] = row
                 self.act_io.clear()
-            parts += self.act
-            parts.append(stats.update_ratios(self.before, [w.detach() for w in self.weights]))
+                if len(layers) == len(self.act):  # every hidden layer (none recurrent): the rows as they are
+                    acts = [values]
+                else:
+                    for i, row in zip(layers, values):
+                        self.act[i] = row
+            parts += acts
+            parts.append(stats.update_ratios(self.before, self.weights))
             for per_t, gate in zip(self.bptt, self.gates):
                 parts += [per_t, stats.bptt_summary(per_t)] if per_t is not None else []
                 parts += [gate] if gate is not None else []

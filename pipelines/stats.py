@@ -76,9 +76,8 @@ def row_norms(rows: Tensor) -> Tensor:
 ONE_PASS_LIMIT = 8.0
 
 
-def _std(l2: Tensor, mean: Tensor, numel: Tensor, exact: Callable[[int], Tensor]) -> Tensor:
-    """Population std from the norms and means of one pass; `exact(i)` where one pass is not enough."""
-    mean_square = l2.square() / numel
+def _std(mean_square: Tensor, mean: Tensor, exact: Callable[[int], Tensor]) -> Tensor:
+    """Population std from the mean squares and means of one pass; `exact(i)` where one pass is not enough."""
     var = (mean_square - mean.square()).clamp(min=0)
     shaky = mean_square > ONE_PASS_LIMIT * var
     if shaky.any():  # a host sync on a logging step; none on the CPU, where it is free
@@ -114,11 +113,11 @@ def tensor_stats(tensors: list[Tensor], m: Tensor | None = None) -> dict[str, Te
     """
     m = moments(tensors) if m is None else m
     numel = torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
-    l2, mean = m[:, 0].sqrt(), m[:, 1] / numel
-    std = _std(l2, mean, numel, lambda i: tensors[i].var(correction=0))
-    got = {"l2": l2, "rms": l2 / numel.sqrt(), "absmax": torch.maximum(m[:, 2].abs(), m[:, 3].abs()),
-           "mean": mean, "std": std}  # fmt: skip
-    return {name: value.to(tensors[0].dtype) for name, value in got.items()}
+    mean_square, mean = m[:, 0] / numel, m[:, 1] / numel
+    std = _std(mean_square, mean, lambda i: tensors[i].var(correction=0))
+    # One conversion for all five: on the CPU each small op costs its dispatch, not its arithmetic.
+    rows = torch.stack([m[:, 0].sqrt(), mean_square.sqrt(), m[:, 2:].abs().amax(1), mean, std]).to(tensors[0].dtype)
+    return dict(zip(("l2", "rms", "absmax", "mean", "std"), rows))
 
 
 def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
@@ -155,10 +154,9 @@ def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[
         threshold = SATURATION_SHARE * ACTIVATIONS[activation].max_derivative
         m = fused.act_moments([a.detach() for a in outputs], fused.KINDS[activation], threshold)
         if bool(torch.isfinite(m[:, 1]).all()):  # else eager, whose NaN reach the record
-            numel = torch.tensor([a.numel() for a in outputs], dtype=torch.float64)
-            mean = m[:, 0] / numel
-            std = _std(m[:, 1].sqrt(), mean, numel, lambda i: outputs[i].detach().var(correction=0))
-            return torch.stack([mean, std, m[:, 2] / numel], dim=1).float()
+            m = m / torch.tensor([a.numel() for a in outputs], dtype=torch.float64).unsqueeze(1)  # Σ → means
+            std = _std(m[:, 1], m[:, 0], lambda i: outputs[i].detach().var(correction=0))
+            return torch.stack([m[:, 0], std, m[:, 2]], dim=1).float()
     if inputs is None or not ACTIVATIONS[activation].needs_input:
         return by_shape(outputs, lambda a: _activation_rows(activation, a, None), workspace)
     both = [torch.stack([a.detach(), z.detach()]) for a, z in zip(outputs, inputs)]
@@ -167,9 +165,8 @@ def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[
 
 def _activation_rows(activation: str, a: Tensor, z: Tensor | None) -> Tensor:
     """[mean, std, saturation] of each row of a (k, n) copy of activations, which it overwrites."""
-    numel = torch.full((len(a),), a.shape[1], dtype=a.dtype)
-    mean, l2 = a.sum(1) / numel, torch.linalg.vector_norm(a, dim=1)
-    std = _std(l2, mean, numel, lambda i: a[i].var(correction=0))
+    mean, l2 = a.mean(1), torch.linalg.vector_norm(a, dim=1)
+    std = _std(l2.square() / a.shape[1], mean, lambda i: a[i].var(correction=0))
     return torch.stack([mean, std, saturation(activation, a, z, dim=1, overwrite=True)], dim=1)
 
 
@@ -184,7 +181,7 @@ def update_ratios(before: Stacked, after: list[Tensor]) -> Tensor:
         m = fused.diff_sumsq(after, before.rows)  # one pass over both, nothing written
         return (m[:, 0] / m[:, 1]).sqrt().to(after[0].dtype)
     sizes = before.per_row(row_norms)
-    torch._foreach_sub_(before.rows, after)  # in place: no second copy of every weight
+    torch._foreach_sub_(before.rows, [t.detach() for t in after])  # in place: no second copy of every weight
     return before.per_row(row_norms) / sizes
 
 
