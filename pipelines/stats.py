@@ -39,9 +39,11 @@ class Stacked:
         self._order = torch.tensor([i for idx, _ in self.groups for i in idx]).argsort()
 
     def copy_(self, tensors: list[Tensor]) -> Stacked:
-        """Overwrite the rows with `tensors` (shaped like the list it was made for): one copy per shape."""
-        for idx, buffer in self.groups:
-            torch.stack([tensors[i].detach() for i in idx], out=buffer)
+        """Overwrite the rows with `tensors` (shaped like the list it was made for): one foreach copy.
+
+        (`torch.stack(..., out=buffer)` per shape is as fast with the data in cache and twice as slow without.)
+        """
+        torch._foreach_copy_(self.rows, [t.detach() for t in tensors])
         return self
 
     def per_row(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
