@@ -61,19 +61,31 @@ CLONES void gpl_moments(int64_t n, const float *const *x, const int64_t *len, do
     }
 }
 
-/* out[2i], out[2i+1] = sum of squares of (a_i - b_i), taken in float as the weights' change is, and of b_i */
-CLONES void gpl_diff_sumsq(int64_t n, const float *const *a, const float *const *b, const int64_t *len,
+/* out[2i], out[2i+1] = sum of squares of (a_i - b_i), taken in float as the weights' change is, and of b_i;
+ * with `refresh`, b_i is then overwritten with a_i in the same pass (the next step's "before"). */
+CLONES void gpl_diff_sumsq(int64_t n, const float *const *a, float *const *b, const int64_t *len, int32_t refresh,
                            double *out) {
 #pragma omp parallel for schedule(dynamic, 1) if (total(n, len) >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
-        const float *p = a[i], *q = b[i];
+        const float *p = a[i];
+        float *q = b[i];
         const int64_t m = len[i];
         double dd = 0, bb = 0;
+        if (refresh) {
 #pragma omp simd reduction(+ : dd, bb)
-        for (int64_t j = 0; j < m; j++) {
-            float d = p[j] - q[j];
-            dd += (double)d * d;
-            bb += (double)q[j] * q[j];
+            for (int64_t j = 0; j < m; j++) {
+                float d = p[j] - q[j];
+                dd += (double)d * d;
+                bb += (double)q[j] * q[j];
+                q[j] = p[j];
+            }
+        } else {
+#pragma omp simd reduction(+ : dd, bb)
+            for (int64_t j = 0; j < m; j++) {
+                float d = p[j] - q[j];
+                dd += (double)d * d;
+                bb += (double)q[j] * q[j];
+            }
         }
         out[2 * i] = dd, out[2 * i + 1] = bb;
     }

@@ -45,7 +45,7 @@ _P = ctypes.c_void_p
 _SIGNATURES = {
     "gpl_sumsq": [ctypes.c_int64, _P, _P, _P],
     "gpl_moments": [ctypes.c_int64, _P, _P, _P],
-    "gpl_diff_sumsq": [ctypes.c_int64, _P, _P, _P, _P],
+    "gpl_diff_sumsq": [ctypes.c_int64, _P, _P, _P, ctypes.c_int32, _P],
     "gpl_act_moments": [ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, _P],
 }
 
@@ -143,11 +143,11 @@ def moments(tensors: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def diff_sumsq(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """(k, 2) float64: Σ(a − b)² (the difference taken in float32) and Σb² of each pair."""
+def diff_sumsq(a: Sequence[Tensor], b: Sequence[Tensor], refresh: bool = False) -> Tensor:
+    """(k, 2) float64: Σ(a − b)² (the difference taken in float32) and Σb² of each pair; then b = a if `refresh`."""
     out = torch.empty(len(a), 2, dtype=torch.float64)
     pa, lengths = _pointers(a)
-    _library().gpl_diff_sumsq(len(a), pa, _pointers(b)[0], lengths, out.data_ptr())
+    _library().gpl_diff_sumsq(len(a), pa, _pointers(b)[0], lengths, int(refresh), out.data_ptr())
     return out
 
 

@@ -60,6 +60,10 @@ class GradientProbe(pl.Callback):
         self.started = time.perf_counter()
         # The weights before a logged step, stacked by shape; made here, where the weights are on their device.
         self.before = stats.Stacked(self.weights)
+        # The weights' version counters when `before` was last refreshed with them: while they are unchanged,
+        # `before` is still their copy (every in-place change bumps a tensor's version; nothing here
+        # replaces a weight through `.data`, which would not).
+        self._before_versions: list[int] | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self._detach(pl_module)
@@ -143,7 +147,9 @@ class GradientProbe(pl.Callback):
         finite = bool(torch.isfinite(self.global_l2) & torch.isfinite(loss))
         if self._active or not finite:
             self.grad = stats.tensor_stats([w.grad for w in self.weights], None if m is None else m[self._weight_index])
-            self.before.copy_(self.weights)
+            if [w._version for w in self.weights] != self._before_versions:
+                self.before.copy_(self.weights)
+            self._before_versions = None  # the step will change them
         self.nonfinite = torch.zeros(len(self.weights))
         if not finite:
             # Divergence is a result: record what this step produced, take no step, stop training.
@@ -194,7 +200,11 @@ class GradientProbe(pl.Callback):
                     for i, row in zip(layers, values):
                         self.act[i] = row
             parts += acts
-            parts.append(stats.update_ratios(self.before, self.weights))
+            # A logging step next (log_every=1): the pass that compares the weights also copies them for it.
+            refresh = is_logging_step(self.step + 1, self.log_every, self.max_steps)
+            parts.append(stats.update_ratios(self.before, self.weights, refresh))
+            if refresh:
+                self._before_versions = [w._version for w in self.weights]
             for per_t, gate in zip(self.bptt, self.gates):
                 parts += [per_t, stats.bptt_summary(per_t)] if per_t is not None else []
                 parts += [gate] if gate is not None else []

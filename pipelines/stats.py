@@ -177,14 +177,21 @@ def gate_stats(gates: Tensor) -> Tensor:
     return torch.stack([gates.mean(), saturation("sigmoid", gates)])
 
 
-def update_ratios(before: Stacked, after: list[Tensor]) -> Tensor:
-    """‖W_after − W_before‖ / ‖W_before‖ for each weight; may overwrite `before` (the weights' copy) with the step."""
+def update_ratios(before: Stacked, after: list[Tensor], refresh: bool = False) -> Tensor:
+    """‖W_after − W_before‖ / ‖W_before‖ for each weight, `before` being the weights' copy taken before the step.
+
+    With `refresh`, `before` holds `after` on return (the next step's copy, taken in the same pass where
+    fused); without, it may hold anything.
+    """
     if fused.usable(after) and fused.usable(before.rows):
-        m = fused.diff_sumsq(after, before.rows)  # one pass over both, nothing written
+        m = fused.diff_sumsq(after, before.rows, refresh)  # one pass over both; ΔW is never written
         return (m[:, 0] / m[:, 1]).sqrt().to(after[0].dtype)
     sizes = before.per_row(row_norms)
     torch._foreach_sub_(before.rows, [t.detach() for t in after])  # in place: no second copy of every weight
-    return before.per_row(row_norms) / sizes
+    ratios = before.per_row(row_norms) / sizes
+    if refresh:
+        before.copy_(after)
+    return ratios
 
 
 def state_norms(grads: Tensor) -> Tensor:

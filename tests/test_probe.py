@@ -76,7 +76,7 @@ class Snapshots(pl.Callback):
         self.fit.after.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
 
 
-def run_fit(**overrides) -> Fit:
+def run_fit(callbacks: tuple[pl.Callback, ...] = (), **overrides) -> Fit:
     cfg = RunConfig(**{"depth": 3, "width": 16, "max_steps": 1, "batch_size": 32, "log_every": 1, **overrides})
     data, lit = train.build(cfg)
     fit = Fit(cfg, copy.deepcopy(lit.net))
@@ -86,7 +86,7 @@ def run_fit(**overrides) -> Fit:
         fit.records[step] = dict(zip(keys, values))
 
     probe = GradientProbe(record, activation=cfg.activation, log_every=cfg.log_every, max_steps=cfg.max_steps)
-    trainer = train.make_trainer(cfg, [probe, Snapshots(fit)], progress_bar=False)
+    trainer = train.make_trainer(cfg, [probe, Snapshots(fit), *callbacks], progress_bar=False)
     trainer.fit(lit, datamodule=data)
     assert len(fit.after) == (cfg.max_steps if probe.diverged_step is None else probe.diverged_step + 1)
     assert not any(m._forward_hooks for m in lit.net.modules())  # hooks stay only between logging steps
@@ -215,6 +215,23 @@ def test_every_step_of_an_mlp_matches_autograd() -> None:
             w0 = net.layers[i].linear.weight if name != "out" else net.readout.weight
             w1 = after.layers[i].linear.weight if name != "out" else after.readout.weight
             assert got[f"update/{name}/ratio"] == pytest.approx(update_ratio(w0, w1), rel=1e-4), (step, name)
+
+
+class DoubleFirstWeight(pl.Callback):
+    """Doubles L000's weight in place before step 2, after the probe's pass at step 1 has copied it for step 2."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 2:
+            with torch.no_grad():
+                pl_module.net.layers[0].linear.weight.mul_(2)
+
+
+def test_a_weight_changed_between_logging_steps_is_copied_again() -> None:
+    """The copy taken at the end of step 1 is stale once the weight changes: step 2's ratio uses the new one."""
+    fit = run_fit(callbacks=(DoubleFirstWeight(),), max_steps=4)
+    before, after = 2 * fit.after[1]["layers.0.linear.weight"], fit.after[2]["layers.0.linear.weight"]
+    assert fit.records[2]["update/L000/ratio"] == pytest.approx(update_ratio(before, after), rel=1e-4)
+    assert update_ratio(fit.after[1]["layers.0.linear.weight"], after) > 0.5  # what a stale copy would give
 
 
 def test_first_update_is_plain_sgd_and_its_ratio_is_lr_times_gradient_over_weight() -> None:
