@@ -9,6 +9,7 @@
  * (the library's libgomp.so.1 is the one torch has loaded already: no second thread pool), one buffer
  * at a time; a list too small to be worth waking a thread for stays on the calling one.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -28,8 +29,9 @@ static int64_t total(int64_t n, const int64_t *len) {
 #define CLONES
 #endif
 
-/* out[i] = sum of squares of buffer i (the divergence guard's norms) */
-CLONES void gpl_sumsq(int64_t n, const float *const *x, const int64_t *len, double *out) {
+/* out[i] = L2 norm of buffer i in float32 (the divergence guard's norms): summed in double, but inf where
+ * the sum of squares exceeds float32's range, as the eager float32 reduction makes it; NaN stays NaN. */
+CLONES void gpl_norms(int64_t n, const float *const *x, const int64_t *len, float *out) {
 #pragma omp parallel for schedule(dynamic, 1) if (total(n, len) >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         const float *p = x[i];
@@ -37,7 +39,7 @@ CLONES void gpl_sumsq(int64_t n, const float *const *x, const int64_t *len, doub
         double ss = 0;
 #pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < m; j++) ss += (double)p[j] * p[j];
-        out[i] = ss;
+        out[i] = isnan(ss) ? NAN : ss <= FLT_MAX ? (float)sqrt(ss) : INFINITY;
     }
 }
 

@@ -43,7 +43,7 @@ KINDS = {"linear": 0, "relu": 1, "leaky_relu": 1, "sigmoid": 2, "tanh": 3}
 
 _P = ctypes.c_void_p
 _SIGNATURES = {
-    "gpl_sumsq": [ctypes.c_int64, _P, _P, _P],
+    "gpl_norms": [ctypes.c_int64, _P, _P, _P],
     "gpl_moments": [ctypes.c_int64, _P, _P, _P],
     "gpl_diff_sumsq": [ctypes.c_int64, _P, _P, _P, ctypes.c_int32, _P],
     "gpl_act_moments": [ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, _P],
@@ -119,8 +119,8 @@ def enabled() -> bool:
 
 def usable(tensors: Sequence[Tensor]) -> bool:
     """Whether the kernels can read these tensors as they are: contiguous float32 on the CPU, and built."""
-    return bool(tensors) and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
-                                 for t in tensors) and enabled()  # fmt: skip
+    return bool(tensors) and all(t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) \
+        and enabled()  # fmt: skip
 
 
 def _pointers(tensors: Sequence[Tensor]) -> tuple[ctypes.Array, ctypes.Array]:
@@ -129,10 +129,10 @@ def _pointers(tensors: Sequence[Tensor]) -> tuple[ctypes.Array, ctypes.Array]:
     )
 
 
-def sumsq(tensors: Sequence[Tensor]) -> Tensor:
-    """(k,) float64: the sum of squares of each tensor."""
-    out = torch.empty(len(tensors), dtype=torch.float64)
-    _library().gpl_sumsq(len(tensors), *_pointers(tensors), out.data_ptr())
+def norms(tensors: Sequence[Tensor]) -> Tensor:
+    """(k,) float32: the L2 norm of each tensor; inf where its sum of squares exceeds float32's range."""
+    out = torch.empty(len(tensors), dtype=torch.float32)
+    _library().gpl_norms(len(tensors), *_pointers(tensors), out.data_ptr())
     return out
 
 

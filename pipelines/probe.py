@@ -55,6 +55,7 @@ class GradientProbe(pl.Callback):
         self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
         self._workspace: dict = {}  # the activation statistics' scratch copy, reused at every logging step
         self._missing = (torch.full((), math.nan), torch.full((3,), math.nan))  # shared placeholders, never written
+        self._no_nonfinite = torch.zeros(len(self.weights))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self.started = time.perf_counter()
@@ -150,7 +151,7 @@ class GradientProbe(pl.Callback):
             if [w._version for w in self.weights] != self._before_versions:
                 self.before.copy_(self.weights)
             self._before_versions = None  # the step will change them
-        self.nonfinite = torch.zeros(len(self.weights))
+        self.nonfinite = self._no_nonfinite
         if not finite:
             # Divergence is a result: record what this step produced, take no step, stop training.
             self.nonfinite = stats.nonfinite_counts([w.grad for w in self.weights])

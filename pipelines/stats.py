@@ -8,7 +8,6 @@ eager PyTorch path computes the same numbers everywhere else and is what the tes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -88,7 +87,7 @@ def _std(mean_square: Tensor, mean: Tensor, exact: Callable[[int], Tensor]) -> T
     return var.sqrt()
 
 
-# A float32 sum of squares overflows here; the fused kernels sum in float64 and put inf where the eager
+# A float32 sum of squares overflows here; the fused kernels sum in float64 and give inf where the eager
 # float32 reductions would, so that the divergence guard's rule does not depend on which path ran.
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -130,8 +129,7 @@ def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
 def norms(tensors: list[Tensor]) -> Tensor:
     """L2 norm of each tensor, stacked (one fused call or one `_foreach_norm`)."""
     if fused.usable(tensors):
-        squares = fused.sumsq(tensors)
-        return squares.sqrt().masked_fill_(~(squares <= FLOAT32_MAX), math.inf).float()
+        return fused.norms(tensors)
     return torch.stack(torch._foreach_norm(tensors)) if tensors else torch.zeros(0)
 
 

@@ -38,13 +38,21 @@ def test_moments_are_float64_sums_of_the_float32_values() -> None:
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
 
 
-def test_sumsq_and_diff_sumsq() -> None:
+def test_norms_and_diff_sumsq() -> None:
     a = _tensors(1)
     b = [torch.randn_like(t) + t for t in a]  # same shapes, a nearby "after"
-    torch.testing.assert_close(fused.sumsq(a), torch.stack([t.double().square().sum() for t in a]), rtol=1e-12, atol=0)
+    expected = torch.stack([t.double().square().sum().sqrt() for t in a]).float()
+    torch.testing.assert_close(fused.norms(a), expected, rtol=1e-7, atol=0)
+    nan = torch.ones(40_000)
+    nan[123] = float("nan")
+    got = fused.norms([nan, torch.full((8,), 1e19), torch.full((8,), 1e18)])
+    assert torch.isnan(got[0]) and torch.isinf(got[1]) and got[2].item() == pytest.approx(8**0.5 * 1e18, rel=1e-7)
     got = fused.diff_sumsq(a, b)
     expected = [[(x - y).double().square().sum(), y.double().square().sum()] for x, y in zip(a, b)]  # difference in float32
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    kept = [t.clone() for t in b]
+    assert torch.equal(fused.diff_sumsq(a, b, refresh=True), got)  # the same numbers, then b holds a
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(kept[-1], b[-1])
 
 
 @pytest.mark.parametrize("name", sorted(fused.KINDS))
