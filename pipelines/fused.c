@@ -3,7 +3,10 @@
  * Each function takes n buffers (pointers and lengths) and reads each buffer once for all of its
  * statistics, accumulating in double. Eager PyTorch reads a buffer once per statistic and costs a few
  * microseconds per call; the probe's statistics are ~250 such calls over ~5 MB per logging step.
- * Comparisons that meet a NaN are false: callers redo a buffer whose sum of squares is not finite.
+ * The statistics come out as pipelines/stats.py defines them, ready to record (float32 rows); a list
+ * with a NaN, an inf or a float32 overflow anywhere returns -1 and the caller takes the eager path, which
+ * propagates them as PyTorch does. Where the one-pass variance is not exact enough (stats.ONE_PASS_LIMIT)
+ * the row is flagged and the caller takes that variance again in two passes.
  *
  * Built with -fopenmp, the buffers are shared out among the threads of PyTorch's own OpenMP runtime
  * (the library's libgomp.so.1 is the one torch has loaded already: no second thread pool), one buffer
@@ -43,8 +46,28 @@ CLONES void gpl_norms(int64_t n, const float *const *x, const int64_t *len, floa
     }
 }
 
-/* out[4i .. 4i+3] = sum of squares, sum, min, max of buffer i */
-CLONES void gpl_moments(int64_t n, const float *const *x, const int64_t *len, double *out) {
+/* A one-pass variance from mean square and mean; flags it when the mean dominates (see stats._std). */
+static float one_pass_std(double mean_square, double mean, double limit, int32_t *shaky) {
+    double var = mean_square - mean * mean;
+    var = var > 0 ? var : 0;
+    *shaky = mean_square > limit * var;
+    return (float)sqrt(var);
+}
+
+static int64_t outcome(int64_t n, const int32_t *bad, const int32_t *shaky) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (bad[i]) return -1;
+        count += shaky[i];
+    }
+    return count;
+}
+
+/* rows[5i .. 5i+4] = l2, rms, absmax, mean, std of buffer i (stats.tensor_stats); returns the number of
+ * rows flagged in `shaky`, or -1 if a buffer holds NaN or inf or its float32 sum of squares would overflow.
+ * `bad` is scratch space for n flags. */
+CLONES int64_t gpl_grad_rows(int64_t n, const float *const *x, const int64_t *len, double limit, float *rows,
+                             int32_t *shaky, int32_t *bad) {
 #pragma omp parallel for schedule(dynamic, 1) if (total(n, len) >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         const float *p = x[i];
@@ -59,14 +82,19 @@ CLONES void gpl_moments(int64_t n, const float *const *x, const int64_t *len, do
             lo = v < lo ? v : lo;
             hi = v > hi ? v : hi;
         }
-        out[4 * i] = ss, out[4 * i + 1] = s, out[4 * i + 2] = lo, out[4 * i + 3] = hi;
+        float *r = rows + 5 * i;
+        bad[i] = !(ss <= FLT_MAX);  /* NaN compares false */
+        double mean_square = ss / m, mean = s / m;
+        r[0] = (float)sqrt(ss), r[1] = (float)sqrt(mean_square), r[2] = fmaxf(fabsf(lo), fabsf(hi));
+        r[3] = (float)mean, r[4] = one_pass_std(mean_square, mean, limit, shaky + i);
     }
+    return outcome(n, bad, shaky);
 }
 
-/* out[2i], out[2i+1] = sum of squares of (a_i - b_i), taken in float as the weights' change is, and of b_i;
- * with `refresh`, b_i is then overwritten with a_i in the same pass (the next step's "before"). */
-CLONES void gpl_diff_sumsq(int64_t n, const float *const *a, float *const *b, const int64_t *len, int32_t refresh,
-                           double *out) {
+/* out[i] = ||a_i - b_i|| / ||b_i||, the difference taken in float as the weights' change is (b: the weights
+ * before the step); with `refresh`, b_i is then overwritten with a_i in the same pass (the next step's copy). */
+CLONES void gpl_update_ratios(int64_t n, const float *const *a, float *const *b, const int64_t *len,
+                              int32_t refresh, float *out) {
 #pragma omp parallel for schedule(dynamic, 1) if (total(n, len) >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         const float *p = a[i];
@@ -89,15 +117,16 @@ CLONES void gpl_diff_sumsq(int64_t n, const float *const *a, float *const *b, co
                 bb += (double)q[j] * q[j];
             }
         }
-        out[2 * i] = dd, out[2 * i + 1] = bb;
+        out[i] = (float)sqrt(dd / bb);
     }
 }
 
-/* out[3i .. 3i+2] = sum, sum of squares, and number of saturated units of activations a = phi(z).
- * kind 0: none saturate (linear); 1: a <= 0 (ReLU, and leaky ReLU, whose slope is below the share);
- * 2: a(1 - a) < threshold (sigmoid); 3: 1 - a^2 < threshold (tanh). */
-CLONES void gpl_act_moments(int64_t n, const float *const *x, const int64_t *len, int32_t kind, float threshold,
-                            double *out) {
+/* rows[3i .. 3i+2] = mean, std and saturation (share of saturated units) of activations a = phi(z)
+ * (stats.layer_activation_stats). kind 0: none saturate (linear); 1: a <= 0 (ReLU, and leaky ReLU, whose
+ * slope is below the share); 2: a(1 - a) < threshold (sigmoid); 3: 1 - a^2 < threshold (tanh).
+ * Returns as gpl_grad_rows does. */
+CLONES int64_t gpl_act_rows(int64_t n, const float *const *x, const int64_t *len, int32_t kind, float threshold,
+                            double limit, float *rows, int32_t *shaky, int32_t *bad) {
 #pragma omp parallel for schedule(dynamic, 1) if (total(n, len) >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         const float *p = x[i];
@@ -128,6 +157,10 @@ CLONES void gpl_act_moments(int64_t n, const float *const *x, const int64_t *len
                 s += v, ss += (double)v * v;
             }
         }
-        out[3 * i] = s, out[3 * i + 1] = ss, out[3 * i + 2] = sat;
+        float *r = rows + 3 * i;
+        bad[i] = !(ss <= FLT_MAX);
+        double mean = s / m;
+        r[0] = (float)mean, r[1] = one_pass_std(ss / m, mean, limit, shaky + i), r[2] = (float)(sat / m);
     }
+    return outcome(n, bad, shaky);
 }

@@ -42,13 +42,13 @@ THREADING = {"openmp": ("-fopenmp",), "serial": ("-fopenmp-simd",)}
 KINDS = {"linear": 0, "relu": 1, "leaky_relu": 1, "sigmoid": 2, "tanh": 3}
 
 _P = ctypes.c_void_p
-_SIGNATURES = {
-    "gpl_norms": [ctypes.c_int64, _P, _P, _P],
-    "gpl_moments": [ctypes.c_int64, _P, _P, _P],
-    "gpl_diff_sumsq": [ctypes.c_int64, _P, _P, _P, ctypes.c_int32, _P],
-    "gpl_act_moments": [ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, _P],
+_SIGNATURES = {  # name: (argument types, result type)
+    "gpl_norms": ([ctypes.c_int64, _P, _P, _P], None),
+    "gpl_grad_rows": ([ctypes.c_int64, _P, _P, ctypes.c_double, _P, _P, _P], ctypes.c_int64),
+    "gpl_update_ratios": ([ctypes.c_int64, _P, _P, _P, ctypes.c_int32, _P], None),
+    "gpl_act_rows": ([ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, ctypes.c_double, _P, _P, _P],
+                     ctypes.c_int64),
 }
-
 
 def cache_dir() -> Path:
     """Where the built library is kept."""
@@ -107,8 +107,8 @@ def _library() -> ctypes.CDLL | None:
         warnings.warn(f"fused statistics unavailable, using eager PyTorch (slower logging steps): {'; '.join(errors)}",
                       RuntimeWarning, stacklevel=3)  # fmt: skip
         return None
-    for name, argtypes in _SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
     return lib
 
 
@@ -136,23 +136,32 @@ def norms(tensors: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def moments(tensors: Sequence[Tensor]) -> Tensor:
-    """(k, 4) float64: Σx², Σx, min, max of each tensor (min and max skip NaN)."""
-    out = torch.empty(len(tensors), 4, dtype=torch.float64)
-    _library().gpl_moments(len(tensors), *_pointers(tensors), out.data_ptr())
-    return out
+def _rows(count: int, flags: Tensor, rows: Tensor) -> tuple[Tensor, list[int]] | None:
+    if count < 0:
+        return None
+    return rows, (flags[0].nonzero().flatten().tolist() if count else [])
 
 
-def diff_sumsq(a: Sequence[Tensor], b: Sequence[Tensor], refresh: bool = False) -> Tensor:
-    """(k, 2) float64: Σ(a − b)² (the difference taken in float32) and Σb² of each pair; then b = a if `refresh`."""
-    out = torch.empty(len(a), 2, dtype=torch.float64)
+def grad_rows(tensors: Sequence[Tensor], limit: float) -> tuple[Tensor, list[int]] | None:
+    """(k, 5) float32 rows l2, rms, absmax, mean, std, and the rows whose one-pass std needs two passes
+    (mean square > `limit` × variance); None if a tensor holds NaN or inf or overflows float32's squares."""
+    rows, flags = torch.empty(len(tensors), 5), torch.empty(2, len(tensors), dtype=torch.int32)
+    count = _library().gpl_grad_rows(len(tensors), *_pointers(tensors), limit, rows.data_ptr(), flags[0].data_ptr(),
+                                     flags[1].data_ptr())  # fmt: skip
+    return _rows(count, flags, rows)
+
+
+def update_ratios(a: Sequence[Tensor], b: Sequence[Tensor], refresh: bool = False) -> Tensor:
+    """(k,) float32: ‖a − b‖ / ‖b‖ of each pair (the difference in float32); then b = a if `refresh`."""
+    out = torch.empty(len(a))
     pa, lengths = _pointers(a)
-    _library().gpl_diff_sumsq(len(a), pa, _pointers(b)[0], lengths, int(refresh), out.data_ptr())
+    _library().gpl_update_ratios(len(a), pa, _pointers(b)[0], lengths, int(refresh), out.data_ptr())
     return out
 
 
-def act_moments(tensors: Sequence[Tensor], kind: int, threshold: float) -> Tensor:
-    """(k, 3) float64: Σa, Σa², and the number of saturated units (`KINDS`, φ' below `threshold`)."""
-    out = torch.empty(len(tensors), 3, dtype=torch.float64)
-    _library().gpl_act_moments(len(tensors), *_pointers(tensors), kind, threshold, out.data_ptr())
-    return out
+def act_rows(tensors: Sequence[Tensor], kind: int, threshold: float, limit: float) -> tuple[Tensor, list[int]] | None:
+    """(k, 3) float32 rows mean, std, saturation (`KINDS`: φ' below `threshold`), as `grad_rows` returns them."""
+    rows, flags = torch.empty(len(tensors), 3), torch.empty(2, len(tensors), dtype=torch.int32)
+    count = _library().gpl_act_rows(len(tensors), *_pointers(tensors), kind, threshold, limit, rows.data_ptr(),
+                                    flags[0].data_ptr(), flags[1].data_ptr())  # fmt: skip
+    return _rows(count, flags, rows)

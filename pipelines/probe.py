@@ -50,6 +50,7 @@ class GradientProbe(pl.Callback):
         self.weights = [module.main_weight for module in self.hidden] + [pl_module.net.readout.weight]
         self.params = [p for p in pl_module.net.parameters() if p.requires_grad]
         self._param_ids = {id(p) for p in self.params}
+        self._probed_optimizers: dict[int, bool] = {}  # id(optimizer) → whether it steps these parameters
         index = {id(p): i for i, p in enumerate(self.params)}
         self._weight_index = torch.tensor([index[id(w)] for w in self.weights])
         self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
@@ -136,18 +137,25 @@ class GradientProbe(pl.Callback):
             seq.register_hook(lambda g: self.bptt.__setitem__(i, stats.state_norms(replay.state_gradients(g))))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
-        if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
+        probed = self._probed_optimizers.get(id(optimizer))
+        if probed is None:
+            probed = any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"])
+            self._probed_optimizers[id(optimizer)] = probed
+        if not probed:
             return  # not the probed network's step (a GAN's discriminator)
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         # On a logging step the guard's pass over the gradients also takes the weights' statistics.
-        m = stats.moments(present) if self._active and len(present) == len(grads) else None
-        per_param = stats.norms(present) if m is None else m[:, 0].sqrt().float()
-        self.global_l2 = torch.linalg.vector_norm(per_param)
-        loss = pl_module.last_loss if pl_module.last_loss is not None else torch.zeros(())
-        finite = bool(torch.isfinite(self.global_l2) & torch.isfinite(loss))
+        rows = stats.grad_rows(present) if self._active and len(present) == len(grads) else None
+        per_param = stats.norms(present) if rows is None else rows[:, 0]
+        loss = pl_module.last_loss
+        # The global norm is finite exactly when every norm is (each is below float32's largest square
+        # root, or inf): a sum and two host reads on the steps that record nothing.
+        finite = math.isfinite(per_param.sum().item()) and (loss is None or math.isfinite(loss.item()))
         if self._active or not finite:
-            self.grad = stats.tensor_stats([w.grad for w in self.weights], None if m is None else m[self._weight_index])
+            self.global_l2 = torch.linalg.vector_norm(per_param)
+            weight_rows = None if rows is None else rows[self._weight_index]
+            self.grad = stats.tensor_stats([w.grad for w in self.weights], weight_rows)
             if [w._version for w in self.weights] != self._before_versions:
                 self.before.copy_(self.weights)
             self._before_versions = None  # the step will change them

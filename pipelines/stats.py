@@ -87,38 +87,40 @@ def _std(mean_square: Tensor, mean: Tensor, exact: Callable[[int], Tensor]) -> T
     return var.sqrt()
 
 
-# A float32 sum of squares overflows here; the fused kernels sum in float64 and give inf where the eager
-# float32 reductions would, so that the divergence guard's rule does not depend on which path ran.
-FLOAT32_MAX = torch.finfo(torch.float32).max
+GRAD_ROW = ("l2", "rms", "absmax", "mean", "std")  # the columns of `grad_rows`
 
 
-def moments(tensors: list[Tensor]) -> Tensor:
-    """(k, 4) float64: Σx², Σx, min, max of each tensor (one pass each where fused, four eager)."""
-    if fused.usable(tensors):
-        m = fused.moments(tensors)
-        if bool((m[:, 0] <= FLOAT32_MAX).all()):  # else NaN, inf or overflow: eager, which propagates them
-            return m
-    l2 = torch.stack(torch._foreach_norm(tensors)).double()
-    total = torch.stack([t.sum() for t in tensors]).double()
-    low, high = (torch.stack(m).double() for m in zip(*(torch.aminmax(t) for t in tensors)))
-    return torch.stack([l2.square(), total, low, high], dim=1)
+def grad_rows(tensors: list[Tensor]) -> Tensor:
+    """(k, 5): l2, rms, absmax, mean, std (population) of each tensor, in their dtype.
 
-
-def tensor_stats(tensors: list[Tensor], m: Tensor | None = None) -> dict[str, Tensor]:
-    """l2, rms, absmax, mean, std (population) of each tensor, as 1-D tensors over the list (their dtype).
-
-    Pass `m` when their `moments` are known already (the probe takes them in the divergence guard's pass).
-    Eager, each tensor is read by one norm, one `sum` and one `aminmax`, kernels that vectorize on the
-    CPU; `var` (Welford) is about 3× slower there and runs only where the one-pass variance is not
-    exact enough (`_std`). `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
+    Fused, each tensor is read once, and a NaN, an inf or a float32 sum of squares that overflows sends
+    the whole list down the eager path, which propagates them as PyTorch does (the divergence guard's rule
+    is thus the same on both). Eager, each tensor is read by one norm, one `sum` and one `aminmax`, kernels
+    that vectorize on the CPU; `var` (Welford) is about 3× slower there and runs only where the one-pass
+    variance is not exact enough (`_std`, and its flag in fused.c).
     """
-    m = moments(tensors) if m is None else m
-    numel = torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
-    mean_square, mean = m[:, 0] / numel, m[:, 1] / numel
-    std = _std(mean_square, mean, lambda i: tensors[i].var(correction=0))
-    # One conversion for all five: on the CPU each small op costs its dispatch, not its arithmetic.
-    rows = torch.stack([m[:, 0].sqrt(), mean_square.sqrt(), m[:, 2:].abs().amax(1), mean, std]).to(tensors[0].dtype)
-    return dict(zip(("l2", "rms", "absmax", "mean", "std"), rows))
+    if fused.usable(tensors):
+        got = fused.grad_rows(tensors, ONE_PASS_LIMIT)
+        if got is not None:
+            rows, shaky = got
+            for i in shaky:
+                rows[i, 4] = tensors[i].var(correction=0).sqrt()
+            return rows
+    l2 = torch.stack(torch._foreach_norm(tensors))
+    numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
+    mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
+    low, high = (torch.stack(m).to(l2.dtype) for m in zip(*(torch.aminmax(t) for t in tensors)))
+    std = _std(l2.square() / numel, mean, lambda i: tensors[i].var(correction=0))
+    return torch.stack([l2, l2 / numel.sqrt(), torch.maximum(low.abs(), high.abs()), mean, std], dim=1)
+
+
+def tensor_stats(tensors: list[Tensor], rows: Tensor | None = None) -> dict[str, Tensor]:
+    """l2, rms, absmax, mean, std of each tensor as 1-D tensors over the list (`grad_rows`, unless given).
+
+    `nonfinite` is left to `nonfinite_counts`, needed only when a norm is not finite.
+    """
+    rows = grad_rows(tensors) if rows is None else rows
+    return dict(zip(GRAD_ROW, rows.unbind(1)))
 
 
 def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
@@ -152,11 +154,12 @@ def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[
     """
     if activation in fused.KINDS and fused.usable(outputs):
         threshold = SATURATION_SHARE * ACTIVATIONS[activation].max_derivative
-        m = fused.act_moments([a.detach() for a in outputs], fused.KINDS[activation], threshold)
-        if bool(torch.isfinite(m[:, 1]).all()):  # else eager, whose NaN reach the record
-            m = m / torch.tensor([a.numel() for a in outputs], dtype=torch.float64).unsqueeze(1)  # Σ → means
-            std = _std(m[:, 1], m[:, 0], lambda i: outputs[i].detach().var(correction=0))
-            return torch.stack([m[:, 0], std, m[:, 2]], dim=1).float()
+        got = fused.act_rows(outputs, fused.KINDS[activation], threshold, ONE_PASS_LIMIT)
+        if got is not None:  # else NaN or inf somewhere: eager, whose NaN reach the record
+            rows, shaky = got
+            for i in shaky:
+                rows[i, 1] = outputs[i].detach().var(correction=0).sqrt()
+            return rows
     if inputs is None or not ACTIVATIONS[activation].needs_input:
         return by_shape(outputs, lambda a: _activation_rows(activation, a, None), workspace)
     both = [torch.stack([a.detach(), z.detach()]) for a, z in zip(outputs, inputs)]
@@ -182,8 +185,7 @@ def update_ratios(before: Stacked, after: list[Tensor], refresh: bool = False) -
     fused); without, it may hold anything.
     """
     if fused.usable(after) and fused.usable(before.rows):
-        m = fused.diff_sumsq(after, before.rows, refresh)  # one pass over both; ΔW is never written
-        return (m[:, 0] / m[:, 1]).sqrt().to(after[0].dtype)
+        return fused.update_ratios(after, before.rows, refresh)  # one pass over both; ΔW is never written
     sizes = before.per_row(row_norms)
     torch._foreach_sub_(before.rows, [t.detach() for t in after])  # in place: no second copy of every weight
     ratios = before.per_row(row_norms) / sizes
