@@ -50,6 +50,7 @@ _SIGNATURES = {  # name: (argument types, result type)
                      ctypes.c_int64),
 }
 
+
 def cache_dir() -> Path:
     """Where the built library is kept."""
     if explicit := os.environ.get("GPL_CACHE_DIR"):
