@@ -8,8 +8,8 @@ machine without a C compiler and every process with GPL_FUSED=0 takes the eager 
 is also what the tests check these against.
 
 The library is compiled once per source, flags, compiler and machine type (~1 s) into the user's cache
-directory (GPL_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /gradient-pathology-lab) and shared by every
-process: parallel study workers each build into a temporary file and rename it into place.
+directory (GPL_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /gradient-pathology-lab; the temporary folder
+where that cannot be made) and shared by every process: parallel study workers each build into a temporary file and rename it into place.
 """
 
 from __future__ import annotations
@@ -65,8 +65,14 @@ def build(threading: str = "openmp", directory: Path | None = None) -> Path:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     flags = (*FLAGS, *THREADING[threading])
     key = b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(), platform.machine().encode()])
-    directory = cache_dir() if directory is None else directory
-    target = directory / f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    name = f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    if directory is None:
+        directory = cache_dir()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: the temporary folder, per user
+            directory = Path(tempfile.gettempdir()) / f"gradient-pathology-lab-{os.getuid()}"
+    target = directory / name
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import pytest
@@ -190,3 +191,13 @@ def test_build_is_cached_per_source_and_flags(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fused.enabled()
+
+
+def test_a_read_only_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("GPL_CACHE_DIR", str(blocked / "cache"))  # cannot be made
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    built = fused.build("serial")
+    assert built.exists() and built.parent.parent == tmp_path / "tmp"
