@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +203,14 @@ def test_a_read_only_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypa
     (tmp_path / "tmp").mkdir()
     built = fused.build("serial")
     assert built.exists() and built.parent.parent == tmp_path / "tmp"
+
+
+def test_workers_building_at_once_share_one_library(tmp_path) -> None:
+    """Study workers start together on a fresh machine: each builds, each gets a whole library, one remains."""
+    script = "import sys; from pathlib import Path; from pipelines import fused; print(fused.build('serial', Path(sys.argv[1])))"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]  # fmt: skip
+    paths = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(paths) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [Path(paths.pop()).name]
+    ctypes.CDLL(str(next(tmp_path.iterdir())))  # loads: not a half-written file
