@@ -101,7 +101,7 @@ CLONES void gpl_update_ratios(int64_t n, const float *const *a, float *const *b,
         float *q = b[i];
         const int64_t m = len[i];
         double dd = 0, bb = 0;
-        if (refresh) {
+        if (refresh) { /* two loops: with the store under a branch in one, gcc 12 vectorizes only its refresh case */
 #pragma omp simd reduction(+ : dd, bb)
             for (int64_t j = 0; j < m; j++) {
                 float d = p[j] - q[j];

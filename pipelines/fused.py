@@ -58,13 +58,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradient-pathology-lab"
 
 
+def compiler() -> str | None:
+    """The C compiler to build with: $CC, else `cc` or `gcc` on the PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 def build(threading: str = "openmp", directory: Path | None = None) -> Path:
     """Compile fused.c with `THREADING[threading]` (unless built already) and return its path; raises on failure."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
+    compiler_path = compiler()
+    if not compiler_path:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     flags = (*FLAGS, *THREADING[threading])
-    key = b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(), platform.machine().encode()])
+    key = b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler_path.encode(), platform.machine().encode()])
     name = f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if directory is None:
         directory = cache_dir()
@@ -78,10 +83,10 @@ def build(threading: str = "openmp", directory: Path | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         built = Path(tmp) / target.name
-        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        done = subprocess.run([compiler_path, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-            raise RuntimeError(f"{compiler} failed: {last[0]}")
+            raise RuntimeError(f"{compiler_path} failed: {last[0]}")
         os.replace(built, target)  # atomic: a worker building at the same time finds a whole library
     return target
 

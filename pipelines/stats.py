@@ -87,6 +87,13 @@ def _std(mean_square: Tensor, mean: Tensor, exact: Callable[[int], Tensor]) -> T
     return var.sqrt()
 
 
+def _two_pass_std(rows: Tensor, shaky: list[int], *, column: int, tensors: list[Tensor]) -> Tensor:
+    """A fused kernel's rows with the std in `column` taken again in two passes where it flagged one pass short."""
+    for i in shaky:
+        rows[i, column] = tensors[i].detach().var(correction=0).sqrt()
+    return rows
+
+
 GRAD_ROW = ("l2", "rms", "absmax", "mean", "std")  # the columns of `grad_rows`
 
 
@@ -102,10 +109,7 @@ def grad_rows(tensors: list[Tensor]) -> Tensor:
     if fused.usable(tensors):
         got = fused.grad_rows(tensors, ONE_PASS_LIMIT)
         if got is not None:
-            rows, shaky = got
-            for i in shaky:
-                rows[i, 4] = tensors[i].var(correction=0).sqrt()
-            return rows
+            return _two_pass_std(*got, column=4, tensors=tensors)
     l2 = torch.stack(torch._foreach_norm(tensors))
     numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
     mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
@@ -156,10 +160,7 @@ def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[
         threshold = SATURATION_SHARE * ACTIVATIONS[activation].max_derivative
         got = fused.act_rows(outputs, fused.KINDS[activation], threshold, ONE_PASS_LIMIT)
         if got is not None:  # else NaN or inf somewhere: eager, whose NaN reach the record
-            rows, shaky = got
-            for i in shaky:
-                rows[i, 1] = outputs[i].detach().var(correction=0).sqrt()
-            return rows
+            return _two_pass_std(*got, column=1, tensors=outputs)
     if inputs is None or not ACTIVATIONS[activation].needs_input:
         return by_shape(outputs, lambda a: _activation_rows(activation, a, None), workspace)
     both = [torch.stack([a.detach(), z.detach()]) for a, z in zip(outputs, inputs)]
