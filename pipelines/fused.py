@@ -8,12 +8,17 @@ machine without a C compiler and every process with GPL_FUSED=0 takes the eager 
 is also what the tests check these against.
 
 The library is compiled once per source, flags, compiler and machine type (~1 s) into the user's cache
-directory (GPL_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /gradient-pathology-lab; the temporary folder
-where that cannot be made) and shared by every process: parallel study workers each build into a temporary file and rename it into place.
+directory (GPL_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /gradient-pathology-lab) and shared by every
+process: parallel study workers each build into a temporary file and rename it into place. Only a library
+this user built is loaded (README, Security): the folder must be the user's and writable by no one else
+(otherwise, or where it cannot be made, a fresh private temporary folder is built into, with a warning),
+folders are made 0700 and files 0600 whatever the umask, and the library's SHA-256, written beside it,
+is checked before ctypes loads it; a damaged or foreign library is rebuilt, with one warning.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -21,6 +26,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -70,25 +76,82 @@ def build(threading: str = "openmp", directory: Path | None = None) -> Path:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     flags = (*FLAGS, *THREADING[threading])
     key = b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler_path.encode(), platform.machine().encode()])
-    name = f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
-    if directory is None:
-        directory = cache_dir()
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError:  # a read-only home: the temporary folder, per user
-            directory = Path(tempfile.gettempdir()) / f"gradient-pathology-lab-{os.getuid()}"
-    target = directory / name
-    if target.exists():
+    target = _private_folder(directory or cache_dir()) / f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    problem = _problem(target)
+    if problem is None:
         return target
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+    if target.exists() or target.is_symlink():
+        warnings.warn(f"kernel library {target} not loaded ({problem}): rebuilding it", RuntimeWarning, stacklevel=2)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # mkdtemp: 0700
         built = Path(tmp) / target.name
         done = subprocess.run([compiler_path, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
             raise RuntimeError(f"{compiler_path} failed: {last[0]}")
+        os.chmod(built, 0o600)  # the compiler's mode follows the umask
+        digest = Path(tmp) / _digest_path(target).name
+        digest.write_text(_sha256(built))
+        os.chmod(digest, 0o600)
+        # Digest first: a worker that sees the new library sees its digest (renames are atomic and ordered).
+        os.replace(digest, _digest_path(target))
         os.replace(built, target)  # atomic: a worker building at the same time finds a whole library
     return target
+
+
+def _owned_privately(path: Path) -> bool:
+    """Whether `path` itself (not a symlink) is this user's and writable by no one else."""
+    info = path.lstat()
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _make_private(directory: Path) -> None:
+    """Make `directory` and its missing parents with mode 0700, whatever the umask."""
+    for folder in reversed([p for p in (directory, *directory.parents) if not p.exists()]):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # a parallel worker made it first
+            continue
+        os.chmod(folder, 0o700)
+
+
+def _private_folder(directory: Path) -> Path:
+    """`directory`, made if missing, when it is this user's alone; else a fresh private temporary folder."""
+    try:
+        _make_private(directory)
+        if directory.is_dir() and _owned_privately(directory):
+            return directory
+        reason = "not a folder of this user's alone"
+    except OSError as err:  # e.g. a read-only home
+        reason = err.strerror or str(err)
+    fresh = Path(tempfile.mkdtemp(prefix="gradient-pathology-lab-"))  # unpredictable name, 0700
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)  # a loaded library stays mapped once unlinked
+    warnings.warn(f"kernel cache {directory} not used ({reason}): building into {fresh}", RuntimeWarning, stacklevel=3)
+    return fresh
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _problem(library: Path) -> str | None:
+    """Why `library` must not be loaded (missing, foreign, damaged), or None when it is the one this user built."""
+    digest = _digest_path(library)
+    try:
+        if not library.is_file() or library.is_symlink():
+            return "missing or not a file"
+        if not digest.is_file() or digest.is_symlink():
+            return "no digest beside it"
+        if not (_owned_privately(library) and _owned_privately(digest)):
+            return "owned by another user or writable by others"
+        if _sha256(library) != digest.read_text().strip():
+            return "its SHA-256 is not the one written when it was built"
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def _openmp_runtimes() -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 import tempfile
@@ -195,14 +196,20 @@ def test_build_is_cached_per_source_and_flags(tmp_path) -> None:
         assert fused.enabled()
 
 
-def test_a_read_only_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_only_cache_falls_back_to_a_fresh_private_temporary_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No predictable shared name under /tmp (someone else could make it first): a new 0700 folder, and a warning."""
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     monkeypatch.setenv("GPL_CACHE_DIR", str(blocked / "cache"))  # cannot be made
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    built = fused.build("serial")
+    with pytest.warns(RuntimeWarning, match="not used"):
+        built = fused.build("serial")
+    with pytest.warns(RuntimeWarning, match="not used"):
+        again = fused.build("serial")
     assert built.exists() and built.parent.parent == tmp_path / "tmp"
+    assert again.parent != built.parent  # a fresh folder each time, not a name another user could guess
+    assert built.parent.stat().st_mode & 0o777 == 0o700 and built.parent.stat().st_uid == os.getuid()
 
 
 def test_workers_building_at_once_share_one_library(tmp_path) -> None:
@@ -212,5 +219,8 @@ def test_workers_building_at_once_share_one_library(tmp_path) -> None:
              for _ in range(3)]  # fmt: skip
     paths = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs) and len(paths) == 1
-    assert [p.name for p in tmp_path.iterdir()] == [Path(paths.pop()).name]
-    ctypes.CDLL(str(next(tmp_path.iterdir())))  # loads: not a half-written file
+    library = Path(paths.pop())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [library.name, library.name + ".sha256"]
+    inode = library.stat().st_ino
+    assert fused.build("serial", tmp_path) == library and library.stat().st_ino == inode  # whole: not rebuilt
+    ctypes.CDLL(str(library))  # loads: not a half-written file
