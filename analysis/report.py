@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures, load, summary
 from analysis.load import StudyData
+from pipelines.names import STUDY_NAME_RULE, valid_study_name
 
 ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
@@ -192,6 +193,10 @@ class NoRuns(LookupError):
     """No MLflow run carries the tag study=<name>."""
 
 
+class BadStudyName(ValueError):
+    """A study name (command line or a run's tag) that the study runner would not accept: never a path."""
+
+
 def objective_of(data: StudyData) -> tuple[str, str]:
     """(metric, direction) of the study's objective, from its parent run's `objective` param ('maximize val/acc')."""
     if data.parent_run_id is not None:
@@ -276,10 +281,12 @@ outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; ve
 
 
 def write_report(data: StudyData, folder: Path) -> Path:
-    """Figures, summary.csv and index.html of one study into `folder` (stale PNGs removed first)."""
+    """Figures, summary.csv and index.html of one study into `folder` (what an earlier build wrote removed first)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):  # index.html must list exactly the figures this build drew
-        old.unlink()
+    # index.html must list exactly the figures this build drew; only the report's own file names are removed
+    # (anything else in the folder is someone else's), and a link in their place is removed, not followed.
+    for name in [*(f"{figure}.png" for figure in figures.FIGURES), "summary.csv", "index.html"]:
+        (folder / name).unlink(missing_ok=True)
     objective = objective_of(data)
     data = dataclasses.replace(data, runs=summary.annotate(data.runs, data.stats))  # gains computed once
     table = summary_table(data.runs, data.stats, objective[0])
@@ -297,18 +304,29 @@ def log_report(folder: Path, parent_run_id: str | None) -> bool:
     return True
 
 
+def report_folder(study: str, out_dir: str | Path) -> Path:
+    """out_dir/<study>, for a name the study runner accepts (BadStudyName otherwise) that is no link out of out_dir."""
+    if not valid_study_name(study):
+        raise BadStudyName(f"study={study!r} is not allowed; allowed: {STUDY_NAME_RULE}")
+    folder = Path(out_dir) / study
+    if folder.is_symlink():
+        raise BadStudyName(f"study={study!r} is not allowed; allowed: a name whose {folder} is a folder, not a link")
+    return folder
+
+
 def build(study: str, out_dir: str | Path = "reports") -> Path:
     """Regenerate the report of `study` into out_dir/<study>/ and log it to the parent run; returns index.html."""
+    folder = report_folder(study, out_dir)
     data = load.study(study)
     if data.runs.empty and data.parent_run_id is None:
         raise NoRuns(f"no MLflow runs carry the tag study={study!r} in this tracking store")
-    index = write_report(data, Path(out_dir) / study)
+    index = write_report(data, folder)
     log_report(index.parent, data.parent_run_id)
     return index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: build one study's report; exit code 2 when the study has no runs."""
+    """Entry point: build one study's report; exit code 2 when the study has no runs or a name that is not allowed."""
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
@@ -316,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         index = build(args.study, args.out_dir)
-    except NoRuns as exc:
+    except (NoRuns, BadStudyName) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {index}")

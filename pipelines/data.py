@@ -272,10 +272,35 @@ def load_mnist(data_dir: str, seq_len: int = 0) -> Arrays:
     return xt.astype(np.float32), yt.astype(np.int64), xv.astype(np.float32), yv.astype(np.int64)
 
 
+class BadBatch(ValueError):
+    """A file that is not a CIFAR-10 python batch; the message is one sentence naming it and why."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Rebuilds only what CIFAR-10's python batches hold (a dict of bytes, ints, lists and NumPy arrays):
+    a pickle can call any importable function, so a file in a data_dir must not name anything else."""
+
+    # NumPy 1 and 2 name _reconstruct differently; _codecs.encode is how protocol 2 writes Python 3 bytes.
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> object:  # noqa: D102
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
+    """The images (N, 3, 32, 32) uint8 and labels of one python batch; BadBatch for anything else."""
+    try:
+        with open(path, "rb") as f:
+            d = _BatchUnpickler(f, encoding="bytes").load()
+        images, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
+    except Exception as err:  # whatever a foreign file makes the unpickler raise, it is not a batch
+        raise BadBatch(f"{path} is not a CIFAR-10 python batch ({' '.join(str(err).split())})") from None
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or labels.shape != images.shape[:1]:
+        raise BadBatch(f"{path} is not a CIFAR-10 python batch (b'data' must be (N, 3072) uint8, b'labels' N labels)")
+    return images.reshape(-1, 3, 32, 32), labels
 
 
 @functools.cache
@@ -328,6 +353,18 @@ def missing_files(dataset: str, data_dir: str) -> str | None:
                 f"a folder whose cifar-10-batches-py/ holds the python batches {', '.join(CIFAR_FILES)}; "
                 f"{folder}/ lacks {', '.join(absent)} (see the README, 'Datasets')"
             )
+        return _unreadable_cifar(str(folder))
+    return None
+
+
+@functools.cache
+def _unreadable_cifar(folder: str) -> str | None:
+    """Why a batch in `folder` is refused, read before any run exists by the same safe reader as training."""
+    try:
+        for name in CIFAR_FILES:
+            _cifar_batch(Path(folder) / name)
+    except BadBatch as err:
+        return f"python batches that hold only arrays, lists, numbers and bytes; {err}"
     return None
 
 

@@ -25,6 +25,7 @@ import yaml
 from pipelines.config import ConfigError, RunConfig, field_names
 from pipelines.data import missing_files
 from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_IOU, VAL_KNN_ACC, VAL_LOSS, VAL_MODES
+from pipelines.names import STUDY_NAME_RULE, valid_study_name
 from studies import SPEC_DIR, list_specs  # noqa: F401 (list_specs: re-exported)
 
 TOP_LEVEL = ("name", "description", "fixed", "space", "sampler", "pruner", "objective", "n_trials", "retries")
@@ -221,14 +222,6 @@ def _try(spec: StudySpec, values: dict[str, Any], combo: tuple) -> None:
         where = next((f"space.{item[0].name}" for item in combo if isinstance(item, tuple) and exc.field in item[0].expand(item[1])), f"space.{exc.field}")
         shown = {k: v for k, v in values.items()}
         raise SpecError(spec.source, where, f"{exc} (with {shown})") from None
-
-
-STUDY_NAME_RULE = "letters, digits and _ . - (not first)"
-
-
-def valid_study_name(name: Any) -> bool:
-    """Whether `name` may name a study: it is the study's tag in MLflow filter strings and the folder reports/<name>/."""
-    return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
 
 
 def parse_spec(raw: Any, source: str) -> StudySpec:
