@@ -93,11 +93,15 @@ def test_cli_exits_2_with_one_line_for_an_unknown_study(tracking: str, tmp_path:
 def test_cli_rebuilds_into_out_dir_without_stale_figures(synthetic_store: str, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "r" / SYNTHETIC_STUDY
     folder.mkdir(parents=True)
-    (folder / "old_figure.png").write_bytes(b"stale")
+    stale = sorted(figures.TASK_FIGURES)[0]  # a figure an earlier build drew that this study has no data for
+    (folder / f"{stale}.png").write_bytes(b"stale")
+    (folder / "old_figure.png").write_bytes(b"not the report's")  # not a name the report writes: kept
     with pointed_at(synthetic_store):
         assert report.main(["--study", SYNTHETIC_STUDY, "--out-dir", str(tmp_path / "r")]) == 0
     assert str(folder / "index.html") in capsys.readouterr().out
-    assert not (folder / "old_figure.png").exists() and "old_figure" not in (folder / "index.html").read_text()
+    page = (folder / "index.html").read_text()
+    assert not (folder / f"{stale}.png").exists() and f"{stale}.png" not in page
+    assert (folder / "old_figure.png").read_bytes() == b"not the report's" and "old_figure" not in page
 
 
 def test_mlproject_report_entry_point() -> None:
