@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 
 from analysis import load
-from analysis.report import PAGE_STYLE
+from analysis.report import PAGE_STYLE, remove_own_outputs
 from pipelines import keys as K
 
 ARTIFACT_PATH = "report"
@@ -424,10 +424,9 @@ equivariance error over conv layers at k = 1; eqerr_ks_max: at k = s over the st
 
 
 def write_report(invocation: pd.Series, zoo: pd.DataFrame, metrics: pd.DataFrame, folder: Path) -> Path:
-    """Figures, summary.csv and index.html into `folder` (stale PNGs removed first); returns index.html."""
+    """Figures, summary.csv and index.html into `folder` (what an earlier build wrote removed first); returns index.html."""
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
+    remove_own_outputs(folder, FIGURES)
     table = tidy(zoo, metrics)
     summary = summary_table(zoo, table)
     summary.to_csv(folder / "summary.csv", index=False)

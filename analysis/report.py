@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import html
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -280,13 +280,17 @@ outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; ve
     return path
 
 
+def remove_own_outputs(folder: Path, figure_names: Iterable[str]) -> None:
+    """Remove what an earlier build wrote into `folder` (its figures, summary.csv, index.html), by name only:
+    anything else there is someone else's, and a link in place of an output is removed, not followed."""
+    for name in [*(f"{figure}.png" for figure in figure_names), "summary.csv", "index.html"]:
+        (folder / name).unlink(missing_ok=True)
+
+
 def write_report(data: StudyData, folder: Path) -> Path:
     """Figures, summary.csv and index.html of one study into `folder` (what an earlier build wrote removed first)."""
     folder.mkdir(parents=True, exist_ok=True)
-    # index.html must list exactly the figures this build drew; only the report's own file names are removed
-    # (anything else in the folder is someone else's), and a link in their place is removed, not followed.
-    for name in [*(f"{figure}.png" for figure in figures.FIGURES), "summary.csv", "index.html"]:
-        (folder / name).unlink(missing_ok=True)
+    remove_own_outputs(folder, figures.FIGURES)  # index.html must list exactly the figures this build drew
     objective = objective_of(data)
     data = dataclasses.replace(data, runs=summary.annotate(data.runs, data.stats))  # gains computed once
     table = summary_table(data.runs, data.stats, objective[0])

@@ -344,3 +344,17 @@ def test_the_report_and_the_runner_share_one_name_rule() -> None:
     from studies import spec
 
     assert report.valid_study_name is spec.valid_study_name and report.STUDY_NAME_RULE == spec.STUDY_NAME_RULE
+
+
+def test_the_invariance_report_keeps_files_it_did_not_write(tmp_path: Path) -> None:
+    import pandas as pd
+    from test_invariance import _measured_zoo
+
+    from analysis import invariance_report
+
+    folder = tmp_path / "invariance"
+    folder.mkdir()
+    (folder / "holiday.png").write_bytes(b"not a figure")
+    zoo, metrics = _measured_zoo(["mlp", "cnn_circ", "cnn_circ_stride2", "cnn_circ_bn"])
+    index = invariance_report.write_report(pd.Series({"run_id": "invocation", "role": "parent"}), zoo, metrics, folder)
+    assert (folder / "holiday.png").read_bytes() == b"not a figure" and "holiday" not in index.read_text()
