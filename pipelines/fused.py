@@ -98,9 +98,8 @@ def build(threading: str = "openmp", directory: Path | None = None) -> Path:
     return target
 
 
-def _owned_privately(path: Path) -> bool:
-    """Whether `path` itself (not a symlink) is this user's and writable by no one else."""
-    info = path.lstat()
+def _owned_privately(info: os.stat_result) -> bool:
+    """Whether the file or folder `info` describes is this user's and writable by no one else."""
     return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
@@ -118,7 +117,7 @@ def _private_folder(directory: Path) -> Path:
     """`directory`, made if missing, when it is this user's alone; else a fresh private temporary folder."""
     try:
         _make_private(directory)
-        if directory.is_dir() and _owned_privately(directory):
+        if directory.is_dir() and _owned_privately(directory.stat()):  # a link to a private folder is fine
             return directory
         reason = "not a folder of this user's alone"
     except OSError as err:  # e.g. a read-only home
@@ -145,7 +144,7 @@ def _problem(library: Path) -> str | None:
             return "missing or not a file"
         if not digest.is_file() or digest.is_symlink():
             return "no digest beside it"
-        if not (_owned_privately(library) and _owned_privately(digest)):
+        if not (_owned_privately(library.lstat()) and _owned_privately(digest.lstat())):
             return "owned by another user or writable by others"
         if _sha256(library) != digest.read_text().strip():
             return "its SHA-256 is not the one written when it was built"
