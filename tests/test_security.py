@@ -127,32 +127,32 @@ def built_cache(tmp_path: Path) -> tuple[Path, list[Path]]:
     return cache, [fused.build(threading, cache) for threading in fused.THREADING]
 
 
-def _require_root() -> None:
+@pytest.fixture
+def planted_with_digest(built_cache, tmp_path: Path) -> tuple[Path, list[Path], Path]:
+    """(cache, libraries, marker): each library replaced by a planted one whose digest file matches it, so only
+    who owns it can refuse it; as root, who can give files to another user (CI runs the tests as root)."""
     if os.getuid() != 0:
         pytest.skip("files owned by another user can only be made as root (CI runs the tests as root)")
-
-
-def test_a_cache_folder_owned_by_another_user_is_not_used(built_cache, tmp_path: Path) -> None:
-    """Even a library with a matching digest: whoever owns the folder could have put anything there."""
-    _require_root()
     cache, libraries = built_cache
     marker = tmp_path / "planted-library-ran"
     for library in libraries:
         _plant(library, marker)
         _digest(library).write_text(_sha256(library))
+    return cache, libraries, marker
+
+
+def test_a_cache_folder_owned_by_another_user_is_not_used(planted_with_digest) -> None:
+    """Whoever owns the folder could have put anything there."""
+    cache, _, marker = planted_with_digest
     for path in [cache, *cache.iterdir()]:
         os.chown(path, OTHER_UID, OTHER_UID)
     answer, warned = _load_in_a_fresh_process(cache, marker)
     assert answer == "True" and any("not used" in w for w in warned)  # built privately elsewhere instead
 
 
-def test_a_library_file_owned_by_another_user_is_rebuilt(built_cache, tmp_path: Path) -> None:
-    _require_root()
-    cache, libraries = built_cache
-    marker = tmp_path / "planted-library-ran"
+def test_a_library_file_owned_by_another_user_is_rebuilt(planted_with_digest) -> None:
+    cache, libraries, marker = planted_with_digest
     for library in libraries:
-        _plant(library, marker)
-        _digest(library).write_text(_sha256(library))  # the digest matches: ownership alone refuses it
         os.chown(library, OTHER_UID, OTHER_UID)
     answer, warned = _load_in_a_fresh_process(cache, marker)
     assert answer == "True" and warned and all("owned by another user" in w for w in warned)
