@@ -14,6 +14,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -946,3 +947,77 @@ FIGURES: dict[str, Callable[..., Figure | None]] = {
     "output_gradient": output_gradient,
     "gan_gradient": gan_gradient,
 }
+
+
+# ------------------------------------------------------------------------- what each figure needs
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a figure needs to say anything: runs of a kind (`task`) whose data it draws, and dimensions that vary."""
+
+    data: str  # the records it draws, named for the report's "Not drawn" list when a study lacks them
+    task: str = "any"  # a key of TASKS: which runs the figure is about
+    vary: tuple[str, ...] = ()  # at least one of these (config columns or keys of DERIVED) takes ≥ 2 values
+
+
+TASKS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
+    "any": ("", lambda runs: pd.Series(True, index=runs.index)),
+    "non-recurrent": ("non-recurrent", lambda runs: ~runs["model"].isin(RECURRENT)),
+    "supervised": ("supervised feed-forward (not recurrent, not GAN)",
+                   lambda runs: ~runs["model"].isin(RECURRENT) & ~runs["loss"].isin(summary.GAN_LOSSES)),
+    "recurrent": ("recurrent (rnn, lstm, gru)", lambda runs: runs["model"].isin(RECURRENT)),
+    "gan": ("GAN (loss gan_saturating or gan_nonsaturating)", lambda runs: runs["loss"].isin(summary.GAN_LOSSES)),
+}  # fmt: skip
+# Dimensions that are not one config column: name → the value of a run.
+DERIVED: dict[str, Callable[[dict], object]] = {
+    "optimizer setting": lambda run: optimizer_setting(run),
+    "activation/init": lambda run: _cell_column(run),
+    "architecture": arch,
+}
+
+NEEDS: dict[str, Needs] = {
+    "backprop_by_layer": Needs("runs with at least two hidden layers measured at step 0", "non-recurrent"),
+    "gain_scatter": Needs("runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, "
+                          "ReLU residual MLP)", "non-recurrent"),
+    "gradient_heatmaps": Needs("runs with per-layer weight-gradient norms"),
+    "phase_diagram": Needs("runs with a depth and a training outcome", "supervised", ("depth", "activation/init")),
+    "clipping": Needs("runs with clipping on (clip = norm or value) and their clipped norms"),
+    "saturation": Needs("runs with activation statistics", "supervised", ("activation", "depth", "init")),
+    "update_ratio": Needs("runs with update ratios"),
+    "optimizer_curves": Needs("runs with training-loss records", vary=("optimizer setting",)),
+    "optimizer_results": Needs("runs with a final validation result and a clock", vary=("optimizer setting",)),
+    "bptt": Needs("runs with per-time-step BPTT norms", "recurrent"),
+    "recurrent_curves": Needs("runs with loss records", "recurrent"),
+    "clipping_effect": Needs("pairs of runs that differ only in clipping (clip = none and clip = norm or value)"),
+    "output_gradient": Needs("breast_cancer runs with both the bce and the mse loss", vary=("loss",)),
+    "gan_gradient": Needs("runs with the generator's readout gradient", "gan"),
+}  # fmt: skip
+
+
+def _values(runs: pd.DataFrame, dimension: str) -> set[str]:
+    """The distinct values of a config column or DERIVED dimension among `runs` (missing ones left out)."""
+    if dimension in DERIVED:
+        return {str(DERIVED[dimension](run)) for run in runs.to_dict("records")}
+    return {str(v) for v in runs[dimension].dropna()} if dimension in runs else set()
+
+
+def lacks(needs: Needs) -> str:
+    """The reason a figure is not drawn when the study holds none of the records it draws."""
+    kind = TASKS[needs.task][0]
+    return f"this study has no {kind + ' ' if kind else ''}{needs.data}"
+
+
+def unmet(needs: Needs, runs: pd.DataFrame) -> str | None:
+    """Why a figure with these needs cannot say anything about `runs` (one sentence), or None when it can."""
+    runs = summary.ensure_columns(runs)
+    kind, belongs = TASKS[needs.task]
+    chosen = runs[belongs(runs)]
+    if chosen.empty:
+        return lacks(needs)
+    if needs.vary and all(len(_values(chosen, d)) < 2 for d in needs.vary):
+        fixed = ", ".join(f"{d} = {', '.join(sorted(_values(chosen, d))) or 'unset'}" for d in needs.vary)
+        noun = "run" if len(chosen) == 1 else "runs"
+        return (f"it compares {' or '.join(needs.vary)}, which this study's {len(chosen)} {kind + ' ' if kind else ''}"
+                f"{noun} do not vary ({fixed})")
+    return None

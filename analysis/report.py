@@ -27,7 +27,10 @@ ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
 VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.verdict): vanishing if g < {1 - T:g}, "
                 f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); unknown when fewer than two hidden "
-                f"layers were measured")  # fmt: skip
+                f"layers were measured. A GAN's verdict is about its loss instead: the generator loss's gradient "
+                f"factor ∂L_G/∂logit, D(G(z)) for the saturating loss and 1 − D(G(z)) for the non-saturating one "
+                f"(gan/d_fake, median over logged steps), is vanishing below {summary.GAN_VANISHING:g} (an order of "
+                f"magnitude below its maximum 1), healthy otherwise")  # fmt: skip
 
 # name → (title, caption). Captions say what to look for and what theory predicts.
 CAPTIONS: dict[str, tuple[str, str]] = {
@@ -158,23 +161,6 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "largest exactly then.",
     ),
 }
-NEEDS = {
-    "backprop_by_layer": "non-recurrent runs with at least two hidden layers measured at step 0",
-    "gain_scatter": "runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, ReLU residual MLP)",
-    "gradient_heatmaps": "runs with per-layer weight-gradient norms",
-    "phase_diagram": "non-recurrent runs with a depth",
-    "clipping": "runs with clipping on (clip = norm or value)",
-    "saturation": "non-recurrent runs with activation statistics",
-    "update_ratio": "runs with update ratios",
-    "optimizer_curves": "runs with training-loss records",
-    "optimizer_results": "at least two optimizer settings with a final validation result",
-    "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
-    "recurrent_curves": "recurrent runs (rnn, lstm, gru) with loss records",
-    "clipping_effect": "pairs of runs that differ only in clipping (clip = none and clip = norm or value)",
-    "output_gradient": "breast_cancer runs with both the bce and the mse loss",
-    "gan_gradient": "GAN runs (loss gan_saturating or gan_nonsaturating)",
-}
-
 # The page style, shared with the invariance report.
 PAGE_STYLE = """<style>
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }
@@ -196,7 +182,9 @@ def objective_of(data: StudyData) -> tuple[str, str]:
     """(metric, direction) of the study's objective, from its parent run's `objective` param ('maximize val/acc')."""
     if data.parent_run_id is not None:
         parent = load.runs(run_ids=[data.parent_run_id], role=None)
-        text = str(parent["objective"].iloc[0]) if "objective" in parent else ""
+        # studies.runner logs it as `study_objective`; `objective` is what older parent runs carry.
+        column = next((c for c in ("study_objective", "objective") if c in parent), None)
+        text = str(parent[column].iloc[0]) if column else ""
         direction, _, metric = text.partition(" ")
         if direction in ("maximize", "minimize") and metric:
             return metric, direction
@@ -217,16 +205,20 @@ def summary_table(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
     return table.join(runs[list(summary.SUMMARY_COLUMNS[:-1])])
 
 
-def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | None:
-    """Draw one figure of FIGURES into folder/<name>.png; None when the study lacks its data."""
+def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | str:
+    """Draw one figure of FIGURES into folder/<name>.png; or why not (figures.NEEDS unmet, or no data)."""
+    needs = figures.NEEDS[name]
+    reason = figures.unmet(needs, data.runs)
+    if reason is not None:
+        return reason
     takes_objective = name in ("phase_diagram", "clipping_effect")
     extra = {"objective": objective[0], "direction": objective[1]} if takes_objective else {}
     fig = figures.FIGURES[name](data.runs, data.stats, **extra)
-    return None if fig is None else figures.save_figure(fig, folder / f"{name}.png")
+    return figures.lacks(needs) if fig is None else figures.save_figure(fig, folder / f"{name}.png")
 
 
-def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | None]:
-    """Draw every figure that has data into `folder`; name → PNG path, or None when the study lacks its data."""
+def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | str]:
+    """Draw every figure that can say something into `folder`; name → PNG path, or the reason it is not drawn."""
     return {name: draw_one(name, data, folder, objective) for name in figures.FIGURES}
 
 
@@ -242,15 +234,15 @@ def _counts(table: pd.DataFrame, column: str) -> str:
     return ", ".join(f"{k}: {v}" for k, v in table[column].value_counts().items())
 
 
-def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | None], objective: tuple[str, str],
+def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], objective: tuple[str, str],
                path: Path) -> Path:  # fmt: skip
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
     sections, missing = [], []
     for name, png in written.items():
         title, caption = CAPTIONS[name]
         caption = caption.replace("{rule}", html.escape(summary.OUTCOME_RULE))
-        if png is None:
-            missing.append(f"<li>{title}: this study has no {NEEDS[name]}.</li>")
+        if not isinstance(png, Path):
+            missing.append(f"<li>{title}: {html.escape(png)}.</li>")
             continue
         sections.append(f'<section class="fig"><img src="{png.name}" alt="{title}">'
                         f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
