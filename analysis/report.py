@@ -44,7 +44,12 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "variance trajectory for plain networks (flat for ReLU with He init; about ¼ per layer for sigmoid), "
         "√rate of Yang et al. (2019) for batch norm (explodes towards the input: ≈ √(π/(π−1)) per layer for "
         "ReLU), √(1+α²χ₁) per residual block. No dotted line where theory has no closed form (tanh/sigmoid "
-        "residual nets, layer norm, CNNs).",
+        "residual nets, layer norm, CNNs). Residual ReLU blocks x + α·relu(Wx) at α = 1 grow faster than their "
+        "dotted line (about 1.6 per block at width 64 against √2): mean field assumes the backward pass meets "
+        "weights independent of the forward pass (gradient independence), but here the stream accumulates a "
+        "positive mean, so which units are on is set largely by W's own row sums, and the backward factor "
+        "I + α·Wᵀ·D meets W through the mask D it chose. Replacing W by an independent copy in the backward "
+        "pass recovers √2; at α = 1/√depth the effect is small.",
     ),
     "gain_scatter": (
         "Measured vs predicted per-layer gain",
@@ -52,7 +57,8 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "hidden layers at step 0, theory.measured_gain) against theory's prediction for the same layers "
         "(marker = which closed form). Points on the dashed y = x line agree with mean-field theory; the green "
         "band is the healthy range of the verdict. Expect agreement within a few percent for wide plain "
-        "networks; batch-norm and residual predictions assume infinite width and are looser at width 32–64. "
+        "networks; batch-norm predictions assume infinite width and are looser at width 32–64, and residual ReLU "
+        "nets at α = 1 measure above their prediction (see the previous figure: gradient independence fails). "
         "Runs without a closed-form prediction (NaN) are counted in the legend but not drawn.",
     ),
     "gradient_heatmaps": (
@@ -67,7 +73,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "Trainability phase diagram",
         "Cells are depth × activation/init, one panel per architecture; the colour is the outcome of the best "
         "run in the cell, the number its objective (and k/n = how many of n runs trained, when there are "
-        "several). Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
+        "several); light grey cells are combinations no run sampled. Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
         "or ReLU with a too-small or too-large init) fail more often as depth grows, that batch norm without "
         "skips explodes with depth, and that residual connections with a small α keep deep nets trainable.",
     ),
@@ -106,7 +112,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "optimizer_results": (
         "Optimizers: final result and cost",
         "The final validation accuracy (validation loss where there is no accuracy) of every run, by optimizer "
-        "setting (dots = runs, e.g. seeds; bars = their mean), and the wall-clock milliseconds per training step "
+        "setting (dots = runs, e.g. seeds; bars = their mean; the panel title says how many runs each bar holds), and the wall-clock milliseconds per training step "
         "(time/elapsed at the last step over the steps). Full-batch gradient descent is SGD whose batch holds the "
         "whole training set (tag n_train): each step costs the most and is the least noisy; SGD with batch 1 is "
         "the cheapest and noisiest step. Adaptive methods (RMSprop, Adagrad, Adam, AdamW) reach a low loss "
@@ -132,11 +138,13 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "learn.",
     ),
     "clipping_effect": (
-        "Clipping on runs that explode",
+        "Clipping, paired runs",
         "Runs that differ only in gradient clipping, paired. Left: the global gradient norm before clipping "
-        "(grad/global_l2) of the pairs whose unclipped run reached the largest norm, unclipped solid, clipped "
-        "dashed, × where a run diverged. Right: each pair's objective without (x) and with clipping (y), on the "
-        "side of the diagonal the title names where clipping helped; × on the edge marks a run that diverged. Pascanu et al. "
+        "(grad/global_l2) of the (up to four) pairs whose unclipped run reached the largest norm, unclipped solid, "
+        "clipped dashed, × where a run diverged; whether that norm explodes is read off the axis, not assumed. "
+        "Right: each pair's objective without (x) and with clipping (y), on the side of the diagonal the title "
+        "names where clipping helped (log axes for a loss, linear for a score such as accuracy); × on the edge "
+        "marks a run that diverged. Pascanu et al. "
         "(2013): an RNN with spectral radius above 1 under plain SGD meets gradient cliffs; an unclipped step "
         "there throws the weights far away (often to non-finite values), a norm-clipped step keeps the "
         "direction and caps the length, so the same run trains.",
