@@ -250,7 +250,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
         title, caption = CAPTIONS[name]
         caption = caption.replace("{rule}", html.escape(summary.OUTCOME_RULE))
         if not isinstance(png, Path):
-            missing.append(f"<li>{title}: {html.escape(png)}.</li>")
+            missing.append(f"<li>{title}: {html.escape(png, quote=False)}.</li>")
             continue
         sections.append(f'<section class="fig"><img src="{png.name}" alt="{title}">'
                         f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
