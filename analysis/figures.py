@@ -764,15 +764,17 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             ax.set_ylim(top=top)
         if adding:
             ax.axhline(theory.ADDING_BASELINE_MSE, color="0.3", ls=":", lw=1.0)
-            ax.text(0.02, theory.ADDING_BASELINE_MSE, "predict the mean (MSE 1/6)", fontsize="x-small",
-                    va="bottom", transform=ax.get_yaxis_transform())  # fmt: skip
+            # Below the line: the curves sit on or above the baseline, so text above it would collide with them.
+            ax.text(0.98, theory.ADDING_BASELINE_MSE * 0.93, "predict the mean (MSE 1/6)", fontsize="x-small",
+                    ha="right", va="top", transform=ax.get_yaxis_transform())  # fmt: skip
         _plain_log_ticks(ax.yaxis)
     next(iter(axes.values())).set_ylabel(loss_name)
     cells = [c for c in CELL_COLORS if c in set(recurrent["model"])]
     handles = [Line2D([], [], color=CELL_COLORS[c], lw=2, label=c) for c in cells]
     handles += [Line2D([], [], color="0.3", ls="-", label="no clipping"),
-                Line2D([], [], color="0.3", ls="--", label="clipped"),
-                Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="diverged")]  # fmt: skip
+                Line2D([], [], color="0.3", ls="--", label="clipped")]  # fmt: skip
+    if diverged:
+        handles.append(Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="diverged"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="cell · clipping")
     fig.suptitle("Recurrent cells by sequence length: who learns the long lag")
     return fig
@@ -848,8 +850,8 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
                       marker="x" if pd.isna(xv) or pd.isna(yv) else "o", zorder=3, clip_on=False)  # fmt: skip
     right.plot([lo, hi], [lo, hi], color="0.4", lw=0.9, ls=":")
     rule = math.sqrt(hi * edge) if log else (hi + edge) / 2  # the line between finite values and the edge
-    right.axvline(rule, color="0.7", lw=0.8)
-    right.axhline(rule, color="0.7", lw=0.8)
+    right.axvline(rule, color="0.45", lw=0.9, ls="--")  # dashed: not a grid line
+    right.axhline(rule, color="0.45", lw=0.9, ls="--")
     right.text(edge, lo, "diverged", rotation=90, ha="center", va="bottom", fontsize="x-small")
     right.text(lo, edge, "diverged", ha="left", va="center", fontsize="x-small")
     scale = "log" if log else "linear"
@@ -1012,7 +1014,7 @@ TASKS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
 # Dimensions that are not one config column: name → the value of a run.
 DERIVED: dict[str, Callable[[dict], object]] = {
     "optimizer setting": lambda run: optimizer_setting(run),
-    "activation/init": lambda run: _cell_column(run),
+    "activation/init": lambda run: _cell_column(run).replace("\n", " "),
     "architecture": arch,
 }
 
@@ -1030,7 +1032,7 @@ NEEDS: dict[str, Needs] = {
     "bptt": Needs("runs with per-time-step BPTT norms", "recurrent"),
     "recurrent_curves": Needs("runs with loss records", "recurrent"),
     "clipping_effect": Needs("pairs of runs that differ only in clipping (clip = none and clip = norm or value)"),
-    "output_gradient": Needs("breast_cancer runs with both the bce and the mse loss", vary=("loss",)),
+    "output_gradient": Needs("breast_cancer runs with both the bce and the mse loss"),
     "gan_gradient": Needs("runs with the generator's readout gradient", "gan"),
 }  # fmt: skip
 
