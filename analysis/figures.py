@@ -103,6 +103,11 @@ def _plain_log_ticks(axis, max_span: float = 300.0) -> None:
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
+def _whole_ticks(axis) -> None:
+    """Ticks at whole numbers only (layer indices, steps), even when the axis spans less than one."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _facet_axes(names: list[str], ncols: int = 3, **kwargs) -> tuple[Figure, dict[str, object]]:
     """One axes per name in a grid of at most `ncols` columns; unused axes are hidden."""
     ncols = min(ncols, len(names))
@@ -172,7 +177,7 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         _plain_log_ticks(ax.yaxis)
         ax.set_title(name)
         ax.set_xlabel("hidden layer index l (0 = input side)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _whole_ticks(ax.xaxis)
         ax.set_ylabel("‖∂L/∂x_l‖ at step 0 (L2 over batch)")
     handles = _activation_init_handles(chosen)
     handles += [Line2D([], [], color="0.3", lw=1.4, label="measured")]
@@ -272,7 +277,8 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
         ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(run)}", fontsize="small")
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (0 = input; top = readout)")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _whole_ticks(ax.xaxis)  # a run that diverged at once has one step
+        _whole_ticks(ax.yaxis)
         ax.grid(False)
     fig.colorbar(mesh, ax=list(axes.values()), label="log₁₀ ‖∂L/∂W‖₂ (grad/<layer>/l2)", shrink=0.8)
     fig.suptitle("Weight-gradient norm by layer and step")
@@ -478,7 +484,7 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
                         marker=INIT_MARKERS.get(init, "o"), ms=4, lw=1.4)  # fmt: skip
         ax.set(ylim=(-0.02, 1.02), xlabel="hidden layer index (0 = input side)" if i == len(depths) - 1 else "",
                ylabel="share of units" if j == 0 else "")  # fmt: skip
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _whole_ticks(ax.xaxis)
     handles = [Line2D([], [], color=c, lw=2, label=f"{p} of training") for p, c in phases.items()]
     handles += [Line2D([], [], color="0.3", marker=INIT_MARKERS[k], ls="", label=k) for k in inits]
     fig.legend(handles=handles, loc="outside right center", fontsize="small")
@@ -526,7 +532,7 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         _plain_log_ticks(ax.yaxis)
     left.set(xlabel="layer index (0 = input side, last = readout)", ylabel="update ratio ‖ΔW‖ / ‖W‖ per step",
              title="by layer (median over training)")  # fmt: skip
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _whole_ticks(left.xaxis)
     right.set(xlabel="training step", title="over training (median over layers)")
     left.text(0.02, 1.05e-3, "10⁻³ rule of thumb", transform=left.get_yaxis_transform(), fontsize="x-small",
               va="bottom")  # fmt: skip

@@ -137,6 +137,15 @@ def test_gradient_heatmaps_one_cell_per_layer_and_step() -> None:
     assert colorbar.get_ylim()[0] == pytest.approx(np.quantile([0, -1, -2, 0] * 5, 0.02))
 
 
+def test_gradient_heatmaps_of_a_run_that_diverged_at_once_has_whole_step_ticks() -> None:
+    runs, stats = frames([run("a", depth=2, outcome="diverged", diverged_step=1)],
+                         *(rows("a", "grad", "l2", [1.0], layer=f"L{k:03d}", steps=[0]) for k in range(2)))  # fmt: skip
+    (ax,) = panels(figures.gradient_heatmaps(runs, stats))
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [0.0]
+    assert "diverged at step 1" in ax.get_title()
+
+
 # ------------------------------------------------------------------------------------ phase diagram
 
 
