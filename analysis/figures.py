@@ -678,8 +678,13 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         ax.set(xlabel=xlabel, ylabel="")
     left.set_ylabel("optimizer setting")
     right.set(yticklabels=[])
-    if metric == "val/loss":
+    if metric == "val/loss":  # bars from 0 mean nothing on a log axis: the limits come from the runs
+        values = table["final"].astype(float)
+        values = values[values > 0]
         left.set_xscale("log")
+        if not values.empty:
+            left.set_xlim(values.min() / 1.5, values.max() * 1.5)
+            _plain_log_ticks(left.xaxis)
     per_setting = table.groupby("setting").size()
     low, high = int(per_setting.min()), int(per_setting.max())
     runs_text = f"{low}" if low == high else f"{low}–{high}"
@@ -770,9 +775,9 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             ax.set_ylim(top=top)
         if adding:
             ax.axhline(theory.ADDING_BASELINE_MSE, color="0.3", ls=":", lw=1.0)
-            # Below the line: the curves sit on or above the baseline, so text above it would collide with them.
-            ax.text(0.98, theory.ADDING_BASELINE_MSE * 0.93, "predict the mean (MSE 1/6)", fontsize="x-small",
-                    ha="right", va="top", transform=ax.get_yaxis_transform())  # fmt: skip
+            # Below the line at the left: early in training every curve sits above the baseline.
+            ax.text(0.02, theory.ADDING_BASELINE_MSE * 0.93, "predict the mean (MSE 1/6)", fontsize="x-small",
+                    ha="left", va="top", transform=ax.get_yaxis_transform())  # fmt: skip
         _plain_log_ticks(ax.yaxis)
     next(iter(axes.values())).set_ylabel(loss_name)
     cells = [c for c in CELL_COLORS if c in set(recurrent["model"])]

@@ -331,3 +331,12 @@ def test_needs_met_by_a_study_that_varies_the_dimensions() -> None:
         assert figures.unmet(figures.NEEDS[name], varied) is None, name
     same = pd.DataFrame([run("a"), run("b", seed=1)])
     assert "depth or activation/init" in figures.unmet(figures.NEEDS["phase_diagram"], same)
+
+
+def test_optimizer_results_loss_axis_holds_every_run() -> None:
+    chosen = [run(f"{o}{s}", optimizer=o, seed=s) for o in ("sgd", "adam") for s in range(2)]
+    runs, stats = frames(chosen, *(_clock(r["run_id"], 0.002) for r in chosen))
+    runs["metrics.val/loss"] = [0.15, 0.2, 0.17, 0.3]
+    left, _ = panels(figures.optimizer_results(runs, stats))
+    lo, hi = left.get_xlim()
+    assert left.get_xscale() == "log" and lo < 0.15 and 0.3 < hi < 1.0
