@@ -663,7 +663,9 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     if per_step.empty:  # runs that wrote no statistics
         return None
     table = runs.assign(final=runs["run_id"].map(final), ms=runs["run_id"].map(per_step))
-    table = table[np.isfinite(table["final"].astype(float))]
+    # A diverged run's last value (inf, stored by MLflow as 1.8e308, or 1e29) is no result: left out, counted.
+    left_out = int((table["outcome"] == "diverged").sum())
+    table = table[np.isfinite(table["final"].astype(float)) & (table["outcome"] != "diverged")]
     if table.empty or len(order) < 2:
         return None
     order = [s for s in order if s in set(table["setting"])]
@@ -688,8 +690,9 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     per_setting = table.groupby("setting").size()
     low, high = int(per_setting.min()), int(per_setting.max())
     runs_text = f"{low}" if low == high else f"{low}–{high}"
-    left.set_title("one run per setting (bar = its value)" if high == 1 else
-                   f"bar = mean over each setting's {runs_text} runs, dots = runs", fontsize="small")  # fmt: skip
+    title = "one run per setting (bar = its value)" if high == 1 else \
+        f"bar = mean over each setting's {runs_text} runs, dots = runs"  # fmt: skip
+    left.set_title(title + (f"; {plural(left_out, 'diverged run')} left out" if left_out else ""), fontsize="small")
     fig.suptitle("Optimizers: final result and cost per step")
     return fig
 

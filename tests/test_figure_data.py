@@ -340,3 +340,13 @@ def test_optimizer_results_loss_axis_holds_every_run() -> None:
     left, _ = panels(figures.optimizer_results(runs, stats))
     lo, hi = left.get_xlim()
     assert left.get_xscale() == "log" and lo < 0.15 and 0.3 < hi < 1.0
+
+
+def test_optimizer_results_leaves_diverged_runs_out_and_says_so() -> None:
+    chosen = [run(f"{o}{s}", optimizer=o, seed=s) for o in ("sgd", "adam") for s in range(2)]
+    chosen[3]["outcome"] = "diverged"
+    runs, stats = frames(chosen, *(_clock(r["run_id"], 0.002) for r in chosen))
+    runs["metrics.val/loss"] = [0.15, 0.2, 0.17, 1.797e308]  # how MLflow stores an infinite loss
+    left, _ = panels(figures.optimizer_results(runs, stats))
+    assert left.get_xlim()[1] < 1.0
+    assert left.get_title() == "bar = mean over each setting's 1–2 runs, dots = runs; 1 diverged run left out"
