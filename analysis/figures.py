@@ -1037,7 +1037,8 @@ NEEDS: dict[str, Needs] = {
     "gain_scatter": Needs("runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, "
                           "ReLU residual MLP)", "non-recurrent"),
     "gradient_heatmaps": Needs("runs with per-layer weight-gradient norms"),
-    "phase_diagram": Needs("runs with a depth and a training outcome", "supervised", ("depth", "activation/init")),
+    # Depth must vary: a phase is where trainability changes with depth (one depth would rank tasks' objectives).
+    "phase_diagram": Needs("runs with a depth and a training outcome", "supervised", ("depth",)),
     "clipping": Needs("runs with clipping on (clip = norm or value) and their clipped norms"),
     "saturation": Needs("runs with activation statistics", "supervised", ("activation", "depth", "init")),
     "update_ratio": Needs("runs with update ratios"),
