@@ -223,7 +223,8 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         handles.append(Patch(color=OUTCOME_COLORS["trained"], alpha=0.3, label=f"healthy: 1 ± {tol:g}"))
     missing = len(gains) - len(shown)
     if missing:
-        handles.append(Line2D([], [], ls="", label=f"{plural(missing, 'run')} with no closed-form\nprediction: not shown"))
+        text = f"{plural(missing, 'run')} with no closed-form\nprediction: not shown"
+        handles.append(Line2D([], [], ls="", label=text))
     fig.legend(handles=handles, loc="outside right center", fontsize="small")
     return fig
 
@@ -1074,7 +1075,6 @@ def unmet(needs: Needs, runs: pd.DataFrame) -> str | None:
         return lacks(needs)
     if needs.vary and all(len(_values(chosen, d)) < 2 for d in needs.vary):
         fixed = ", ".join(f"{d} = {', '.join(sorted(_values(chosen, d))) or 'unset'}" for d in needs.vary)
-        noun = "run" if len(chosen) == 1 else "runs"
-        return (f"it compares {' or '.join(needs.vary)}, which this study's {len(chosen)} {kind + ' ' if kind else ''}"
-                f"{noun} do not vary ({fixed})")
+        counted = plural(len(chosen), f"{kind} run" if kind else "run")
+        return f"it compares {' or '.join(needs.vary)}, which this study's {counted} do not vary ({fixed})"
     return None

@@ -319,8 +319,9 @@ def test_a_single_gan_configuration_needs_leave_out_what_cannot_say_anything() -
     for name in ("phase_diagram", "saturation", "bptt", "recurrent_curves"):
         assert unmet[name] is not None and "has no" in unmet[name], name
     for name in ("optimizer_curves", "optimizer_results"):
-        assert unmet[name] == ("it compares optimizer setting, which this study's 6 runs do not vary "
-                               "(optimizer setting = adam)")
+        assert unmet[name] == (
+            "it compares optimizer setting, which this study's 6 runs do not vary (optimizer setting = adam)"
+        )
     for name in ("backprop_by_layer", "gain_scatter", "gan_gradient", "update_ratio"):
         assert unmet[name] is None, name
 
@@ -332,7 +333,8 @@ def test_needs_met_by_a_study_that_varies_the_dimensions() -> None:
     same = pd.DataFrame([run("a"), run("b", seed=1)])
     assert figures.unmet(figures.NEEDS["phase_diagram"], same) == (
         "it compares depth, which this study's 2 supervised feed-forward (not recurrent, not GAN) runs do not vary "
-        "(depth = 4)")
+        "(depth = 4)"
+    )
 
 
 def test_optimizer_results_loss_axis_holds_every_run() -> None:

@@ -136,7 +136,9 @@ n_trials: 2
     assert {"index.html", "summary.csv", "backprop_by_layer.png"} <= artifacts(parent.info.run_id)
 
 
-def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_out(tracking: str, tmp_path: Path) -> None:
+def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_out(
+    tracking: str, tmp_path: Path
+) -> None:
     client = MlflowClient()
     parent = client.create_run("0", tags={"study": "ring", "role": "parent"}).info.run_id
     client.log_param(parent, "study_objective", "maximize val/modes")  # as studies.runner logs it
