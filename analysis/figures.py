@@ -535,11 +535,11 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
              title="by layer (median over training)")  # fmt: skip
     _whole_ticks(left.xaxis)
     right.set(xlabel="training step", title="over training (median over layers)")
-    left.text(0.02, 1.05e-3, "10⁻³ rule of thumb", transform=left.get_yaxis_transform(), fontsize="x-small",
-              va="bottom")  # fmt: skip
     handles = [Line2D([], [], color=palette[o], lw=2, marker="o", ms=4, label=o) for o in hues]
     handles += [Line2D([], [], color="0.3", lw=1.5, label=f"depth {d}", **({"dashes": dash} if dash else {}))
                 for d, dash in dashes.items()]  # fmt: skip
+    # In the legend, not beside the line: the curves cross 10⁻³ anywhere and would run through a label there.
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=0.9, label="10⁻³ rule of thumb"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Weight-update ratio ‖ΔW‖/‖W‖")
     return fig

@@ -229,8 +229,10 @@ def test_optimizer_results_title_says_what_the_bar_is(seeds: int, title: str) ->
 def test_update_ratio_one_line_per_optimizer_and_whole_layer_ticks() -> None:
     ratios = [rows(r, "update", "ratio", [1e-3] * 3, layer=f"L{i:03d}") for r in ("s", "a") for i in range(3)]
     runs, stats = frames([run("s", depth=3), run("a", depth=3, optimizer="adam")], *ratios)
-    left, right = panels(figures.update_ratio(runs, stats))
+    fig = figures.update_ratio(runs, stats)
+    left, right = panels(fig)
     assert len([line for line in left.lines if len(line.get_xdata()) == 3]) == 2
+    assert not left.texts and "10⁻³ rule of thumb" in legend_texts(fig)  # no label for the curves to run through
     assert all(float(t).is_integer() for t in left.get_xticks())
 
 
