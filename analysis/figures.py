@@ -215,7 +215,9 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     ax.set_ylabel("measured gain per layer at step 0\n(geometric mean of ‖∂L/∂x(l−1)‖ / ‖∂L/∂x(l)‖)")
     fig.suptitle("Per-layer gradient gain at initialization: measured vs theory")
     acts = [a for a in ACTIVATION_COLORS if a in set(shown["activation"])]
-    handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=a) for a in acts]
+    counts = shown["activation"].value_counts()  # points of equal gains overlap: the legend counts them
+    handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=f"{a} ({plural(int(counts[a]), 'run')})")
+               for a in acts]  # fmt: skip
     handles += [Line2D([], [], color="0.3", marker=THEORY_MARKERS[t], ls="", label=t)
                 for t in THEORY_MARKERS if t in set(shown["theory"])]  # fmt: skip
     handles.append(Line2D([], [], color="0.3", ls="--", label="y = x"))

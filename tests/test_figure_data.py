@@ -110,6 +110,7 @@ def test_gain_scatter_one_point_per_predicted_run_limits_around_them_and_singula
     np.testing.assert_allclose(sorted(points[:, 1]), [1.0, 2.0])  # measured: geometric mean of 8/4, 4/2, 2/1
     texts = legend_texts(fig)
     assert "1 run with no closed-form\nprediction: not shown" in texts
+    assert "relu (2 runs)" in texts
     assert "healthy: 1 ± 0.05" in texts  # the band is in view (1 lies between the points)
 
 
