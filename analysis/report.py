@@ -262,7 +262,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
 {PAGE_STYLE}</head><body>
 <h1>Gradient report: study <code>{html.escape(study)}</code></h1>
 <p>Generated {now} from MLflow (runs tagged <code>study={html.escape(study)}</code>). {len(table)} trial runs;
-outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict at initialization:
+outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict:
 {_counts(table, "verdict")}. Objective: {objective[1]} <code>{objective[0]}</code>.</p>
 <p class="rule"><b>Verdict</b>: {html.escape(VERDICT_RULE)}.<br><b>Training outcome</b>:
 {html.escape(summary.OUTCOME_RULE)}.<br>The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
