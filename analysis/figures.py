@@ -14,6 +14,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ THEORY_MARKERS = {summary.MEAN_FIELD: "o", summary.BATCH_NORM: "s", summary.RESI
 DEPTH_DASHES = ("", (4, 1.5), (1, 1), (3, 1, 1, 1), (6, 2))  # "" = solid
 HEATMAP_CMAP = "magma"
 SATURATING = ("sigmoid", "tanh")
+EMPTY_CELL = "0.93"  # a phase-diagram cell no run sampled
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -82,6 +84,11 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     return path
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 run', '3 runs': a count with its noun."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _color(palette: dict, key: object) -> object:
     return palette.get(key, GREY)
 
@@ -94,6 +101,11 @@ def _plain_log_ticks(axis, max_span: float = 300.0) -> None:
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _whole_ticks(axis) -> None:
+    """Ticks at whole numbers only (layer indices, steps), even when the axis spans less than one."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _facet_axes(names: list[str], ncols: int = 3, **kwargs) -> tuple[Figure, dict[str, object]]:
@@ -130,8 +142,8 @@ def _activation_init_handles(runs: pd.DataFrame) -> list[Line2D]:
 # ------------------------------------------------------------------------- 1. backprop by layer
 
 # What the step-0 gradient depends on (not the optimizer or clipping): runs equal in these share one line.
-STEP0_CONFIG = ("dataset", "model", "norm", "activation", "init", "init_gain", "res_scale", "depth", "width",
-                "batch_size", "seed")  # fmt: skip
+STEP0_CONFIG = ("dataset", "loss", "model", "norm", "activation", "init", "init_gain", "res_scale", "depth",
+                "width", "batch_size", "seed")  # fmt: skip
 
 
 def _one_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
@@ -165,6 +177,7 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         _plain_log_ticks(ax.yaxis)
         ax.set_title(name)
         ax.set_xlabel("hidden layer index l (0 = input side)")
+        _whole_ticks(ax.xaxis)
         ax.set_ylabel("‖∂L/∂x_l‖ at step 0 (L2 over batch)")
     handles = _activation_init_handles(chosen)
     handles += [Line2D([], [], color="0.3", lw=1.4, label="measured")]
@@ -202,14 +215,18 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     ax.set_ylabel("measured gain per layer at step 0\n(geometric mean of ‖∂L/∂x(l−1)‖ / ‖∂L/∂x(l)‖)")
     fig.suptitle("Per-layer gradient gain at initialization: measured vs theory")
     acts = [a for a in ACTIVATION_COLORS if a in set(shown["activation"])]
-    handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=a) for a in acts]
+    counts = shown["activation"].value_counts()  # points of equal gains overlap: the legend counts them
+    handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=f"{a} ({plural(int(counts[a]), 'run')})")
+               for a in acts]  # fmt: skip
     handles += [Line2D([], [], color="0.3", marker=THEORY_MARKERS[t], ls="", label=t)
                 for t in THEORY_MARKERS if t in set(shown["theory"])]  # fmt: skip
-    handles += [Line2D([], [], color="0.3", ls="--", label="y = x"),
-                Patch(color=OUTCOME_COLORS["trained"], alpha=0.3, label=f"healthy: 1 ± {tol:g}")]  # fmt: skip
+    handles.append(Line2D([], [], color="0.3", ls="--", label="y = x"))
+    if lo < 1 + tol and hi > 1 - tol:  # the band is in view
+        handles.append(Patch(color=OUTCOME_COLORS["trained"], alpha=0.3, label=f"healthy: 1 ± {tol:g}"))
     missing = len(gains) - len(shown)
     if missing:
-        handles.append(Line2D([], [], ls="", label=f"{missing} run(s) with no closed-form\nprediction: not shown"))
+        text = f"{plural(missing, 'run')} with no closed-form\nprediction: not shown"
+        handles.append(Line2D([], [], ls="", label=text))
     fig.legend(handles=handles, loc="outside right center", fontsize="small")
     return fig
 
@@ -263,7 +280,8 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
         ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(run)}", fontsize="small")
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (0 = input; top = readout)")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _whole_ticks(ax.xaxis)  # a run that diverged at once has one step
+        _whole_ticks(ax.yaxis)
         ax.grid(False)
     fig.colorbar(mesh, ax=list(axes.values()), label="log₁₀ ‖∂L/∂W‖₂ (grad/<layer>/l2)", shrink=0.8)
     fig.suptitle("Weight-gradient norm by layer and step")
@@ -277,8 +295,13 @@ def _training_setup(run: dict) -> str:
 
 
 def _gain_text(run: dict) -> str:
-    measured = run["verdict"] != "unknown"
-    text = f"gain {run['measured_gain']:.2f}/layer: {run['verdict']}" if measured else "no gain measured"
+    gain = run["measured_gain"]
+    if summary.is_gan(run):  # its verdict is about the generator loss's gradient, not the per-layer gain
+        text = f"{'no gain measured' if pd.isna(gain) else f'gain {gain:.2f}/layer'}; loss gradient: {run['verdict']}"
+    elif run["verdict"] != "unknown":
+        text = f"gain {gain:.2f}/layer: {run['verdict']}"
+    else:
+        text = "no gain measured"
     if value(run, "outcome") == "diverged":
         text += f"; diverged at step {value(run, 'diverged_step', '?')}"
     return text
@@ -320,7 +343,7 @@ def _phase_panel(ax, cells: pd.DataFrame, depths: list, columns: list, ascending
                   vmax=2.5, edgecolors="white", linewidth=1.5)  # fmt: skip
     ax.set_xticks(np.arange(len(columns)) + 0.5, columns, fontsize=7)
     ax.set_yticks(np.arange(len(depths)) + 0.5, [str(int(d)) for d in depths])
-    ax.set(xlim=(0, len(columns)), ylim=(0, len(depths)), facecolor="0.96")  # grey: no run in the cell
+    ax.set(xlim=(0, len(columns)), ylim=(0, len(depths)), facecolor=EMPTY_CELL)  # no run in the cell
     ax.grid(False)
 
 
@@ -345,6 +368,8 @@ def phase_diagram(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
         _phase_panel(ax, table[table["arch"] == name], depths, columns, ascending=direction != "maximize")
         ax.set(title=name, xlabel="activation / init", ylabel="depth (hidden layers)")
     handles = [Patch(color=c, label=k) for k, c in OUTCOME_COLORS.items()]
+    if len(table[["arch", "depth", "column"]].drop_duplicates()) < len(names) * len(depths) * len(columns):
+        handles.append(Patch(facecolor=EMPTY_CELL, edgecolor="0.75", label="not sampled"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="outcome")
     fig.suptitle(f"Trainability by depth and activation/init (number: best {objective}; k/n: runs trained)")
     return fig
@@ -462,6 +487,7 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
                         marker=INIT_MARKERS.get(init, "o"), ms=4, lw=1.4)  # fmt: skip
         ax.set(ylim=(-0.02, 1.02), xlabel="hidden layer index (0 = input side)" if i == len(depths) - 1 else "",
                ylabel="share of units" if j == 0 else "")  # fmt: skip
+        _whole_ticks(ax.xaxis)
     handles = [Line2D([], [], color=c, lw=2, label=f"{p} of training") for p, c in phases.items()]
     handles += [Line2D([], [], color="0.3", marker=INIT_MARKERS[k], ls="", label=k) for k in inits]
     fig.legend(handles=handles, loc="outside right center", fontsize="small")
@@ -509,12 +535,13 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         _plain_log_ticks(ax.yaxis)
     left.set(xlabel="layer index (0 = input side, last = readout)", ylabel="update ratio ‖ΔW‖ / ‖W‖ per step",
              title="by layer (median over training)")  # fmt: skip
+    _whole_ticks(left.xaxis)
     right.set(xlabel="training step", title="over training (median over layers)")
-    left.text(0.02, 1.05e-3, "10⁻³ rule of thumb", transform=left.get_yaxis_transform(), fontsize="x-small",
-              va="bottom")  # fmt: skip
     handles = [Line2D([], [], color=palette[o], lw=2, marker="o", ms=4, label=o) for o in hues]
     handles += [Line2D([], [], color="0.3", lw=1.5, label=f"depth {d}", **({"dashes": dash} if dash else {}))
                 for d, dash in dashes.items()]  # fmt: skip
+    # In the legend, not beside the line: the curves cross 10⁻³ anywhere and would run through a label there.
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=0.9, label="10⁻³ rule of thumb"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Weight-update ratio ‖ΔW‖/‖W‖")
     return fig
@@ -621,7 +648,7 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             _plain_log_ticks(ax.yaxis)
     if not drew:
         return None
-    handles = [Line2D([], [], lw=2, label=f"{s} ({drew[s]} run{'s' * (drew[s] > 1)})", **_style_kwargs(styles[s]))
+    handles = [Line2D([], [], lw=2, label=f"{s} ({plural(drew[s], 'run')})", **_style_kwargs(styles[s]))
                for s in order if s in drew]  # fmt: skip
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Optimizers: loss against steps and against wall-clock time")
@@ -639,7 +666,9 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     if per_step.empty:  # runs that wrote no statistics
         return None
     table = runs.assign(final=runs["run_id"].map(final), ms=runs["run_id"].map(per_step))
-    table = table[np.isfinite(table["final"].astype(float))]
+    # A diverged run's last value (inf, stored by MLflow as 1.8e308, or 1e29) is no result: left out, counted.
+    left_out = int((table["outcome"] == "diverged").sum())
+    table = table[np.isfinite(table["final"].astype(float)) & (table["outcome"] != "diverged")]
     if table.empty or len(order) < 2:
         return None
     order = [s for s in order if s in set(table["setting"])]
@@ -654,9 +683,19 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         ax.set(xlabel=xlabel, ylabel="")
     left.set_ylabel("optimizer setting")
     right.set(yticklabels=[])
-    if metric == "val/loss":
+    if metric == "val/loss":  # bars from 0 mean nothing on a log axis: the limits come from the runs
+        values = table["final"].astype(float)
+        values = values[values > 0]
         left.set_xscale("log")
-    left.set_title("bar = mean over seeds, dots = runs", fontsize="small")
+        if not values.empty:
+            left.set_xlim(values.min() / 1.5, values.max() * 1.5)
+            _plain_log_ticks(left.xaxis)
+    per_setting = table.groupby("setting").size()
+    low, high = int(per_setting.min()), int(per_setting.max())
+    runs_text = f"{low}" if low == high else f"{low}–{high}"
+    title = "one run per setting (bar = its value)" if high == 1 else \
+        f"bar = mean over each setting's {runs_text} runs, dots = runs"  # fmt: skip
+    left.set_title(title + (f"; {plural(left_out, 'diverged run')} left out" if left_out else ""), fontsize="small")
     fig.suptitle("Optimizers: final result and cost per step")
     return fig
 
@@ -742,15 +781,17 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             ax.set_ylim(top=top)
         if adding:
             ax.axhline(theory.ADDING_BASELINE_MSE, color="0.3", ls=":", lw=1.0)
-            ax.text(0.02, theory.ADDING_BASELINE_MSE, "predict the mean (MSE 1/6)", fontsize="x-small",
-                    va="bottom", transform=ax.get_yaxis_transform())  # fmt: skip
+            # Below the line at the left: early in training every curve sits above the baseline.
+            ax.text(0.02, theory.ADDING_BASELINE_MSE * 0.93, "predict the mean (MSE 1/6)", fontsize="x-small",
+                    ha="left", va="top", transform=ax.get_yaxis_transform())  # fmt: skip
         _plain_log_ticks(ax.yaxis)
     next(iter(axes.values())).set_ylabel(loss_name)
     cells = [c for c in CELL_COLORS if c in set(recurrent["model"])]
     handles = [Line2D([], [], color=CELL_COLORS[c], lw=2, label=c) for c in cells]
     handles += [Line2D([], [], color="0.3", ls="-", label="no clipping"),
-                Line2D([], [], color="0.3", ls="--", label="clipped"),
-                Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="diverged")]  # fmt: skip
+                Line2D([], [], color="0.3", ls="--", label="clipped")]  # fmt: skip
+    if diverged:
+        handles.append(Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="diverged"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="cell · clipping")
     fig.suptitle("Recurrent cells by sequence length: who learns the long lag")
     return fig
@@ -787,7 +828,7 @@ def _pair_label(pair: dict) -> str:
 @figure_function
 def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/loss", direction: str = "minimize",
                     max_pairs: int = 4) -> Figure | None:  # fmt: skip
-    """Runs that differ only by clipping: the gradient norm of the worst-exploding pairs, and each pair's outcome."""
+    """Runs that differ only by clipping: the gradient norm of the pairs with the largest one, and each pair's outcome."""
     pairs = clipping_pairs(runs)
     norms = select(stats, "grad", "global_l2")
     if pairs.empty or norms.empty:
@@ -807,8 +848,10 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
                 left.plot(rows["step"].iloc[-1], rows["value"].iloc[-1], marker="x", color=color, ms=8, mew=2)
         name = _pair_label(pair)
         handles.append(Line2D([], [], color=color, lw=2, label=name))
+    shown = min(len(pairs), max_pairs)
     left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm before clipping",
-             title="most exploding pairs: unclipped (solid) vs clipped (dashed)")  # fmt: skip
+             title=f"the {plural(shown, 'pair')} with the largest unclipped norm:\n"
+                   f"unclipped (solid) vs clipped (dashed)")  # fmt: skip
     fig.legend(handles=handles, fontsize="x-small", loc="outside lower center", ncols=2,
                title="pair (the clipped run's setting last)", title_fontsize="x-small")  # fmt: skip
     # Right: each pair's objective with vs without clipping; a diverged run has no objective and sits on the edge.
@@ -816,26 +859,42 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
     x = pairs["run_id_off"].map(final).where(pairs["outcome_off"] != "diverged")
     y = pairs["run_id_on"].map(final).where(pairs["outcome_on"] != "diverged")
     finite = pd.concat([x, y]).replace([np.inf, -np.inf], np.nan).dropna()
-    finite = finite[finite > 0]
-    lo, hi = (finite.min() / 2, finite.max() * 2) if not finite.empty else (1e-3, 10.0)
-    edge = hi * 1.8  # where diverged runs are drawn
+    log = objective.endswith("loss") and (finite > 0).all()  # a loss spans decades; accuracy-like scores do not
+    lo, hi, edge, limit = _paired_range(finite, log)
     for pair, xv, yv in zip(pairs.to_dict("records"), x, y):
         color = _color(CELL_COLORS, pair["model_off"]) if pair["model_off"] in CELL_COLORS else "0.3"
         right.scatter(edge if pd.isna(xv) else xv, edge if pd.isna(yv) else yv, color=color, s=30,
-                      marker="x" if pd.isna(xv) or pd.isna(yv) else "o", zorder=3)  # fmt: skip
+                      marker="x" if pd.isna(xv) or pd.isna(yv) else "o", zorder=3, clip_on=False)  # fmt: skip
     right.plot([lo, hi], [lo, hi], color="0.4", lw=0.9, ls=":")
-    right.axvline(hi * 1.35, color="0.7", lw=0.8)
-    right.axhline(hi * 1.35, color="0.7", lw=0.8)
+    rule = math.sqrt(hi * edge) if log else (hi + edge) / 2  # the line between finite values and the edge
+    right.axvline(rule, color="0.45", lw=0.9, ls="--")  # dashed: not a grid line
+    right.axhline(rule, color="0.45", lw=0.9, ls="--")
     right.text(edge, lo, "diverged", rotation=90, ha="center", va="bottom", fontsize="x-small")
     right.text(lo, edge, "diverged", ha="left", va="center", fontsize="x-small")
-    right.set(xscale="log", yscale="log", xlim=(lo, edge * 1.5), ylim=(lo, edge * 1.5),
+    scale = "log" if log else "linear"
+    n = len(pairs)
+    right.set(xscale=scale, yscale=scale, xlim=(lo, limit), ylim=(lo, limit),
               xlabel=f"{objective} without clipping", ylabel=f"{objective} with clipping",
-              title=f"{len(pairs)} pairs ({'below' if direction == 'minimize' else 'above'} the diagonal: "
+              title=f"{plural(n, 'pair')} ({'below' if direction == 'minimize' else 'above'} the diagonal: "
                     f"clipping helped)")  # fmt: skip
-    for axis in (left.yaxis, right.xaxis, right.yaxis):
+    for axis in (left.yaxis, *((right.xaxis, right.yaxis) if log else ())):
         _plain_log_ticks(axis)
-    fig.suptitle("Gradient clipping on runs that explode")
+    fig.suptitle("Gradient clipping: runs that differ only in clipping")
     return fig
+
+
+def _paired_range(finite: pd.Series, log: bool) -> tuple[float, float, float, float]:
+    """(lo, hi) of the finite values with a margin, where diverged runs sit (edge), and the axis limit past it."""
+    if finite.empty:
+        lo, hi = (1e-3, 10.0) if log else (0.0, 1.0)
+    elif log:
+        lo, hi = finite.min() / 2, finite.max() * 2
+    else:
+        pad = 0.05 * max(finite.max() - finite.min(), abs(finite.max()), 1e-12)
+        lo, hi = finite.min() - pad, finite.max() + pad
+    if log:
+        return lo, hi, hi * 1.8, hi * 1.8 * 1.5
+    return lo, hi, hi + 0.12 * (hi - lo), hi + 0.2 * (hi - lo)
 
 
 # ------------------------------------------------------------------- 12. the gradient side of the loss
@@ -918,8 +977,9 @@ def gan_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     _plain_log_ticks(left.yaxis)
     right.set(yscale="log", xlabel="training step", ylabel="D(G(z)) (gan/d_fake, mean probability)",
               title="how surely the discriminator rejects fakes")  # fmt: skip
+    _plain_log_ticks(right.yaxis)
     counts = info["loss"].value_counts()
-    handles = [Line2D([], [], color=LOSS_COLORS[n], lw=2, label=f"{t} ({counts.get(n, 0)} runs)")
+    handles = [Line2D([], [], color=LOSS_COLORS[n], lw=2, label=f"{t} ({plural(int(counts[n]), 'run')})")
                for n, t in (("gan_saturating", "saturating: min log(1 − D(G(z)))"),
                             ("gan_nonsaturating", "non-saturating: min −log D(G(z))")) if n in counts]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", fontsize="small", ncols=2, title="generator loss")
@@ -946,3 +1006,77 @@ FIGURES: dict[str, Callable[..., Figure | None]] = {
     "output_gradient": output_gradient,
     "gan_gradient": gan_gradient,
 }
+
+
+# ------------------------------------------------------------------------- what each figure needs
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a figure needs to say anything: runs of a kind (`task`) whose data it draws, and dimensions that vary."""
+
+    data: str  # the records it draws, named for the report's "Not drawn" list when a study lacks them
+    task: str = "any"  # a key of TASKS: which runs the figure is about
+    vary: tuple[str, ...] = ()  # at least one of these (config columns or keys of DERIVED) takes ≥ 2 values
+
+
+TASKS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
+    "any": ("", lambda runs: pd.Series(True, index=runs.index)),
+    "non-recurrent": ("non-recurrent", lambda runs: ~runs["model"].isin(RECURRENT)),
+    "supervised": ("supervised feed-forward (not recurrent, not GAN)",
+                   lambda runs: ~runs["model"].isin(RECURRENT) & ~runs["loss"].isin(summary.GAN_LOSSES)),
+    "recurrent": ("recurrent (rnn, lstm, gru)", lambda runs: runs["model"].isin(RECURRENT)),
+    "gan": ("GAN (loss gan_saturating or gan_nonsaturating)", lambda runs: runs["loss"].isin(summary.GAN_LOSSES)),
+}  # fmt: skip
+# Dimensions that are not one config column: name → the value of a run.
+DERIVED: dict[str, Callable[[dict], object]] = {
+    "optimizer setting": lambda run: optimizer_setting(run),
+    "activation/init": lambda run: _cell_column(run).replace("\n", " "),
+    "architecture": arch,
+}
+
+NEEDS: dict[str, Needs] = {
+    "backprop_by_layer": Needs("runs with at least two hidden layers measured at step 0", "non-recurrent"),
+    "gain_scatter": Needs("runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, "
+                          "ReLU residual MLP)", "non-recurrent"),
+    "gradient_heatmaps": Needs("runs with per-layer weight-gradient norms"),
+    # Depth must vary: a phase is where trainability changes with depth (one depth would rank tasks' objectives).
+    "phase_diagram": Needs("runs with a depth and a training outcome", "supervised", ("depth",)),
+    "clipping": Needs("runs with clipping on (clip = norm or value) and their clipped norms"),
+    "saturation": Needs("runs with activation statistics", "supervised", ("activation", "depth", "init")),
+    "update_ratio": Needs("runs with update ratios"),
+    "optimizer_curves": Needs("runs with training-loss records", vary=("optimizer setting",)),
+    "optimizer_results": Needs("runs with a final validation result and a clock", vary=("optimizer setting",)),
+    "bptt": Needs("runs with per-time-step BPTT norms", "recurrent"),
+    "recurrent_curves": Needs("runs with loss records", "recurrent"),
+    "clipping_effect": Needs("pairs of runs that differ only in clipping (clip = none and clip = norm or value)"),
+    "output_gradient": Needs("breast_cancer runs with both the bce and the mse loss"),
+    "gan_gradient": Needs("runs with the generator's readout gradient", "gan"),
+}  # fmt: skip
+
+
+def _values(runs: pd.DataFrame, dimension: str) -> set[str]:
+    """The distinct values of a config column or DERIVED dimension among `runs` (missing ones left out)."""
+    if dimension in DERIVED:
+        return {str(DERIVED[dimension](run)) for run in runs.to_dict("records")}
+    return {str(v) for v in runs[dimension].dropna()} if dimension in runs else set()
+
+
+def lacks(needs: Needs) -> str:
+    """The reason a figure is not drawn when the study holds none of the records it draws."""
+    kind = TASKS[needs.task][0]
+    return f"this study has no {kind + ' ' if kind else ''}{needs.data}"
+
+
+def unmet(needs: Needs, runs: pd.DataFrame) -> str | None:
+    """Why a figure with these needs cannot say anything about `runs` (one sentence), or None when it can."""
+    runs = summary.ensure_columns(runs)
+    kind, belongs = TASKS[needs.task]
+    chosen = runs[belongs(runs)]
+    if chosen.empty:
+        return lacks(needs)
+    if needs.vary and all(len(_values(chosen, d)) < 2 for d in needs.vary):
+        fixed = ", ".join(f"{d} = {', '.join(sorted(_values(chosen, d))) or 'unset'}" for d in needs.vary)
+        counted = plural(len(chosen), f"{kind} run" if kind else "run")
+        return f"it compares {' or '.join(needs.vary)}, which this study's {counted} do not vary ({fixed})"
+    return None

@@ -305,11 +305,13 @@ CAPTIONS = {
     "equivariance_by_layer": (
         "Equivariance error by layer",
         "‖f_l(T_k x) − T_{k/s} f_l(x)‖ / ‖f_l(x)‖ for every conv block l under a circular shift T_k of the input, "
-        "where s is the block's total stride (strides and pooling up to its output). Solid: k = 1; dashed: k = s. "
+        "where s is the block's total stride (strides and pooling up to its output). One heatmap per dataset: a row "
+        "per model and shift (k = 1, and k = s for blocks with s > 1), a column per conv block at initialization, "
+        "then (right of the white line) trained; the colour is log₁₀ of the error, the number in the cell its value. "
         "When k is not a multiple of s no shift of the output grid matches, and the error is against the nearer of "
-        "⌊k/s⌋ and ⌈k/s⌉. Expect float32 rounding (grey band; exact zeros are drawn at the bottom) for circular "
-        "stride-1 layers, and for strided or pooled layers at k = s; a large error at k = 1 for strided or pooled "
-        "layers (subsampling is not shift equivariant); and a non-zero error at every layer with zero padding (the "
+        "⌊k/s⌋ and ⌈k/s⌉. Expect float32 rounding (the darkest cells: ≤ 10⁻⁸ or exactly 0) for circular "
+        "stride-1 blocks, and for strided or pooled blocks at k = s; a large error at k = 1 for strided or pooled "
+        "blocks (subsampling is not shift equivariant); and a non-zero error in every block with zero padding (the "
         "borders see zeros, not the wrapped-around input). The head does not change the conv layers, so the flatten "
         "CNN's errors equal the circular CNN's: it loses invariance only in the readout.",
     ),

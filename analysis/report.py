@@ -28,7 +28,10 @@ ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
 VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.verdict): vanishing if g < {1 - T:g}, "
                 f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); unknown when fewer than two hidden "
-                f"layers were measured")  # fmt: skip
+                f"layers were measured. A GAN's verdict is about its loss instead: the generator loss's gradient "
+                f"factor ∂L_G/∂logit, D(G(z)) for the saturating loss and 1 − D(G(z)) for the non-saturating one "
+                f"(gan/d_fake, median over logged steps), is vanishing below {summary.GAN_VANISHING:g} (an order of "
+                f"magnitude below its maximum 1), healthy otherwise")  # fmt: skip
 
 # name → (title, caption). Captions say what to look for and what theory predicts.
 CAPTIONS: dict[str, tuple[str, str]] = {
@@ -42,7 +45,13 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "variance trajectory for plain networks (flat for ReLU with He init; about ¼ per layer for sigmoid), "
         "√rate of Yang et al. (2019) for batch norm (explodes towards the input: ≈ √(π/(π−1)) per layer for "
         "ReLU), √(1+α²χ₁) per residual block. No dotted line where theory has no closed form (tanh/sigmoid "
-        "residual nets, layer norm, CNNs).",
+        "residual nets, layer norm, CNNs). Residual ReLU blocks x + α·relu(Wx) at α = 1 grow faster than their "
+        "dotted line (about 1.6 per block at width 64 against √2): mean field assumes the backward pass meets "
+        "weights independent of the forward pass (gradient independence), but here the stream accumulates a "
+        "positive mean, so which units are on is set largely by W's own row sums, and the backward factor "
+        "I + α·Wᵀ·D meets W through the mask D it chose. Replacing W by an independent copy in the backward "
+        "pass recovers √2. At α ≈ 1/√depth the excess per block is small but compounds: tens of percent over 48 "
+        "blocks, mostly on the input side where the stream's mean is largest.",
     ),
     "gain_scatter": (
         "Measured vs predicted per-layer gain",
@@ -50,7 +59,8 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "hidden layers at step 0, theory.measured_gain) against theory's prediction for the same layers "
         "(marker = which closed form). Points on the dashed y = x line agree with mean-field theory; the green "
         "band is the healthy range of the verdict. Expect agreement within a few percent for wide plain "
-        "networks; batch-norm and residual predictions assume infinite width and are looser at width 32–64. "
+        "networks; batch-norm predictions assume infinite width and are looser at width 32–64, and residual ReLU "
+        "nets at α = 1 measure above their prediction (see the previous figure: gradient independence fails). "
         "Runs without a closed-form prediction (NaN) are counted in the legend but not drawn.",
     ),
     "gradient_heatmaps": (
@@ -65,7 +75,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "Trainability phase diagram",
         "Cells are depth × activation/init, one panel per architecture; the colour is the outcome of the best "
         "run in the cell, the number its objective (and k/n = how many of n runs trained, when there are "
-        "several). Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
+        "several); light grey cells are combinations no run sampled. Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
         "or ReLU with a too-small or too-large init) fail more often as depth grows, that batch norm without "
         "skips explodes with depth, and that residual connections with a small α keep deep nets trainable.",
     ),
@@ -104,7 +114,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "optimizer_results": (
         "Optimizers: final result and cost",
         "The final validation accuracy (validation loss where there is no accuracy) of every run, by optimizer "
-        "setting (dots = runs, e.g. seeds; bars = their mean), and the wall-clock milliseconds per training step "
+        "setting (dots = runs, e.g. seeds; bars = their mean; the panel title says how many runs each bar holds), and the wall-clock milliseconds per training step "
         "(time/elapsed at the last step over the steps). Full-batch gradient descent is SGD whose batch holds the "
         "whole training set (tag n_train): each step costs the most and is the least noisy; SGD with batch 1 is "
         "the cheapest and noisiest step. Adaptive methods (RMSprop, Adagrad, Adam, AdamW) reach a low loss "
@@ -130,11 +140,13 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "learn.",
     ),
     "clipping_effect": (
-        "Clipping on runs that explode",
+        "Clipping, paired runs",
         "Runs that differ only in gradient clipping, paired. Left: the global gradient norm before clipping "
-        "(grad/global_l2) of the pairs whose unclipped run reached the largest norm, unclipped solid, clipped "
-        "dashed, × where a run diverged. Right: each pair's objective without (x) and with clipping (y), on the "
-        "side of the diagonal the title names where clipping helped; × on the edge marks a run that diverged. Pascanu et al. "
+        "(grad/global_l2) of the (up to four) pairs whose unclipped run reached the largest norm, unclipped solid, "
+        "clipped dashed, × where a run diverged; whether that norm explodes is read off the axis, not assumed. "
+        "Right: each pair's objective without (x) and with clipping (y), on the side of the diagonal the title "
+        "names where clipping helped (log axes for a loss, linear for a score such as accuracy); × on the edge "
+        "marks a run that diverged. Pascanu et al. "
         "(2013): an RNN with spectral radius above 1 under plain SGD meets gradient cliffs; an unclipped step "
         "there throws the weights far away (often to non-finite values), a norm-clipped step keeps the "
         "direction and caps the length, so the same run trains.",
@@ -159,23 +171,6 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "largest exactly then.",
     ),
 }
-NEEDS = {
-    "backprop_by_layer": "non-recurrent runs with at least two hidden layers measured at step 0",
-    "gain_scatter": "runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, ReLU residual MLP)",
-    "gradient_heatmaps": "runs with per-layer weight-gradient norms",
-    "phase_diagram": "non-recurrent runs with a depth",
-    "clipping": "runs with clipping on (clip = norm or value)",
-    "saturation": "non-recurrent runs with activation statistics",
-    "update_ratio": "runs with update ratios",
-    "optimizer_curves": "runs with training-loss records",
-    "optimizer_results": "at least two optimizer settings with a final validation result",
-    "bptt": "recurrent runs (rnn, lstm, gru) with per-time-step BPTT norms",
-    "recurrent_curves": "recurrent runs (rnn, lstm, gru) with loss records",
-    "clipping_effect": "pairs of runs that differ only in clipping (clip = none and clip = norm or value)",
-    "output_gradient": "breast_cancer runs with both the bce and the mse loss",
-    "gan_gradient": "GAN runs (loss gan_saturating or gan_nonsaturating)",
-}
-
 # The page style, shared with the invariance report.
 PAGE_STYLE = """<style>
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }
@@ -201,7 +196,9 @@ def objective_of(data: StudyData) -> tuple[str, str]:
     """(metric, direction) of the study's objective, from its parent run's `objective` param ('maximize val/acc')."""
     if data.parent_run_id is not None:
         parent = load.runs(run_ids=[data.parent_run_id], role=None)
-        text = str(parent["objective"].iloc[0]) if "objective" in parent else ""
+        # studies.runner logs it as `study_objective`; `objective` is what older parent runs carry.
+        column = next((c for c in ("study_objective", "objective") if c in parent), None)
+        text = str(parent[column].iloc[0]) if column else ""
         direction, _, metric = text.partition(" ")
         if direction in ("maximize", "minimize") and metric:
             return metric, direction
@@ -222,16 +219,20 @@ def summary_table(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
     return table.join(runs[list(summary.SUMMARY_COLUMNS[:-1])])
 
 
-def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | None:
-    """Draw one figure of FIGURES into folder/<name>.png; None when the study lacks its data."""
+def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | str:
+    """Draw one figure of FIGURES into folder/<name>.png; or why not (figures.NEEDS unmet, or no data)."""
+    needs = figures.NEEDS[name]
+    reason = figures.unmet(needs, data.runs)
+    if reason is not None:
+        return reason
     takes_objective = name in ("phase_diagram", "clipping_effect")
     extra = {"objective": objective[0], "direction": objective[1]} if takes_objective else {}
     fig = figures.FIGURES[name](data.runs, data.stats, **extra)
-    return None if fig is None else figures.save_figure(fig, folder / f"{name}.png")
+    return figures.lacks(needs) if fig is None else figures.save_figure(fig, folder / f"{name}.png")
 
 
-def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | None]:
-    """Draw every figure that has data into `folder`; name → PNG path, or None when the study lacks its data."""
+def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | str]:
+    """Draw every figure that can say something into `folder`; name → PNG path, or the reason it is not drawn."""
     return {name: draw_one(name, data, folder, objective) for name in figures.FIGURES}
 
 
@@ -247,15 +248,15 @@ def _counts(table: pd.DataFrame, column: str) -> str:
     return ", ".join(f"{k}: {v}" for k, v in table[column].value_counts().items())
 
 
-def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | None], objective: tuple[str, str],
+def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], objective: tuple[str, str],
                path: Path) -> Path:  # fmt: skip
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
     sections, missing = [], []
     for name, png in written.items():
         title, caption = CAPTIONS[name]
         caption = caption.replace("{rule}", html.escape(summary.OUTCOME_RULE))
-        if png is None:
-            missing.append(f"<li>{title}: this study has no {NEEDS[name]}.</li>")
+        if not isinstance(png, Path):
+            missing.append(f"<li>{title}: {html.escape(png, quote=False)}.</li>")
             continue
         sections.append(f'<section class="fig"><img src="{png.name}" alt="{title}">'
                         f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
@@ -266,7 +267,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | None],
 {PAGE_STYLE}</head><body>
 <h1>Gradient report: study <code>{html.escape(study)}</code></h1>
 <p>Generated {now} from MLflow (runs tagged <code>study={html.escape(study)}</code>). {len(table)} trial runs;
-outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict at initialization:
+outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict:
 {_counts(table, "verdict")}. Objective: {objective[1]} <code>{objective[0]}</code>.</p>
 <p class="rule"><b>Verdict</b>: {html.escape(VERDICT_RULE)}.<br><b>Training outcome</b>:
 {html.escape(summary.OUTCOME_RULE)}.<br>The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>

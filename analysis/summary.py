@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import theory
+from pipelines import keys
 
 VERDICT_TOLERANCE = 0.05  # theory.verdict's default: a per-layer gain outside [0.95, 1.05] is pathological
 STALL_SHARE = 0.9  # a run whose final training loss is ≥ 90 % of its initial loss has not learned
@@ -30,6 +31,10 @@ MEAN_FIELD, BATCH_NORM, RESIDUAL, NO_THEORY = (
     "no closed form",
 )
 RECURRENT = ("rnn", "lstm", "gru")
+GAN_LOSSES = ("gan_saturating", "gan_nonsaturating")
+# A GAN generator's loss gradient w.r.t. the fake logit is D(G(z)) (saturating) or 1 − D(G(z)) (non-saturating),
+# at most 1: an order of magnitude below that maximum over most of training, the generator's gradient has vanished.
+GAN_VANISHING = 0.1
 CONFIG_COLUMNS = ("model", "activation", "depth", "width", "norm", "init", "init_gain", "res_scale", "optimizer",
                   "lr", "clip", "clip_threshold", "loss", "batch_size", "seq_len", "dataset", "seed")  # fmt: skip
 
@@ -130,8 +135,25 @@ def first_layer_m2(stats: pd.DataFrame) -> pd.Series:
     return wide["mean"] ** 2 + wide["std"] ** 2
 
 
+def is_gan(run: Mapping[str, Any]) -> bool:
+    """Whether the run trained a GAN generator (its loss is one of the GAN generator losses)."""
+    return value(run, "loss") in GAN_LOSSES
+
+
 def _verdict(gain: float, tolerance: float) -> str:
     return "unknown" if math.isnan(gain) else theory.verdict(gain, tolerance)
+
+
+def gan_loss_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.Series:
+    """Median over logged steps of the generator loss's factor ∂L_G/∂logit: D(G(z)) or 1 − D(G(z)), by run_id."""
+    family, _, stat = keys.parse(keys.GAN_D_FAKE)
+    d_fake = select(stats, family, stat).groupby("run_id")["value"].median()
+    saturating = set(runs.loc[runs["loss"] == "gan_saturating", "run_id"]) if "loss" in runs else set()
+    return pd.Series({run_id: d if run_id in saturating else 1 - d for run_id, d in d_fake.items()}, dtype=float)
+
+
+def _gan_verdict(factor: float) -> str:
+    return "unknown" if not math.isfinite(factor) else "vanishing" if factor < GAN_VANISHING else "healthy"
 
 
 def gain_table(runs: pd.DataFrame, stats: pd.DataFrame, tolerance: float = VERDICT_TOLERANCE) -> pd.DataFrame:
@@ -139,15 +161,19 @@ def gain_table(runs: pd.DataFrame, stats: pd.DataFrame, tolerance: float = VERDI
     norms = step0_backprop(stats)
     by_run = {run_id: group["value"].to_numpy() for run_id, group in norms.groupby("run_id", sort=False)}
     m2 = first_layer_m2(stats)
+    gan_factor = gan_loss_gradient(runs, stats)
     rows = []
     for run in runs.to_dict("records"):
         measured_norms = by_run.get(run["run_id"], np.empty(0))
         measured = theory.measured_gain(measured_norms) if measured_norms.size >= 2 else math.nan
         per_layer, rule = predicted_layer_gains(run, float(m2.get(run["run_id"], math.nan)))
         predicted = float(np.exp(np.log(per_layer).mean())) if per_layer.size and np.all(per_layer > 0) else math.nan
+        # A GAN's pathology is its loss saturating, not depth: its verdict is the generator loss's gradient.
+        verdict = (_gan_verdict(float(gan_factor.get(run["run_id"], math.nan))) if is_gan(run)
+                   else _verdict(measured, tolerance))  # fmt: skip
         rows.append({"run_id": run["run_id"], "measured_gain": measured, "predicted_gain": predicted,
                      "theory": rule if math.isfinite(predicted) else NO_THEORY,
-                     "verdict": _verdict(measured, tolerance), "verdict_tolerance": tolerance})  # fmt: skip
+                     "verdict": verdict, "verdict_tolerance": tolerance})  # fmt: skip
     columns = ["run_id", "measured_gain", "predicted_gain", "theory", "verdict", "verdict_tolerance"]
     return pd.DataFrame(rows, columns=columns).astype({"measured_gain": float, "predicted_gain": float})
 
@@ -177,19 +203,37 @@ def final_loss_ratio(stats: pd.DataFrame) -> pd.Series:
     return loss.groupby("run_id").apply(ratio, include_groups=False) if not loss.empty else pd.Series(dtype=float)
 
 
+def _gan_modes(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.Series:
+    """val/modes of each run (its MLflow metric, else the last validation in the stats table), by run_id."""
+    column = f"metrics.{keys.VAL_MODES}"
+    if column in runs:
+        return pd.Series(pd.to_numeric(runs[column], errors="coerce").to_numpy(float), index=runs["run_id"])
+    family, _, stat = keys.parse(keys.VAL_MODES)
+    return select(stats, family, stat).sort_values("step").groupby("run_id")["value"].last()
+
+
 def training_outcome(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.Series:
-    """trained / vanished / diverged by run_id (the rule is OUTCOME_RULE); unknown for a run without loss records."""
+    """trained / vanished / diverged / unknown by run_id, by the rules of OUTCOME_RULE for the run's task.
+
+    Never contradicts the run's `outcome` tag: diverged exactly when the tag says so (or, for a run without the
+    tag, when its final loss is not finite); a GAN's loss may be negative, so only a tag can say it diverged.
+    """
     ratios = final_loss_ratio(stats)
+    modes = _gan_modes(runs, stats)
     result = {}
     for run in runs.to_dict("records"):
-        if value(run, "outcome") == "diverged":
-            result[run["run_id"]] = "diverged"
-        elif run["run_id"] not in ratios.index:
-            result[run["run_id"]] = "unknown"
-        elif not math.isfinite(r := ratios[run["run_id"]]):
-            result[run["run_id"]] = "diverged"
+        run_id, tag = run["run_id"], value(run, "outcome")
+        if tag == "diverged":
+            result[run_id] = "diverged"
+        elif is_gan(run):
+            found = float(modes.get(run_id, math.nan))
+            result[run_id] = "unknown" if not math.isfinite(found) else "trained" if found >= 1 else "vanished"
+        elif run_id not in ratios.index:
+            result[run_id] = "unknown"
+        elif not math.isfinite(r := ratios[run_id]):
+            result[run_id] = "diverged" if tag is None else "unknown"
         else:
-            result[run["run_id"]] = "vanished" if r >= STALL_SHARE else "trained"
+            result[run_id] = "vanished" if r >= STALL_SHARE else "trained"
     return pd.Series(result, dtype=object, name="training")
 
 
@@ -207,8 +251,10 @@ def annotate(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
 
 
 OUTCOME_RULE = (
-    f"diverged = the loss or a gradient became non-finite (outcome tag); vanished = the run finished but its "
+    f"diverged = the run's outcome tag is diverged (the loss or a gradient became non-finite); for the other runs, "
+    f"by task: a GAN (loss gan_saturating or gan_nonsaturating) trained when its generator covers at least one "
+    f"mode at the last validation (val/modes ≥ 1), vanished when it covers none; every other run vanished when its "
     f"training loss at the end (mean of the last {TAIL_SHARE:.0%} of logged steps) is still ≥ {STALL_SHARE:.0%} "
-    f"of its value at initialization, i.e. the objective stayed at chance; trained = everything else; unknown = the run "
-    f"recorded no training loss"
+    f"of its value at initialization, i.e. the objective stayed at chance, trained otherwise; unknown = the run "
+    f"recorded no training loss (no val/modes for a GAN) or a loss ratio that is not a number"
 )

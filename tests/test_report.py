@@ -138,3 +138,26 @@ n_trials: 2
     assert index.exists() and "backprop_by_layer.png" in images(index.read_text(encoding="utf-8"))
     parent = MlflowClient().search_runs(["0"], "tags.study = 'reported' and tags.role = 'parent'")[0]
     assert {"index.html", "summary.csv", "backprop_by_layer.png"} <= artifacts(parent.info.run_id)
+
+
+def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_out(
+    tracking: str, tmp_path: Path
+) -> None:
+    client = MlflowClient()
+    parent = client.create_run("0", tags={"study": "ring", "role": "parent"}).info.run_id
+    client.log_param(parent, "study_objective", "maximize val/modes")  # as studies.runner logs it
+    for trial, (loss, modes) in enumerate((("gan_saturating", 0.0), ("gan_nonsaturating", 6.0))):
+        child = client.create_run("0", tags={"study": "ring", "role": "trial", "trial": str(trial),
+                                             "mlflow.parentRunId": parent, "outcome": "completed"}).info.run_id  # fmt: skip
+        for name, value in {"loss": loss, "dataset": "gmm", "model": "mlp", "depth": "3", "optimizer": "adam"}.items():
+            client.log_param(child, name, value)
+        client.log_metric(child, "val/modes", modes)
+    index = report.build("ring", tmp_path / "reports")
+    page = index.read_text(encoding="utf-8")
+    assert "Objective: maximize <code>val/modes</code>" in page
+    assert "val/modes ≥ 1" in page and "D(G(z)) for the saturating loss" in page  # the GAN rules, stated
+    table = pd.read_csv(index.parent / "summary.csv")
+    assert table["training"].tolist() == ["vanished", "trained"] and set(table["outcome"]) == {"completed"}
+    assert "Trainability phase diagram: this study has no supervised feed-forward" in page
+    assert ("Optimizers: final result and cost: it compares optimizer setting, which this study's 2 runs do not "
+            "vary (optimizer setting = adam)") in page  # fmt: skip

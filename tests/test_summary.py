@@ -77,13 +77,43 @@ def _loss_rows(run_id: str, values: list[float]) -> pd.DataFrame:
 
 
 def test_training_outcome_rule() -> None:
-    runs = pd.DataFrame({"run_id": ["ok", "stuck", "boom", "nan", "silent"],
-                         "outcome": ["completed", "completed", "diverged", "completed", "completed"]})  # fmt: skip
+    runs = pd.DataFrame({"run_id": ["ok", "stuck", "boom", "nan", "untagged", "silent"],
+                         "outcome": ["completed", "completed", "diverged", "completed", None, "completed"]})  # fmt: skip
     stats = pd.concat([_loss_rows("ok", [2.3, 1.5, 0.9, 0.5, 0.4]), _loss_rows("stuck", [2.3, 2.3, 2.25, 2.2, 2.2]),
-                       _loss_rows("boom", [2.3, math.inf]), _loss_rows("nan", [2.3, math.nan])])  # fmt: skip
+                       _loss_rows("boom", [2.3, math.inf]), _loss_rows("nan", [2.3, math.nan]),
+                       _loss_rows("untagged", [2.3, math.nan])])  # fmt: skip
     outcome = summary.training_outcome(runs, stats)
-    assert outcome.to_dict() == {"ok": "trained", "stuck": "vanished", "boom": "diverged", "nan": "diverged",
-                                 "silent": "unknown"}  # fmt: skip
+    # A completed run is not called diverged (its tag says otherwise); a run without the tag is judged by its loss.
+    assert outcome.to_dict() == {"ok": "trained", "stuck": "vanished", "boom": "diverged", "nan": "unknown",
+                                 "untagged": "diverged", "silent": "unknown"}  # fmt: skip
+
+
+def test_gan_training_outcome_by_modes_never_contradicts_the_outcome_tag() -> None:
+    # The saturating generator loss log(1 − D) is negative: a loss ratio says nothing about a GAN.
+    runs = pd.DataFrame({"run_id": ["covers", "none", "boom", "unvalidated"],
+                         "loss": ["gan_saturating", "gan_nonsaturating", "gan_saturating", "gan_saturating"],
+                         "outcome": ["completed", "completed", "diverged", "completed"],
+                         "metrics.val/modes": [5.0, 0.0, math.nan, math.nan]})  # fmt: skip
+    stats = pd.concat([_loss_rows(r, [-0.7, -0.1, -0.05]) for r in ("covers", "none", "boom", "unvalidated")])
+    outcome = summary.training_outcome(runs, stats).to_dict()
+    assert outcome == {"covers": "trained", "none": "vanished", "boom": "diverged", "unvalidated": "unknown"}
+    tagged = runs.set_index("run_id")["outcome"]
+    assert all((outcome[r] == "diverged") == (tagged[r] == "diverged") for r in outcome)
+
+
+def test_gan_verdict_is_the_generator_loss_gradient_factor() -> None:
+    # ∂L_G/∂logit is −D(G(z)) for the saturating loss and −(1 − D(G(z))) for the non-saturating one.
+    d_fake = {"sat-wins": 0.03, "nonsat-wins": 0.03, "sat-even": 0.5}
+    runs = pd.DataFrame([_run(run_id="sat-wins", loss="gan_saturating", depth=3),
+                         _run(run_id="nonsat-wins", loss="gan_nonsaturating", depth=3),
+                         _run(run_id="sat-even", loss="gan_saturating", depth=3)])  # fmt: skip
+    stats = pd.concat([pd.DataFrame({"run_id": r, "step": range(5), "layer": "", "family": "gan", "stat": "d_fake",
+                                     "value": [0.5, d, d, d, 0.4]}) for r, d in d_fake.items()])  # fmt: skip
+    norms = pd.DataFrame([{"run_id": r, "step": 0, "layer": f"L{i:03d}", "family": "backprop", "stat": "l2",
+                           "value": 4.0 ** -i} for r in d_fake for i in range(3)])  # fmt: skip
+    table = summary.gain_table(runs, pd.concat([stats, norms])).set_index("run_id")
+    assert table["verdict"].to_dict() == {"sat-wins": "vanishing", "nonsat-wins": "healthy", "sat-even": "healthy"}
+    assert (table["measured_gain"] == 4.0).all()  # the per-layer gain is still measured and shown
 
 
 def test_gain_table_verdicts_and_unknown() -> None:
