@@ -132,5 +132,7 @@ n_trials: 2
     run_study(str(spec), storage=str(tmp_path / "optuna.journal"))
     index = tmp_path / "reports" / "reported" / "index.html"  # the runner's default out_dir, in its cwd
     assert index.exists() and "backprop_by_layer.png" in images(index.read_text(encoding="utf-8"))
-    parent = MlflowClient().search_runs(["0"], "tags.study = 'reported' and tags.role = 'parent'")[0]
+    client = MlflowClient()  # the study's runs are in its own experiment
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.study = 'reported' and tags.role = 'parent'")[0]
     assert {"index.html", "summary.csv", "backprop_by_layer.png"} <= artifacts(parent.info.run_id)

@@ -100,7 +100,7 @@ def test_rerun_resumes_without_repeating_and_nests_the_worker(tracking: str, tmp
     assert len(study.trials) == 3 and all(t.state == TrialState.COMPLETE for t in study.trials)
     parent, trials = study_tree("tiny")
     check_links(study, parent, trials)
-    workers = MlflowClient().search_runs(["0"], filter_string="tags.role = 'worker'")
+    workers = MlflowClient().search_runs([parent.info.experiment_id], filter_string="tags.role = 'worker'")
     assert len(workers) == 2
     assert all(w.data.tags["mlflow.parentRunId"] == parent.info.run_id for w in workers)
 
