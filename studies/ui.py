@@ -88,7 +88,7 @@ def log_trial_figure(client: MlflowClient, run_id: str, table: Any, title: str) 
     try:
         fig = trial_figure.draw(table, title)
         if fig is not None:
-            client.log_figure(run_id, fig, trial_figure.ARTIFACT, save_kwargs={"dpi": trial_figure.DPI})
+            client.log_figure(run_id, fig, trial_figure.ARTIFACT, save_kwargs=trial_figure.SAVE)
     except Exception as exc:  # a figure is a view: it never fails a trial
         log.warning("no gradient profile for run %s: %s", run_id, exc)
 
