@@ -27,7 +27,10 @@ def built(synthetic_store: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def images(page: str) -> list[str]:
-    return re.findall(r'<img src="([^"]+)"', page)
+    """The files of the page's figures; each is inline (MLflow's preview resolves no relative src), checked here."""
+    found = re.findall(r'<img src="data:image/png;base64,([^"]+)" data-file="([^"]+)"', page)
+    assert len(found) == page.count("<img ")
+    return [name for _, name in found]
 
 
 def artifacts(run_id: str, path: str = report.ARTIFACT_PATH) -> set[str]:
@@ -46,6 +49,23 @@ def test_page_shows_every_png_it_wrote_with_captions_and_rules(built: Path) -> N
     assert "vanishing if g &lt; 0.95, exploding if g &gt; 1.05" in page  # the verdict threshold, stated
     assert "stayed at chance" in page  # the training-outcome rule of the phase diagram
     assert page.count("<tr") == 1 + 6  # the table of runs: header and one row per trial
+
+
+@pytest.mark.slow
+def test_page_inlines_each_png_and_links_each_run_id_to_its_run(built: Path, synthetic_store: str) -> None:
+    import base64
+
+    page = built.read_text(encoding="utf-8")
+    for data, name in re.findall(r'<img src="data:image/png;base64,([^"]+)" data-file="([^"]+)"', page):
+        assert base64.b64decode(data) == (built.parent / name).read_bytes()
+    with pointed_at(synthetic_store):
+        client = MlflowClient()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'trial'")  # fmt: skip
+    links = re.findall(r'<a href="([^"]+)" target="_blank">([0-9a-f]{8})</a>', page)
+    expected = {(f"{report.DEFAULT_UI}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}", r.info.run_id[:8])
+                for r in runs}  # fmt: skip
+    assert len(runs) == 6 and set(links) == expected
 
 
 @pytest.mark.slow
@@ -136,3 +156,13 @@ n_trials: 2
     parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 "tags.study = 'reported' and tags.role = 'parent'")[0]
     assert {"index.html", "summary.csv", "backprop_by_layer.png"} <= artifacts(parent.info.run_id)
+
+
+def test_the_runs_table_escapes_what_the_store_holds() -> None:
+    """Cells and headers come from runs' params and tags (a shared store): markup in them is shown, not run."""
+    table = pd.DataFrame({"run_id": ["a" * 32, "<b>"], "<i>metric": [0.5, 1.0], "activation": ["<script>x</script>", "relu"]})
+    links = report.ui_links(pd.DataFrame({"run_id": ["a" * 32, "<b>"], "experiment_id": ["1", "1"]}), "http://h")
+    page = report._table_html(table, links)
+    assert "<script>" not in page and "<i>" not in page and "<b>" not in page
+    assert "&lt;script&gt;" in page and '<a href="http://h/#/experiments/1/runs/' + "a" * 32 + '"' in page
+    assert links == {"a" * 32: "http://h/#/experiments/1/runs/" + "a" * 32}  # no link for a malformed id
