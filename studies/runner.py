@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import socket
@@ -36,6 +37,7 @@ from studies.spec import StudySpec, load_spec
 from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage, retry
 from studies.workers import WarmWorkers
 
+log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 PARENT_WAIT_SECONDS = 60  # how long an invocation waits for the study's creator to name the parent run
@@ -460,8 +462,9 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
         print(f"trials {dead} were left RUNNING by a worker that died: marked failed"
               + (f", retried up to {spec.retries} times" if spec.retries else ""), file=sys.stderr)  # fmt: skip
     done = finished_trials(study)
-    print(f"study {study_name!r} ({spec.name}): {done}/{n_trials} trials done; {workers} worker(s); "
-          f"storage {mask(storage)}; this run {own} is the study's {role}", file=sys.stderr)  # fmt: skip
+    log.info("study %r (%s) %s: %d/%d trials done; %d worker(s); storage %s; experiment %s; this run %s is the "
+             "study's %s", study_name, spec.name, "created" if created else "resumed", done, n_trials, workers,
+             mask(storage), experiment_id, own, role)  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // workers)
     started = time.perf_counter()
     status = "FINISHED"
@@ -495,7 +498,7 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
         base = "http://127.0.0.1:5000"
         print(f"browse: mlflow ui --backend-store-uri {mask(uri)}  then open {base}/{page}", file=sys.stderr)
     if index is not None:
-        print(f"report: {index} (and the parent run's artifact report/index.html)", file=sys.stderr)
+        print(f"report: {index.resolve()} (and the parent run's artifact report/index.html)", file=sys.stderr)
     if "best_run_id" in best:
         print(f"best: trial {best['best_trial']} {best['best_run_name']}, {spec.metric} = {best['best_value']}: "
               f"{base}/{ui.run_link(experiment_id, best['best_run_id'])}", file=sys.stderr)  # fmt: skip
