@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import datetime as dt
 import html
+import os
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -351,13 +352,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
     args = parser.parse_args(argv)
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run . -e report` made before this started
+    if launcher:
+        for key, value in {"study": args.study, "role": "report"}.items():
+            MlflowClient().set_tag(launcher, key, value)
     try:
         index = build(args.study, args.out_dir)
     except NoRuns as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {index}")
+    if launcher:
+        retire_launcher(launcher, args.study)
+    print(f"report: {index.resolve()}")
     return 0
+
+
+def retire_launcher(run_id: str, study: str) -> None:
+    """End `mlflow run`'s own run (the report went to the study's parent): described, finished and deleted."""
+    client = MlflowClient()
+    parents = load.runs(study, role="parent")
+    if len(parents):
+        where = f"#/experiments/{parents['experiment_id'].iloc[0]}/runs/{parents['run_id'].iloc[0]}"
+        client.set_tag(run_id, "mlflow.note.content", f"The report of study `{study}` is in its [parent run]({where}), "
+                                                      f"artifacts `{ARTIFACT_PATH}/`.")  # fmt: skip
+    client.set_terminated(run_id, "FINISHED")  # mlflow run leaves a terminated run as it is
+    client.delete_run(run_id)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,21 @@ def test_cli_rebuilds_into_out_dir_without_stale_figures(synthetic_store: str, t
     assert not (folder / "old_figure.png").exists() and "old_figure" not in (folder / "index.html").read_text()
 
 
+@pytest.mark.slow
+def test_under_mlflow_run_the_launcher_run_is_tagged_and_retired(synthetic_store: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with pointed_at(synthetic_store):
+        client = MlflowClient()
+        own = client.create_run("0").info.run_id  # as `mlflow run . -e report` makes it
+        monkeypatch.setenv("MLFLOW_RUN_ID", own)
+        assert report.main(["--study", SYNTHETIC_STUDY, "--out-dir", str(tmp_path / "r")]) == 0
+        run = client.get_run(own)
+        parent = client.search_runs([run.info.experiment_id], f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'parent'")
+    assert run.data.tags["study"] == SYNTHETIC_STUDY and run.data.tags["role"] == "report"
+    assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "deleted"
+    assert f"runs/{parent[0].info.run_id})" in run.data.tags["mlflow.note.content"]
+
+
 def test_mlproject_report_entry_point() -> None:
     entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["report"]
     assert entry["parameters"] == {"study": {"type": "string", "default": "default"},
