@@ -51,6 +51,7 @@ bench: $(VENV)/.installed  ## the performance suite (prints ratios; minutes)
 	$(RUN) python -m benchmarks.report_time
 	$(RUN) python -m benchmarks.study_throughput
 	$(RUN) python -m benchmarks.storage_throughput
+	$(RUN) python -m benchmarks.trial_figure
 
 clean:
 	rm -rf $(VENV)
