@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from matplotlib import colormaps
 
 from analysis.figures import HEATMAP_CMAP
 from analysis.load import layer_index

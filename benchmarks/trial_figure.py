@@ -48,7 +48,10 @@ def main() -> None:
             started = time.perf_counter()
             train.run(cfg, on_recorded=timed_figure, progress_bar=False)
             run_seconds.append(time.perf_counter() - started)
-            assert any(a.path.endswith(".png") for a in client.list_artifacts(client.search_runs(["0"])[0].info.run_id, "figures"))
+            assert any(
+                a.path.endswith(".png")
+                for a in client.list_artifacts(client.search_runs(["0"])[0].info.run_id, "figures")
+            )
         size = next(Path(tmp).rglob("gradient_profile.png")).stat().st_size
     later = figure_seconds[1:] or figure_seconds
     share = statistics.median(f / r for f, r in zip(later, run_seconds[1:] or run_seconds))

@@ -37,7 +37,11 @@ NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
 LAUNCH_TAGS = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL", "mlflow.user")  # what mlflow run recorded
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id; anything else read from the storage is not linked
 OPTUNA_DIR = "optuna"
-DESCRIPTION_FIGURES = (("optuna", "optimization_history"), ("report", "backprop_by_layer"), ("report", "gradient_heatmaps"))
+DESCRIPTION_FIGURES = (
+    ("optuna", "optimization_history"),
+    ("report", "backprop_by_layer"),
+    ("report", "gradient_heatmaps"),
+)
 
 
 # ------------------------------------------------------------------------------------------ experiment
@@ -101,7 +105,11 @@ def _plotters(study: optuna.Study) -> dict[str, Any]:
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    varying = {name for name in {k for t in complete for k in t.params} if len({repr(t.params.get(name)) for t in complete}) > 1}
+    varying = {
+        name
+        for name in {k for t in complete for k in t.params}
+        if len({repr(t.params.get(name)) for t in complete}) > 1
+    }
     chosen = {"timeline": plots.plot_timeline} if trials else {}
     if complete:
         chosen |= {"optimization_history": plots.plot_optimization_history,

@@ -35,7 +35,9 @@ def test_dashboard_lists_a_journal_study_and_its_trials(tmp_path: Path) -> None:
     study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
     port = free_port()
     cmd = [str(DASHBOARD), "--host", HOST, "--port", str(port), "--quiet", DEFAULT_STORAGE]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline, studies = time.monotonic() + 60, None
         while studies is None and time.monotonic() < deadline and proc.poll() is None:
@@ -45,7 +47,9 @@ def test_dashboard_lists_a_journal_study_and_its_trials(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert studies is not None, "optuna-dashboard did not answer"
         assert [s["study_name"] for s in studies] == ["seen"]
-        with urllib.request.urlopen(f"http://{HOST}:{port}/api/studies/{studies[0]['study_id']}", timeout=5) as response:
+        with urllib.request.urlopen(
+            f"http://{HOST}:{port}/api/studies/{studies[0]['study_id']}", timeout=5
+        ) as response:
             trials = json.load(response)["trials"]
         assert sorted(t["values"][0] for t in trials) == sorted(t.value for t in study.trials)
     finally:

@@ -44,7 +44,9 @@ def test_names_carry_every_varying_field_and_only_those(tmp_path: Path) -> None:
     assert naming.trial_name(spec, spec.config({"activation": "relu", "norm": "none", "lr": 0.01})) == "relu-lr0.01"
 
 
-@pytest.mark.parametrize(("value", "text"), [(0.003, "3e-3"), (0.1, "0.1"), (32, "32"), (1.5e-5, "1.5e-5"), (0.177, "0.177")])
+@pytest.mark.parametrize(
+    ("value", "text"), [(0.003, "3e-3"), (0.1, "0.1"), (32, "32"), (1.5e-5, "1.5e-5"), (0.177, "0.177")]
+)
 def test_numbers_are_short(value: float, text: str) -> None:
     assert naming.number(value) == text and float(text) == pytest.approx(value)
 
@@ -80,7 +82,9 @@ def test_trial_figure_draws_log10_of_the_recorded_norms_by_layer_and_step() -> N
 def test_a_best_run_id_from_the_storage_is_linked_only_when_it_is_a_run_id() -> None:
     study = optuna.create_study(direction="maximize")
     bad = "x](javascript:alert(1))"
-    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}, user_attrs={"mlflow_run_id": bad}))
+    study.add_trial(
+        optuna.trial.create_trial(value=0.5, params={}, distributions={}, user_attrs={"mlflow_run_id": bad})
+    )
     tags = ui.best_tags(study, MlflowClient())
     assert tags == {"best_trial": "0", "best_value": "0.5"}
     spec = load_spec("default")
