@@ -178,7 +178,9 @@ def run(
         progress_bar = sys.stderr.isatty()
     # The training-set size tells full-batch gradient descent from mini-batch SGD in the optimizer figures.
     tags = {**(tags or {}), "n_train": str(len(data.train))}
-    with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags) as active:
+    # A nested run belongs to its parent's experiment, whatever experiment this process has active.
+    experiment_id = client.get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags, experiment_id=experiment_id) as active:
         run_id = active.info.run_id
         if on_start is not None:
             on_start(run_id)

@@ -111,7 +111,7 @@ def attach_parent(
                   file=sys.stderr)  # fmt: skip
             parent = None
     if parent is None:
-        experiment_id = ui.study_experiment(study.study_name, launcher)
+        experiment_id = ui.study_experiment(client, study.study_name, launcher)
         own = ui.own_run(client, launcher, experiment_id, study.study_name)
         # Recorded first: other invocations are waiting for it.
         study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
@@ -356,8 +356,7 @@ class StudyProgress:
 def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> None:
     """Run trials of the study until it has `n_trials` finished trials (one worker)."""
     torch.set_num_threads(threads)
-    mlflow.set_tracking_uri(ctx.tracking_uri)
-    mlflow.set_experiment(experiment_id=ctx.experiment_id)
+    mlflow.set_tracking_uri(ctx.tracking_uri)  # trial runs go to their parent's experiment (pipelines.train.run)
     spec = load_spec(ctx.spec_source, ctx.overrides)
     study = open_study(spec, ctx.study_name, ctx.storage, worker)
     remaining = ctx.n_trials - finished_trials(study)

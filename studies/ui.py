@@ -47,14 +47,30 @@ DESCRIPTION_FIGURES = (
 # ------------------------------------------------------------------------------------------ experiment
 
 
-def study_experiment(study_name: str, launcher: Run | None) -> str:
+def study_experiment(client: MlflowClient, study_name: str, launcher: Run | None) -> str:
     """The experiment of a new study: MLFLOW_EXPERIMENT_NAME's, else the one `mlflow run` was given, else its own."""
     if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        return mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"]).experiment_id
+        return experiment_named(client, os.environ["MLFLOW_EXPERIMENT_NAME"])
     given = launcher.info.experiment_id if launcher is not None else os.environ.get("MLFLOW_EXPERIMENT_ID")
     if given and given != DEFAULT_EXPERIMENT_ID:  # mlflow run --experiment-name/--experiment-id, or the env
         return given
-    return mlflow.set_experiment(study_name).experiment_id
+    return experiment_named(client, study_name)
+
+
+def experiment_named(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name`, made if missing (through the client: mlflow.set_experiment's global stays)."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except mlflow.exceptions.MlflowException:  # made meanwhile by another process
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        raise SystemExit(f"error: experiment {name!r} is deleted; restore it (mlflow experiments restore) or "
+                         "set MLFLOW_EXPERIMENT_NAME")  # fmt: skip
+    return found.experiment_id
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
