@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT_ID = "0"
 MOVED_TAG = "study_experiment_id"  # on a deleted launcher run: the experiment its study went to
+# MLflow 3's UI shows an experiment of this kind as model training (runs table, charts), not GenAI evaluations.
+EXPERIMENT_KIND = "mlflow.experimentKind"
 NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
 LAUNCH_TAGS = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL", "mlflow.user")  # what mlflow run recorded
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id; anything else read from the storage is not linked
@@ -62,7 +64,7 @@ def experiment_named(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND: "custom_model_development"})
         except mlflow.exceptions.MlflowException:  # made meanwhile by another process
             found = client.get_experiment_by_name(name)
             if found is None:

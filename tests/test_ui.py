@@ -194,6 +194,7 @@ def loaded_images(frame) -> list[int]:
 def test_the_study_has_its_own_experiment_holding_only_its_runs(served: Served) -> None:
     experiment = served.client.get_experiment(served.experiment_id)
     assert experiment.name == STUDY and served.experiment_id != "0"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training views
     runs = served.client.search_runs([served.experiment_id])
     assert {r.info.run_id for r in runs} == {served.parent, *served.trials}
     assert len(set(served.trials.values())) == len(served.trials) == 2  # names tell the trials apart
