@@ -368,15 +368,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def retire_launcher(run_id: str, study: str) -> None:
-    """End `mlflow run`'s own run (the report went to the study's parent): described, finished and deleted."""
+    """End `mlflow run`'s own run (the report went to the study's parent), described with a link there.
+
+    Not deleted: `mlflow run` ends its run again after the entry point exits, which fails on a deleted run.
+    """
     client = MlflowClient()
     parents = load.runs(study, role="parent")
     if len(parents):
         where = f"#/experiments/{parents['experiment_id'].iloc[0]}/runs/{parents['run_id'].iloc[0]}"
         client.set_tag(run_id, "mlflow.note.content", f"The report of study `{study}` is in its [parent run]({where}), "
                                                       f"artifacts `{ARTIFACT_PATH}/`.")  # fmt: skip
-    client.set_terminated(run_id, "FINISHED")  # mlflow run leaves a terminated run as it is
-    client.delete_run(run_id)
+    client.set_tag(run_id, "mlflow.runName", f"report of {study}")
+    client.set_terminated(run_id, "FINISHED")
 
 
 if __name__ == "__main__":

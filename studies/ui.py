@@ -3,8 +3,9 @@
 * Experiment: a study's runs go to an experiment named after the study, unless MLFLOW_EXPERIMENT_NAME or
   `mlflow run --experiment-name/--experiment-id` chose one. `mlflow run` makes its run before the entry
   point starts, in the Default experiment when none was chosen; that run cannot move, so the study takes
-  a run of its own in the study's experiment and the launcher run is ended, tagged with where the study
-  went (`study_experiment_id`, a link in its description) and deleted: Default keeps no empty run.
+  a run of its own in the study's experiment, and the launcher run is named after the study, tagged with
+  where it went (`launched_study`, `study_experiment_id`, a link in its description) and ended. It cannot
+  be deleted: `mlflow run` ends its run again after the entry point exits, which fails on a deleted run.
 * Parent run: tags and a description naming the best trial (number, run id, value, a link), what the
   study swept, and figures (Optuna's plots under `optuna/`, the report's under `report/`).
 * Trials: `figures/gradient_profile.png`, drawn from the recorder's table when training ends.
@@ -83,7 +84,7 @@ def run_link(experiment_id: str, run_id: str) -> str:
 def own_run(client: MlflowClient, launcher: Run | None, experiment_id: str, run_name: str) -> str:
     """This invocation's run in `experiment_id`: the launcher run of `mlflow run` if it is there, else a new one.
 
-    A launcher run elsewhere is ended, tagged with the study's experiment and a link, and deleted (see module doc).
+    A launcher run elsewhere is tagged with the study's experiment and a link, and ended (see module doc).
     """
     if launcher is not None and launcher.info.experiment_id == experiment_id:
         return launcher.info.run_id
@@ -91,12 +92,13 @@ def own_run(client: MlflowClient, launcher: Run | None, experiment_id: str, run_
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     if launcher is not None:
         old = launcher.info.run_id
-        client.set_tag(old, MOVED_TAG, experiment_id)
-        client.set_tag(old, NOTE, f"This `mlflow run` started a study whose runs are in experiment {experiment_id}: "
-                                  f"[open it]({run_link(experiment_id, run_id)}).")  # fmt: skip
-        client.set_terminated(old, "FINISHED")  # mlflow run leaves a terminated run as it is
-        client.delete_run(old)
-        log.info("the study's runs go to experiment %s; mlflow run's launcher run %s is deleted", experiment_id, old)
+        tags = {"mlflow.runName": f"{run_name} (launcher)", "launched_study": run_name.removesuffix("-worker"),
+                MOVED_TAG: experiment_id, NOTE: f"This `mlflow run` started a study whose runs are in experiment "
+                f"{experiment_id}: [its run there]({run_link(experiment_id, run_id)})."}  # fmt: skip
+        for key, value in tags.items():
+            client.set_tag(old, key, value)
+        client.set_terminated(old, "FINISHED")
+        log.info("the study's runs go to experiment %s; mlflow run's own run %s points there", experiment_id, old)
     return run_id
 
 

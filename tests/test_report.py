@@ -121,7 +121,7 @@ def test_cli_rebuilds_into_out_dir_without_stale_figures(synthetic_store: str, t
 
 
 @pytest.mark.slow
-def test_under_mlflow_run_the_launcher_run_is_tagged_and_retired(synthetic_store: str, tmp_path: Path,
+def test_under_mlflow_run_the_launcher_run_is_tagged_and_points_to_the_report(synthetic_store: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     with pointed_at(synthetic_store):
         client = MlflowClient()
@@ -131,7 +131,7 @@ def test_under_mlflow_run_the_launcher_run_is_tagged_and_retired(synthetic_store
         run = client.get_run(own)
         parent = client.search_runs([run.info.experiment_id], f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'parent'")
     assert run.data.tags["study"] == SYNTHETIC_STUDY and run.data.tags["role"] == "report"
-    assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "deleted"
+    assert run.info.status == "FINISHED" and run.info.run_name == f"report of {SYNTHETIC_STUDY}"
     assert f"runs/{parent[0].info.run_id})" in run.data.tags["mlflow.note.content"]
 
 

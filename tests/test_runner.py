@@ -124,7 +124,7 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
     starts its extra worker before importing torch; that worker must not inherit the run (it would take it over).
 
     In an experiment the user chose (`--experiment-name`), that run is the parent. In Default (plain
-    `mlflow run`), the study goes to its own experiment and the launcher run is ended, points there, and is deleted.
+    `mlflow run`), the study goes to its own experiment and the launcher run is ended and points there.
     """
     import os
     import subprocess
@@ -146,9 +146,9 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
     assert "model" not in launcher.data.params  # no trial wrote into it
     if chosen is None:
         assert client.get_experiment(parent.info.experiment_id).name == "tiny" and parent.info.run_id != own
-        assert launcher.info.lifecycle_stage == "deleted" and launcher.info.status == "FINISHED"
-        assert launcher.data.tags[MOVED_TAG] == parent.info.experiment_id
-        assert client.search_runs(["0"]) == []  # Default keeps no run of the study
+        assert launcher.info.status == "FINISHED" and launcher.data.tags[MOVED_TAG] == parent.info.experiment_id
+        assert launcher.data.tags["launched_study"] == "tiny" and parent.info.run_id in launcher.data.tags["mlflow.note.content"]
+        assert [r.info.run_id for r in client.search_runs(["0"])] == [own]  # Default holds only that pointer
     else:
         assert parent.info.run_id == own and parent.info.experiment_id == experiment
     assert {t.info.experiment_id for t in trials} == {parent.info.experiment_id}
