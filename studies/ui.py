@@ -194,8 +194,11 @@ def best_tags(study: optuna.Study, client: MlflowClient) -> dict[str, str]:
     tags = {"best_trial": str(best.number), "best_value": f"{best.value:.6g}"}
     run_id = str(best.user_attrs.get("mlflow_run_id", ""))
     if RUN_ID.match(run_id):
-        tags["best_run_id"] = run_id
-        tags["best_run_name"] = client.get_run(run_id).info.run_name
+        try:
+            name = client.get_run(run_id).info.run_name
+        except mlflow.exceptions.MlflowException:  # a run of another tracking store: not linked
+            return tags
+        tags |= {"best_run_id": run_id, "best_run_name": name}
     return tags
 
 

@@ -79,9 +79,9 @@ def test_trial_figure_draws_log10_of_the_recorded_norms_by_layer_and_step() -> N
     assert trial_figure.draw(_table(values).iloc[-1:]) is None  # no per-layer statistic: no figure
 
 
-def test_a_best_run_id_from_the_storage_is_linked_only_when_it_is_a_run_id() -> None:
+@pytest.mark.parametrize("bad", ["x](javascript:alert(1))", "0" * 32], ids=["markdown", "not-in-this-store"])
+def test_a_best_run_id_from_the_storage_is_linked_only_when_it_is_a_run_here(tracking: str, bad: str) -> None:
     study = optuna.create_study(direction="maximize")
-    bad = "x](javascript:alert(1))"
     study.add_trial(
         optuna.trial.create_trial(value=0.5, params={}, distributions={}, user_attrs={"mlflow_run_id": bad})
     )
