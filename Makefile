@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # `mlflow run` starts the entry point's `python` from PATH: put the venv first.
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: study test report train lint bench clean
+.PHONY: study test report train dashboard lint bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ report: $(VENV)/.installed  ## regenerate the default study's report from MLflow
 train: $(VENV)/.installed  ## one training run with the defaults
 	$(RUN) mlflow run . -e train --env-manager local
 
+DASHBOARD_PORT ?= 8080
+dashboard: $(VENV)/.installed  ## live Optuna view of the studies in the default storage (optuna.journal), on 127.0.0.1
+	$(RUN) optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) optuna.journal
+
 lint: $(VENV)/.installed
 	$(RUN) ruff check .
 
@@ -47,6 +51,7 @@ bench: $(VENV)/.installed  ## the performance suite (prints ratios; minutes)
 	$(RUN) python -m benchmarks.report_time
 	$(RUN) python -m benchmarks.study_throughput
 	$(RUN) python -m benchmarks.storage_throughput
+	$(RUN) python -m benchmarks.trial_figure
 
 clean:
 	rm -rf $(VENV)

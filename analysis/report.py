@@ -10,13 +10,17 @@ artifacts `report/` of the study's parent MLflow run. Reads MLflow only through 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import datetime as dt
 import html
+import os
 import sys
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -178,10 +182,23 @@ section.fig { display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 
   border-top: 1px solid #ddd; padding-top: 1em; }
 section.fig img { max-width: 68%; height: auto; }
 section.fig p { line-height: 1.45; }
-table.runs { border-collapse: collapse; font-size: 0.8em; }
-table.runs th, table.runs td { padding: 2px 6px; border-bottom: 1px solid #eee; text-align: right; }
+table.runs { border-collapse: collapse; font-size: 0.75em; display: block; max-width: 100%; overflow-x: auto; }
+table.runs th, table.runs td { padding: 2px 5px; border-bottom: 1px solid #eee; text-align: right; }
+table.runs th { position: sticky; top: 0; background: #fff; }
 .rule { background: #f6f6f6; padding: 0.6em 1em; }
 </style>"""
+
+
+# Where `mlflow ui` serves by default; a tracking server (MLFLOW_TRACKING_URI http…) is its own UI.
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+def ui_base() -> str:
+    """The MLflow UI's address for links: the tracking server's (without credentials), else `mlflow ui`'s default."""
+    parts = urllib.parse.urlsplit(mlflow.get_tracking_uri())
+    if parts.scheme not in ("http", "https"):
+        return DEFAULT_UI
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
 
 
 class NoRuns(LookupError):
@@ -236,10 +253,30 @@ def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) ->
     return {name: draw_one(name, data, folder, objective) for name in figures.FIGURES}
 
 
-def _table_html(table: pd.DataFrame) -> str:
+def _table_html(table: pd.DataFrame, links: dict[str, str] | None = None) -> str:
     shown = table.drop(columns=["verdict_tolerance"], errors="ignore")
-    shown = shown.assign(run_id=shown["run_id"].str[:8])
-    return shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", classes="runs", border=0)
+    links = links or {}
+    # The short id links to the run in the MLflow UI; every other cell and header is escaped (a store is untrusted).
+    cells = {c: shown[c].map(_escaped) for c in shown.columns if c != "run_id"}
+    cells["run_id"] = [f'<a href="{html.escape(links[i])}" target="_blank">{html.escape(i[:8])}</a>' if i in links
+                       else html.escape(str(i)[:8]) for i in shown["run_id"]]  # fmt: skip
+    escaped = pd.DataFrame({html.escape(str(c)): cells[c] for c in shown.columns})
+    return escaped.to_html(index=False, classes="runs", border=0, escape=False)
+
+
+def _escaped(value: object) -> str:
+    return "" if pd.isna(value) else html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def ui_links(runs: pd.DataFrame, ui_base: str) -> dict[str, str]:
+    """run id → its page in the MLflow UI at `ui_base` (hex run and experiment ids only: they come from a store)."""
+    ok = runs["run_id"].astype(str).str.fullmatch(r"[0-9a-f]{32}") & runs["experiment_id"].astype(str).str.fullmatch(r"\d+")
+    return {r: f"{ui_base}/#/experiments/{e}/runs/{r}" for r, e in zip(runs.loc[ok, "run_id"], runs.loc[ok, "experiment_id"])}
+
+
+def _data_uri(png: Path) -> str:
+    """The PNG inline: MLflow previews index.html from a blob: URL in a sandbox, where no relative src resolves."""
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 def _counts(table: pd.DataFrame, column: str) -> str:
@@ -249,7 +286,7 @@ def _counts(table: pd.DataFrame, column: str) -> str:
 
 
 def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], objective: tuple[str, str],
-               path: Path) -> Path:  # fmt: skip
+               path: Path, links: dict[str, str] | None = None) -> Path:  # fmt: skip
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
     sections, missing = [], []
     for name, png in written.items():
@@ -258,7 +295,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
         if not isinstance(png, Path):
             missing.append(f"<li>{title}: {html.escape(png, quote=False)}.</li>")
             continue
-        sections.append(f'<section class="fig"><img src="{png.name}" alt="{title}">'
+        sections.append(f'<section class="fig"><img src="{_data_uri(png)}" data-file="{png.name}" alt="{title}">'
                         f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
     skipped = f"<h2>Not drawn</h2><ul>{''.join(missing)}</ul>" if missing else ""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -274,7 +311,7 @@ outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; ve
 {"".join(sections)}
 {skipped}
 <h2>Runs</h2>
-{_table_html(table)}
+{_table_html(table, links)}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
@@ -297,7 +334,8 @@ def write_report(data: StudyData, folder: Path) -> Path:
     table = summary_table(data.runs, data.stats, objective[0])
     table.to_csv(folder / "summary.csv", index=False)
     written = render_figures(data, folder, objective)
-    return write_html(data.name, table, written, objective, folder / "index.html")
+    links = ui_links(data.runs, ui_base()) if "experiment_id" in data.runs else {}
+    return write_html(data.name, table, written, objective, folder / "index.html", links)
 
 
 def log_report(folder: Path, parent_run_id: str | None) -> bool:
@@ -337,13 +375,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
     args = parser.parse_args(argv)
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run . -e report` made before this started
+    if launcher:
+        for key, value in {"study": args.study, "role": "report"}.items():
+            MlflowClient().set_tag(launcher, key, value)
     try:
         index = build(args.study, args.out_dir)
     except (NoRuns, BadStudyName) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {index}")
+    if launcher:
+        retire_launcher(launcher, args.study)
+    print(f"report: {index.resolve()}")
     return 0
+
+
+def retire_launcher(run_id: str, study: str) -> None:
+    """End `mlflow run`'s own run (the report went to the study's parent), described with a link there.
+
+    Not deleted: `mlflow run` ends its run again after the entry point exits, which fails on a deleted run.
+    """
+    client = MlflowClient()
+    parents = load.runs(study, role="parent")
+    if len(parents):
+        where = f"#/experiments/{parents['experiment_id'].iloc[0]}/runs/{parents['run_id'].iloc[0]}"
+        client.set_tag(run_id, "mlflow.note.content", f"The report of study `{study}` is in its [parent run]({where}), "
+                                                      f"artifacts `{ARTIFACT_PATH}/`.")  # fmt: skip
+    client.set_tag(run_id, "mlflow.runName", f"report of {study}")
+    client.set_terminated(run_id, "FINISHED")
 
 
 if __name__ == "__main__":

@@ -161,12 +161,14 @@ def run(
     on_validation: ValidationHook | None = None,
     on_start: Callable[[str], None] | None = None,
     on_trained: Callable[[str, LitModel], None] | None = None,
+    on_recorded: Callable[[str, Any], None] | None = None,
     progress_bar: bool | None = None,
 ) -> RunResult:
     """Train `cfg` as one MLflow run (nested under `parent_run_id` if given) and return how it ended.
 
     `on_trained(run_id, lit)` is called after training, while the run is still active (e.g. to log the
-    model), so a run never ends FINISHED without what the hook adds.
+    model), so a run never ends FINISHED without what the hook adds. `on_recorded(run_id, table)` gets the
+    recorder's full-resolution table (Recorder.table) once training ends, while the run is active.
     """
     check_inputs(cfg)
     started = time.perf_counter()
@@ -176,7 +178,9 @@ def run(
         progress_bar = sys.stderr.isatty()
     # The training-set size tells full-batch gradient descent from mini-batch SGD in the optimizer figures.
     tags = {**(tags or {}), "n_train": str(len(data.train))}
-    with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags) as active:
+    # A nested run belongs to its parent's experiment, whatever experiment this process has active.
+    experiment_id = client.get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags, experiment_id=experiment_id) as active:
         run_id = active.info.run_id
         if on_start is not None:
             on_start(run_id)
@@ -198,6 +202,8 @@ def run(
             signal.signal(signal.SIGINT, signal.default_int_handler)
         finally:
             recorder.close()
+        if on_recorded is not None and not interrupted:
+            on_recorded(run_id, recorder.table())
         outcome = "diverged" if probe.diverged_step is not None else "pruned" if relay.pruned else "completed"
         end_tags = {"outcome": outcome if not interrupted else "interrupted"}
         if probe.diverged_step is not None:

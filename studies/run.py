@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -29,7 +30,29 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a fixed run-config field of the spec (repeatable), e.g. --set max_steps=20")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("--quiet", action="store_true", help="no set-up messages: warnings, errors and results only")
+    verbosity.add_argument("--verbose", action="store_true", help="also Optuna's line per trial and debug messages")
     return parser
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Set-up messages of the lab (and MLflow's) at INFO, or WARNING with --quiet; Optuna's per-trial lines with --verbose.
+
+    Optuna's INFO lines (one per trial) would tear the study's progress bar, which already shows the count and best.
+    """
+    import optuna
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    for name in ("studies", "pipelines", "analysis"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("mlflow").setLevel(max(level, logging.INFO))
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +73,7 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     with imports_without_gc(fresh="studies.runner" not in sys.modules):
         from studies.runner import run_study
         from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
+    setup_logging(args.quiet, args.verbose)
 
     try:
         overrides = parse_overrides(args.set)

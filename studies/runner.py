@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import socket
@@ -31,10 +32,12 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from pipelines import train
+from studies import naming, ui
 from studies.spec import StudySpec, load_spec
 from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage, retry
 from studies.workers import WarmWorkers
 
+log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 PARENT_WAIT_SECONDS = 60  # how long an invocation waits for the study's creator to name the parent run
@@ -53,15 +56,6 @@ class StudyContext:
     tracking_uri: str
     n_trials: int
     overrides: dict[str, Any]
-
-
-def _experiment_id() -> str:
-    """The experiment of this invocation: mlflow run's, MLFLOW_EXPERIMENT_NAME's, or Default."""
-    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return os.environ["MLFLOW_EXPERIMENT_ID"]
-    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        return mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"]).experiment_id
-    return mlflow.set_experiment("Default").experiment_id
 
 
 def open_study(
@@ -102,6 +96,7 @@ def attach_parent(
     be recorded, so workers started at once on several machines still share one tree.
     """
     own = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for this entry point
+    launcher = client.get_run(own) if own else None
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent is None and not created:
         parent = _wait_for_parent(study)
@@ -116,9 +111,8 @@ def attach_parent(
                   file=sys.stderr)  # fmt: skip
             parent = None
     if parent is None:
-        experiment_id = _experiment_id() if own is None else client.get_run(own).info.experiment_id
-        if own is None:
-            own = client.create_run(experiment_id, run_name=study.study_name).info.run_id
+        experiment_id = ui.study_experiment(client, study.study_name, launcher)
+        own = ui.own_run(client, launcher, experiment_id, study.study_name)
         # Recorded first: other invocations are waiting for it.
         study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
         study.set_user_attr(PARENT_ATTR, own)
@@ -127,8 +121,7 @@ def attach_parent(
         client.set_tag(own, "role", "parent")
         _log_spec(client, own, spec, storage, n_trials)
         return own, own, "parent"
-    if own is None:
-        own = client.create_run(experiment_id, run_name=f"{study.study_name}-worker").info.run_id
+    own = ui.own_run(client, launcher, experiment_id, f"{study.study_name}-worker")
     for key, value in {"mlflow.parentRunId": parent, "study": study.study_name, "role": "worker",
                        "host": socket.gethostname(), "pid": str(os.getpid())}.items():  # fmt: skip
         client.set_tag(own, key, value)
@@ -148,6 +141,7 @@ def _log_spec(client: MlflowClient, run_id: str, spec: StudySpec, storage: str, 
 def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
     """The Optuna objective: one trial = one nested MLflow training run (`.interrupted` lists Ctrl-C'd trials)."""
     interrupted: list[int] = []
+    client, fields = MlflowClient(), naming.varying_fields(spec)
 
     def objective(trial: optuna.Trial) -> float:
         values: dict[str, Any] = {}
@@ -159,6 +153,11 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
         trial.set_user_attr("outcome", "running")  # a retry inherits its failed trial's attributes
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        name = naming.claim_name(trial, naming.trial_name(spec, cfg, fields))
+
+        def started(run_id: str) -> None:
+            trial.set_user_attr("mlflow_run_id", run_id)
+            client.set_tag(run_id, "mlflow.runName", name)
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             if spec.metric not in metrics or not math.isfinite(metrics[spec.metric]):
@@ -172,7 +171,8 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
                 parent_run_id=parent_run_id,
                 tags={"study": study_name, "trial": str(trial.number), "role": "trial"},
                 on_validation=report,
-                on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+                on_start=started,
+                on_recorded=lambda run_id, table: ui.log_trial_figure(client, run_id, table, f"trial {trial.number}: {name}"),
                 progress_bar=False,
             )
         except KeyboardInterrupt:
@@ -356,8 +356,7 @@ class StudyProgress:
 def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> None:
     """Run trials of the study until it has `n_trials` finished trials (one worker)."""
     torch.set_num_threads(threads)
-    mlflow.set_tracking_uri(ctx.tracking_uri)
-    mlflow.set_experiment(experiment_id=ctx.experiment_id)
+    mlflow.set_tracking_uri(ctx.tracking_uri)  # trial runs go to their parent's experiment (pipelines.train.run)
     spec = load_spec(ctx.spec_source, ctx.overrides)
     study = open_study(spec, ctx.study_name, ctx.storage, worker)
     remaining = ctx.n_trials - finished_trials(study)
@@ -462,8 +461,9 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
         print(f"trials {dead} were left RUNNING by a worker that died: marked failed"
               + (f", retried up to {spec.retries} times" if spec.retries else ""), file=sys.stderr)  # fmt: skip
     done = finished_trials(study)
-    print(f"study {study_name!r} ({spec.name}): {done}/{n_trials} trials done; {workers} worker(s); "
-          f"storage {mask(storage)}; this run {own} is the study's {role}", file=sys.stderr)  # fmt: skip
+    log.info("study %r (%s) %s: %d/%d trials done; %d worker(s); storage %s; experiment %s; this run %s is the "
+             "study's %s", study_name, spec.name, "created" if created else "resumed", done, n_trials, workers,
+             mask(storage), experiment_id, own, role)  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // workers)
     started = time.perf_counter()
     status = "FINISHED"
@@ -481,8 +481,8 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
     close_orphans(study, client)  # trials failed by the heartbeat while this invocation ran
     summary = log_summary(study, spec, parent, client)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    if report and status == "FINISHED":
-        _report(study_name, parent)
+    index = _report(study_name, parent) if report and status == "FINISHED" else None
+    best = ui.describe_parent(client, study, spec, parent, summary)
     client.set_terminated(own, status)
     if own != parent and status == "FINISHED" and finished_trials(study) >= n_trials:
         # The study is complete: its parent ends too, even when the invocation that made it died.
@@ -491,21 +491,27 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
     print(json.dumps(summary, indent=2, default=str))
     uri, page = mlflow.get_tracking_uri(), f"#/experiments/{experiment_id}/runs/{parent}"
     if uri.startswith(("http://", "https://")):  # a tracking server is its own UI
-        print(f"browse: {mask(uri).rstrip('/')}/{page}", file=sys.stderr)
+        base = mask(uri).rstrip("/")
+        print(f"browse: {base}/{page}", file=sys.stderr)
     else:
-        print(f"browse: mlflow ui --backend-store-uri {mask(uri)}  then open http://127.0.0.1:5000/{page}",
-              file=sys.stderr)  # fmt: skip
+        base = "http://127.0.0.1:5000"
+        print(f"browse: mlflow ui --backend-store-uri {mask(uri)}  then open {base}/{page}", file=sys.stderr)
+    if index is not None:
+        print(f"report: {index.resolve()} (and the parent run's artifact report/index.html)", file=sys.stderr)
+    if "best_run_id" in best:
+        print(f"best: trial {best['best_trial']} {best['best_run_name']}, {spec.metric} = {best['best_value']}: "
+              f"{base}/{ui.run_link(experiment_id, best['best_run_id'])}", file=sys.stderr)  # fmt: skip
     if status == "KILLED":
         raise KeyboardInterrupt
     return summary
 
 
-def _report(study_name: str, parent_run_id: str) -> None:
-    """Regenerate the study's report into its parent run, when the analysis package provides one."""
+def _report(study_name: str, parent_run_id: str) -> Path | None:
+    """Regenerate the study's report into its parent run, when the analysis package provides one; its index.html."""
     if importlib.util.find_spec("analysis.report") is None:
-        return
+        return None
     from analysis import report
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per parquet download is noise
 
-    report.build(study_name)
+    return report.build(study_name)

@@ -22,7 +22,7 @@ def test_file_based_study_trains_on_tiny_files(tracking: str, tmp_path: Path, sp
             "--storage", str(tmp_path / "optuna.journal"), "--set", f"data_dir={data_dir}", *TINY]  # fmt: skip
     assert study_cli.main(argv) == 0
     client = MlflowClient(tracking)
-    trials = client.search_runs(["0"], filter_string=f"tags.study = '{spec}' and tags.role = 'trial'")
+    trials = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string=f"tags.study = '{spec}' and tags.role = 'trial'")
     assert len(trials) == 2
     for run in trials:
         assert run.data.params["dataset"] == dataset and run.data.params["data_dir"] == str(data_dir)

@@ -61,7 +61,7 @@ def wait_for_running_trial(folder: Path, proc: subprocess.Popen, timeout: float 
 
 def trial_runs(uri: str) -> list:
     client = MlflowClient(uri)
-    return client.search_runs(["0"], filter_string="tags.study = 'crash' and tags.role = 'trial'")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="tags.study = 'crash' and tags.role = 'trial'")
 
 
 @pytest.mark.slow

@@ -27,7 +27,10 @@ def built(synthetic_store: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def images(page: str) -> list[str]:
-    return re.findall(r'<img src="([^"]+)"', page)
+    """The files of the page's figures; each is inline (MLflow's preview resolves no relative src), checked here."""
+    found = re.findall(r'<img src="data:image/png;base64,([^"]+)" data-file="([^"]+)"', page)
+    assert len(found) == page.count("<img ")
+    return [name for _, name in found]
 
 
 def artifacts(run_id: str, path: str = report.ARTIFACT_PATH) -> set[str]:
@@ -46,6 +49,23 @@ def test_page_shows_every_png_it_wrote_with_captions_and_rules(built: Path) -> N
     assert "vanishing if g &lt; 0.95, exploding if g &gt; 1.05" in page  # the verdict threshold, stated
     assert "stayed at chance" in page  # the training-outcome rule of the phase diagram
     assert page.count("<tr") == 1 + 6  # the table of runs: header and one row per trial
+
+
+@pytest.mark.slow
+def test_page_inlines_each_png_and_links_each_run_id_to_its_run(built: Path, synthetic_store: str) -> None:
+    import base64
+
+    page = built.read_text(encoding="utf-8")
+    for data, name in re.findall(r'<img src="data:image/png;base64,([^"]+)" data-file="([^"]+)"', page):
+        assert base64.b64decode(data) == (built.parent / name).read_bytes()
+    with pointed_at(synthetic_store):
+        client = MlflowClient()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'trial'")  # fmt: skip
+    links = re.findall(r'<a href="([^"]+)" target="_blank">([0-9a-f]{8})</a>', page)
+    expected = {(f"{report.DEFAULT_UI}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}", r.info.run_id[:8])
+                for r in runs}  # fmt: skip
+    assert len(runs) == 6 and set(links) == expected
 
 
 @pytest.mark.slow
@@ -104,6 +124,21 @@ def test_cli_rebuilds_into_out_dir_without_stale_figures(synthetic_store: str, t
     assert (folder / "old_figure.png").read_bytes() == b"not the report's" and "old_figure" not in page
 
 
+@pytest.mark.slow
+def test_under_mlflow_run_the_launcher_run_is_tagged_and_points_to_the_report(synthetic_store: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with pointed_at(synthetic_store):
+        client = MlflowClient()
+        own = client.create_run("0").info.run_id  # as `mlflow run . -e report` makes it
+        monkeypatch.setenv("MLFLOW_RUN_ID", own)
+        assert report.main(["--study", SYNTHETIC_STUDY, "--out-dir", str(tmp_path / "r")]) == 0
+        run = client.get_run(own)
+        parent = client.search_runs([run.info.experiment_id], f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'parent'")
+    assert run.data.tags["study"] == SYNTHETIC_STUDY and run.data.tags["role"] == "report"
+    assert run.info.status == "FINISHED" and run.info.run_name == f"report of {SYNTHETIC_STUDY}"
+    assert f"runs/{parent[0].info.run_id})" in run.data.tags["mlflow.note.content"]
+
+
 def test_mlproject_report_entry_point() -> None:
     entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["report"]
     assert entry["parameters"] == {"study": {"type": "string", "default": "default"},
@@ -136,7 +171,9 @@ n_trials: 2
     run_study(str(spec), storage=str(tmp_path / "optuna.journal"))
     index = tmp_path / "reports" / "reported" / "index.html"  # the runner's default out_dir, in its cwd
     assert index.exists() and "backprop_by_layer.png" in images(index.read_text(encoding="utf-8"))
-    parent = MlflowClient().search_runs(["0"], "tags.study = 'reported' and tags.role = 'parent'")[0]
+    client = MlflowClient()  # the study's runs are in its own experiment
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.study = 'reported' and tags.role = 'parent'")[0]
     assert {"index.html", "summary.csv", "backprop_by_layer.png"} <= artifacts(parent.info.run_id)
 
 
@@ -161,3 +198,13 @@ def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_ou
     assert "Trainability phase diagram: this study has no supervised feed-forward" in page
     assert ("Optimizers: final result and cost: it compares optimizer setting, which this study's 2 runs do not "
             "vary (optimizer setting = adam)") in page  # fmt: skip
+
+
+def test_the_runs_table_escapes_what_the_store_holds() -> None:
+    """Cells and headers come from runs' params and tags (a shared store): markup in them is shown, not run."""
+    table = pd.DataFrame({"run_id": ["a" * 32, "<b>"], "<i>metric": [0.5, 1.0], "activation": ["<script>x</script>", "relu"]})
+    links = report.ui_links(pd.DataFrame({"run_id": ["a" * 32, "<b>"], "experiment_id": ["1", "1"]}), "http://h")
+    page = report._table_html(table, links)
+    assert "<script>" not in page and "<i>" not in page and "<b>" not in page
+    assert "&lt;script&gt;" in page and '<a href="http://h/#/experiments/1/runs/' + "a" * 32 + '"' in page
+    assert links == {"a" * 32: "http://h/#/experiments/1/runs/" + "a" * 32}  # no link for a malformed id

@@ -100,7 +100,7 @@ def test_rerun_resumes_without_repeating_and_nests_the_worker(tracking: str, tmp
     assert len(study.trials) == 3 and all(t.state == TrialState.COMPLETE for t in study.trials)
     parent, trials = study_tree("tiny")
     check_links(study, parent, trials)
-    workers = MlflowClient().search_runs(["0"], filter_string="tags.role = 'worker'")
+    workers = MlflowClient().search_runs([parent.info.experiment_id], filter_string="tags.role = 'worker'")
     assert len(workers) == 2
     assert all(w.data.tags["mlflow.parentRunId"] == parent.info.run_id for w in workers)
 
@@ -118,23 +118,40 @@ def test_two_workers_share_one_study(tracking: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_under_mlflow_run_keeps_its_run_as_the_parent_with_two_workers(tracking: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chosen", [None, "chosen"], ids=["default-experiment", "experiment-name"])
+def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, chosen: str | None) -> None:
     """As `mlflow run . -e study` starts it: MLFLOW_RUN_ID names the entry point's run, and a fresh interpreter
-    starts its extra worker before importing torch; that worker must not inherit the run (it would take it over)."""
+    starts its extra worker before importing torch; that worker must not inherit the run (it would take it over).
+
+    In an experiment the user chose (`--experiment-name`), that run is the parent. In Default (plain
+    `mlflow run`), the study goes to its own experiment and the launcher run is ended and points there.
+    """
     import os
     import subprocess
     import sys
 
+    from studies.ui import MOVED_TAG
+
     spec, storage = write_spec(tmp_path, TINY.replace("n_trials: 2", "n_trials: 4")), str(tmp_path / "optuna.journal")
     client = MlflowClient()
-    own = client.create_run("0").info.run_id
-    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": "0",
+    experiment = "0" if chosen is None else client.create_experiment(chosen)
+    own = client.create_run(experiment).info.run_id
+    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": experiment,
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
     cmd = [sys.executable, "-m", "studies.run", "--spec", spec, "--storage", storage, "--workers", "2", "--no-report"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     study = load("tiny", storage)
     parent, trials = study_tree("tiny")
-    assert parent.info.run_id == own and "model" not in client.get_run(own).data.params  # no trial wrote into it
+    launcher = client.get_run(own)
+    assert "model" not in launcher.data.params  # no trial wrote into it
+    if chosen is None:
+        assert client.get_experiment(parent.info.experiment_id).name == "tiny" and parent.info.run_id != own
+        assert launcher.info.status == "FINISHED" and launcher.data.tags[MOVED_TAG] == parent.info.experiment_id
+        assert launcher.data.tags["launched_study"] == "tiny" and parent.info.run_id in launcher.data.tags["mlflow.note.content"]
+        assert [r.info.run_id for r in client.search_runs(["0"])] == [own]  # Default holds only that pointer
+    else:
+        assert parent.info.run_id == own and parent.info.experiment_id == experiment
+    assert {t.info.experiment_id for t in trials} == {parent.info.experiment_id}
     check_links(study, parent, trials)
     assert len(trials) >= 4
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers ran trials

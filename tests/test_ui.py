@@ -1,4 +1,5 @@
-"""The MLflow UI in headless Chromium: a study's parent run and nested trials, a per-layer gradient chart, the report.
+"""The MLflow UI in headless Chromium: a study's own experiment, its parent run naming the best trial, nested trials
+with their gradient figures, a per-layer gradient chart, the report with its figures inline.
 
 A tiny real study (two trials and the report) goes into a SQLite store, a real `mlflow server` serves it,
 and Playwright drives Debian's `chromium` (no browser download). Screenshots land in each test's tmp_path.
@@ -81,7 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Itera
             run_study(str(folder / "ui.yaml"), storage=str(folder / "optuna.journal"))
         url = starting.result()
         client = MlflowClient(uri)
-        runs = client.search_runs(["0"], f"tags.study = '{STUDY}'")
+        runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id], f"tags.study = '{STUDY}'")
         parent = next(r for r in runs if r.data.tags.get("role") == "parent")
         trials = {r.info.run_id: r.info.run_name for r in runs if r.data.tags.get("role") == "trial"}
         link = re.search(r"http://127\.0\.0\.1:5000/(#/\S+)", stderr.getvalue())
@@ -140,8 +141,9 @@ def test_the_printed_link_opens_the_parent_run_listing_its_trials(served: Served
     page.goto(f"{served.url}/{served.printed_link}")
     expect(page.get_by_role("heading", name=STUDY, exact=True)).to_be_visible(timeout=WAIT)
     expect(page.get_by_text("Child runs", exact=True)).to_be_visible(timeout=WAIT)
+    children = page.get_by_test_id("key-value-Child runs")  # the description links the best trial too
     for name in served.trials.values():
-        expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=WAIT)
+        expect(children.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=WAIT)
     shot(page, tmp_path, "parent")
 
 
@@ -178,3 +180,73 @@ def test_the_parent_run_lists_the_report_artifact_and_shows_it(served: Served, p
     # The figure is fetched from the server and decoded: an <img> with real pixels.
     page.wait_for_function("[...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 300)")
     shot(page, tmp_path, "figure")
+
+
+def loaded_images(frame) -> list[int]:
+    """naturalWidth of every <img> in a page or frame, once each has finished loading (0 = broken)."""
+    frame.locator("img").first.wait_for(timeout=WAIT)
+    return frame.locator("img").evaluate_all(
+        "els => Promise.all(els.map(e => e.complete ? e.naturalWidth : new Promise(ok => "
+        "{ e.onload = e.onerror = () => ok(e.naturalWidth); })))"
+    )
+
+
+def test_the_study_has_its_own_experiment_holding_only_its_runs(served: Served) -> None:
+    experiment = served.client.get_experiment(served.experiment_id)
+    assert experiment.name == STUDY and served.experiment_id != "0"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training views
+    runs = served.client.search_runs([served.experiment_id])
+    assert {r.info.run_id for r in runs} == {served.parent, *served.trials}
+    assert len(set(served.trials.values())) == len(served.trials) == 2  # names tell the trials apart
+
+
+def test_the_parent_names_the_best_trial_and_links_to_it(served: Served, page: Page, tmp_path: Path) -> None:
+    tags = served.client.get_run(served.parent).data.tags
+    trials = [served.client.get_run(r) for r in served.trials]
+    best = max(sorted(trials, key=lambda t: int(t.data.tags["trial"])), key=lambda t: t.data.metrics["val/acc"])
+    assert tags["best_run_id"] == best.info.run_id
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent}")
+    expect(page.get_by_text(f"Best trial #{best.data.tags['trial']}")).to_be_visible(timeout=WAIT)
+    expect(page.get_by_text(best.info.run_id).first).to_be_visible(timeout=WAIT)
+    link = page.get_by_role("link", name=best.info.run_name, exact=True).first
+    assert link.get_attribute("href").endswith(f"#/experiments/{served.experiment_id}/runs/{best.info.run_id}")
+    # The description's figures (Optuna's history, the report's) load from the server's artifact route.
+    described = page.locator("img[src*='get-artifact']")
+    expect(described.first).to_be_visible(timeout=WAIT)
+    widths = described.evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert widths and all(w > 0 for w in widths), widths
+    shot(page, tmp_path, "best")
+    with page.context.expect_page() as opened:  # markdown links open in a new tab
+        link.click()
+    trial = opened.value
+    expect(trial.get_by_role("heading", name=best.info.run_name, exact=True)).to_be_visible(timeout=WAIT)
+    assert best.info.run_id in trial.url
+
+
+def test_a_trial_shows_its_gradient_figure(served: Served, page: Page, tmp_path: Path) -> None:
+    run_id = sorted(served.trials)[0]
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{run_id}/artifacts")
+    page.get_by_text("figures", exact=True).click()
+    page.get_by_text("gradient_profile.png", exact=True).click()
+    page.wait_for_function("[...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 300)")
+    shot(page, tmp_path, "trial-figure")
+
+
+def test_the_report_preview_shows_its_figures(served: Served, page: Page, tmp_path: Path) -> None:
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent}/artifacts")
+    page.get_by_text("report", exact=True).click()
+    page.get_by_text("index.html", exact=True).click()
+    report = page.frame_locator("iframe.mlflow-html-iframe")
+    expect(report.get_by_text(f"Gradient report: study {STUDY}")).to_be_visible(timeout=WAIT)
+    widths = loaded_images(report)
+    assert len(widths) >= 2 and all(w > 0 for w in widths), widths
+    hrefs = report.locator("table.runs a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    assert sorted(h.rsplit("/", 1)[-1] for h in hrefs) == sorted(served.trials)
+    shot(page, tmp_path, "report-figures")
+
+
+def test_optuna_plots_are_on_the_parent(served: Served) -> None:
+    plots = {Path(a.path).name for a in served.client.list_artifacts(served.parent, "optuna")}
+    # Two completed trials of one varying parameter: every plot can be drawn (intermediate values: the reports).
+    assert {"optimization_history.png", "param_importances.png", "slice.png", "parallel_coordinate.png",
+            "timeline.png", "intermediate_values.png"} <= plots  # fmt: skip
