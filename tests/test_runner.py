@@ -261,3 +261,42 @@ def test_progress_bar_counts_every_workers_trials(tmp_path: Path) -> None:
     progress(study, study.trials[-1])
     assert progress.bar.n == 4
     progress.close()
+
+
+def test_a_failure_after_the_trials_ends_the_study_run_failed_with_the_reason(tracking: str, tmp_path: Path) -> None:
+    """A 300-character study name: the report's folder name is too long for the file system (OSError)."""
+    spec, storage, name = write_spec(tmp_path, TINY), str(tmp_path / "optuna.journal"), "s" * 300
+    with pytest.raises(RuntimeError, match="File name too long"):  # studies.run prints it as one line, exit 1
+        run_study(spec, study_name=name, storage=storage, report=True)
+    parent, trials = study_tree(name)
+    assert parent.info.status == "FAILED" and "File name too long" in parent.data.tags["failure"]
+    study = load(name, storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # the trials are intact
+    assert sorted(r.info.status for r in trials) == ["FINISHED"] * 2
+    check_links(study, parent, trials)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_an_extended_seeded_study_proposes_new_points(sampler: str, tracking: str, tmp_path: Path) -> None:
+    """n_trials 2, then 4: the second invocation continues the sampler instead of re-proposing trials 0 and 1."""
+    body = TINY.replace("sampler: {type: random, seed: 3}", f"sampler: {{type: {sampler}, seed: 0}}")
+    spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
+    run_study(spec, storage=storage, report=False)
+    run_study(spec, n_trials=4, storage=storage, report=False)
+    study = load("tiny", storage)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    points = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(points)) == 4, points
+    duplicates = [t for t in study.trials if t.user_attrs.get("outcome") == DUPLICATE]
+    assert all(t.state == TrialState.PRUNED and "mlflow_run_id" not in t.user_attrs for t in duplicates)
+
+
+def test_a_random_study_stops_when_its_space_is_exhausted(tracking: str, tmp_path: Path) -> None:
+    """Asked for more trials than the space has points: each point once, then the study stops."""
+    body = TINY.replace("init: [xavier_normal, kaiming_normal]", "init: [kaiming_normal]").replace(
+        "activation: [relu, tanh, sigmoid]", "activation: [relu, tanh]")  # fmt: skip
+    spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
+    run_study(spec, n_trials=5, storage=storage, report=False)
+    complete = [t for t in load("tiny", storage).trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["activation"] for t in complete) == ["relu", "tanh"]
