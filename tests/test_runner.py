@@ -8,6 +8,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from hold import hold_env
 from test_data import _write_cifar, _write_mnist
 
 import pipelines.train
@@ -128,8 +129,8 @@ def test_cli_under_mlflow_run_keeps_its_run_as_the_parent_with_two_workers(track
     spec, storage = write_spec(tmp_path, TINY.replace("n_trials: 2", "n_trials: 4")), str(tmp_path / "optuna.journal")
     client = MlflowClient()
     own = client.create_run("0").info.run_id
-    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": "0",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    # Each worker's first run waits until both workers are in a trial: neither can do all four alone.
+    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": "0", **hold_env(tmp_path / "hold", workers=2)}
     cmd = [sys.executable, "-m", "studies.run", "--spec", spec, "--storage", storage, "--workers", "2", "--no-report"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     study = load("tiny", storage)
@@ -137,7 +138,8 @@ def test_cli_under_mlflow_run_keeps_its_run_as_the_parent_with_two_workers(track
     assert parent.info.run_id == own and "model" not in client.get_run(own).data.params  # no trial wrote into it
     check_links(study, parent, trials)
     assert len(trials) >= 4
-    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers ran trials
+    trained = [t for t in study.trials if t.user_attrs.get("outcome") != DUPLICATE]  # a duplicate draw never trains
+    assert len({t.user_attrs["pid"] for t in trained}) == 2  # both workers ran trials
 
 
 def test_diverged_trial_is_recorded_and_the_study_goes_on(tracking: str, tmp_path: Path) -> None:
