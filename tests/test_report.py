@@ -73,12 +73,13 @@ def test_report_folder_is_logged_to_the_parent_run(built: Path, synthetic_store:
 def test_partial_study_still_makes_a_report(tracking: str, tmp_path: Path) -> None:
     client = MlflowClient()
     parent = client.create_run("0", tags={"study": "partial", "role": "parent"}).info.run_id
-    client.create_run("0", tags={"study": "partial", "role": "trial", "trial": "0", "mlflow.parentRunId": parent,
-                                 "outcome": "completed"})  # fmt: skip
+    unfinished = client.create_run("0", tags={"study": "partial", "role": "trial", "trial": "0",
+                                              "mlflow.parentRunId": parent, "outcome": "completed"}).info.run_id  # fmt: skip
     index = report.build("partial", tmp_path / "reports")
     page = index.read_text(encoding="utf-8")
     assert images(page) == [] and "Not drawn" in page
-    assert len(pd.read_csv(index.parent / "summary.csv")) == 1
+    assert "Skipped runs" in page and unfinished in page  # it never finished (RUNNING): named, not drawn
+    assert len(pd.read_csv(index.parent / "summary.csv")) == 0
     assert {"index.html", "summary.csv"} <= artifacts(parent)
 
 
