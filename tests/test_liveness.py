@@ -91,7 +91,7 @@ def _train(uri: str, *flags: str, **env: str) -> subprocess.Popen:
 def test_a_training_run_killed_with_sigkill_is_closed_by_the_next_entry_point(tmp_path: Path, store_uri: str) -> None:
     doomed = _train(store_uri, **hold_env(tmp_path / "hold"))
     try:
-        (pid, run_id), = wait_for_started(tmp_path / "hold", 1, alive=lambda: doomed.poll() is None).items()
+        ((pid, run_id),) = wait_for_started(tmp_path / "hold", 1, alive=lambda: doomed.poll() is None).items()
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
     finally:

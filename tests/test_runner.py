@@ -6,9 +6,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hold import hold_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from hold import hold_env
 from test_data import _write_cifar, _write_mnist
 
 import pipelines.train

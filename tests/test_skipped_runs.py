@@ -26,7 +26,9 @@ def damaged(tracking: str) -> dict[str, str]:
     """Study `damaged`: four good runs made by the real recorder, then one made corrupt, one stripped of its
     table, and a fifth left RUNNING by a process that has ended. Name → run id."""
     client = MlflowClient()
-    parent = make_study("damaged", 4, client=client, shape=Shape(max_steps=10, log_every=5, depths=(2,), metric_points=0))
+    parent = make_study(
+        "damaged", 4, client=client, shape=Shape(max_steps=10, log_every=5, depths=(2,), metric_points=0)
+    )
     trials = load.runs("damaged").set_index("trial")["run_id"]
     _stats_file(client, trials[0]).write_bytes(b"PAR1 this is not a parquet file")
     _stats_file(client, trials[1]).unlink()
