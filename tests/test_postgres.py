@@ -239,3 +239,19 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3  # one worker: exactly the total
     orphan = by_trial[killed.number]
     assert orphan.info.status == "KILLED" and orphan.data.tags["outcome"] == "killed"
+
+
+def test_dead_runs_are_closed_through_the_tracking_server(tracking_server: str) -> None:
+    """The liveness rule on a PostgreSQL-backed server: another host's run with a stale heartbeat is closed, a fresh one kept."""
+    from pipelines import liveness
+
+    client = MlflowClient(tracking_server)
+    experiment = client.create_experiment("liveness")
+    now = int(time.time())
+    stale, fresh = (
+        client.create_run(experiment, tags={"host": "lost-machine", "pid": "42", "heartbeat": str(beat)}).info.run_id
+        for beat in (now - liveness.STALE_SECONDS - 5, now)
+    )
+    assert liveness.close_dead_runs(client, [experiment]) == [stale]
+    assert client.get_run(stale).info.status == "KILLED" and client.get_run(stale).data.tags["outcome"] == "killed"
+    assert client.get_run(fresh).info.status == "RUNNING"
