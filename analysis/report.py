@@ -280,7 +280,7 @@ outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; ve
 def _skipped_html(skipped: dict[str, str]) -> str:
     if not skipped:
         return ""
-    items = "".join(f"<li><code>{html.escape(run_id)}</code>: {html.escape(why)}</li>" for run_id, why in skipped.items())
+    items = "".join(f"<li><code>{html.escape(r)}</code>: {html.escape(why)}</li>" for r, why in skipped.items())
     return f"<h2>Skipped runs</h2><p>Left out of every figure and table below:</p><ul>{items}</ul>"
 
 

@@ -43,7 +43,8 @@ class Recorder:
     def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int,
                  heartbeat_seconds: float = liveness.HEARTBEAT_SECONDS) -> None:  # fmt: skip
         self.client, self.run_id = client, run_id
-        self.heartbeat_seconds = heartbeat_seconds  # the thread refreshes the run's heartbeat tag (pipelines/liveness.py)
+        # The thread also refreshes the run's heartbeat tag (pipelines/liveness.py).
+        self.heartbeat_seconds = heartbeat_seconds
         self.stride = 1 if metric_points == 0 else max(1, math.ceil(expected_records / metric_points))
         self._steps: list[int] = []
         self._keys: list[list[str]] = []

@@ -98,7 +98,10 @@ def continue_sampling(study: optuna.Study, spec: StudySpec, worker: int) -> None
         return
     existing = len(study.get_trials(deepcopy=False))
     base = spec.sampler.get("seed", 0)
-    seed = base + worker if existing == 0 else int(np.random.SeedSequence([base, worker, existing]).generate_state(1)[0])
+    if existing == 0:
+        seed = base + worker
+    else:
+        seed = int(np.random.SeedSequence([base, worker, existing]).generate_state(1)[0])
     study.sampler = dataclasses.replace(spec, sampler={**spec.sampler, "seed": seed}).make_sampler(0)
 
 

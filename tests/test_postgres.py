@@ -217,7 +217,7 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
     doomed = start_worker(tmp_path, storage, tracking_server, "crash", "--no-report", **beat,
                           **hold_env(tmp_path / "hold"))  # fmt: skip
     try:
-        (_, run_id), = wait_for_started(tmp_path / "hold", 1, alive=lambda: doomed.proc.poll() is None).items()
+        ((_, run_id),) = wait_for_started(tmp_path / "hold", 1, alive=lambda: doomed.proc.poll() is None).items()
         doomed.proc.send_signal(signal.SIGKILL)
         doomed.proc.wait()
     finally:

@@ -56,7 +56,7 @@ def trial_runs(uri: str, name: str = "crash") -> list:
 
 def held_trial(folder: Path, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
     """The one trial the invocation is running, once its run is held at its first step."""
-    (_, run_id), = wait_for_started(folder / "hold", 1, alive=lambda: proc.poll() is None).items()
+    ((_, run_id),) = wait_for_started(folder / "hold", 1, alive=lambda: proc.poll() is None).items()
     running = study(folder).get_trials(states=(TrialState.RUNNING,))
     assert [t.user_attrs["mlflow_run_id"] for t in running] == [run_id]
     return running[0]
