@@ -10,7 +10,8 @@ are sent as they come, for live curves; the per-layer keys (hundreds per step on
 when the run ends: sending them during training cost the training thread up to 2× its step time
 (SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md). Downsampling (only when needed): of the R recorded
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
-Per-time-step BPTT norms go to the parquet table only (`keys.browsable`).
+Per-time-step BPTT norms go to the parquet table only (`keys.browsable`). The same thread refreshes the
+run's `heartbeat` tag every liveness.HEARTBEAT_SECONDS, the sign of life other hosts judge it by.
 """
 
 from __future__ import annotations
