@@ -116,16 +116,12 @@ def test_ctrl_c_ends_the_trial_cleanly_and_the_study_resumes(tmp_path: Path, sto
     assert not [r for r in trial_runs(store_uri) if r.info.status == "RUNNING"]
 
 
-TWO_WORKERS = """
-name: pair
-fixed: {depth: 2, width: 8, max_steps: 20, log_every: 5, val_every: 10, batch_size: 32}
-space:
-  activation: [relu, tanh, sigmoid]
-  init: [xavier_normal, kaiming_normal]
-sampler: {type: random, seed: 0}
-objective: {metric: val/acc}
-n_trials: 3
-"""
+TWO_WORKERS = (
+    SPEC.replace("name: crash", "name: pair")
+    .replace("activation: [relu, tanh]", "activation: [relu, tanh, sigmoid]\n  init: [xavier_normal, kaiming_normal]")
+    .replace("sampler: grid", "sampler: {type: random, seed: 0}\nn_trials: 3")
+    .replace("retries: 1\n", "")
+)
 
 
 @pytest.mark.slow
