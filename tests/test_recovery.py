@@ -155,4 +155,11 @@ def test_sigkill_of_a_two_worker_study_leaves_no_trial_running(tmp_path: Path, s
     assert not [r.data.tags.get("role") for r in everything if r.info.status == "RUNNING"]
     trials = study(tmp_path, "pair").trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert 3 <= len([t for t in trials if t.state == TrialState.COMPLETE]) <= 4  # two workers: one may overshoot
+    by_run = {t.user_attrs.get("mlflow_run_id"): t for t in trials}
+    killed, interrupted = (by_run[run_id] for pid, run_id in sorted(held.items(), key=lambda h: h[0] != proc.pid))
+    assert killed.state == TrialState.FAIL  # no retries in this spec: it counts as done
+    assert interrupted.state == TrialState.PRUNED  # Ctrl-C'd: not counted, and retried once with its point
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    assert 3 <= len(done) <= 4  # the total; two workers: one may start a trial past it
