@@ -8,7 +8,7 @@ from a local artifact store (or downloaded from a remote one), in a thread pool;
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -25,12 +25,17 @@ READ_THREADS = 8
 
 @dataclass(frozen=True)
 class StudyData:
-    """A study's trial runs (one row each) and their statistics (long format, with run_id)."""
+    """A study's trial runs (one row each) and their statistics (long format, with run_id).
+
+    `skipped`: run id → why that trial run is left out (it never finished, or its statistics are missing or
+    unreadable); the report names them.
+    """
 
     name: str
     runs: pd.DataFrame
     stats: pd.DataFrame
     parent_run_id: str | None
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _numeric(column: pd.Series) -> pd.Series:
@@ -98,13 +103,23 @@ def _artifact_file(run_id: str, artifact_uri: str, artifact: str) -> Path | None
     return path
 
 
-def _read_one(run_id: str, artifact_uri: str, artifact: str = STATS_ARTIFACT) -> pd.DataFrame:
+STATS_FIELDS = ("step", "layer", "family", "stat", "value")  # the recorder's table (pipelines/recorder.py)
+
+
+def _read_one(run_id: str, artifact_uri: str, artifact: str = STATS_ARTIFACT) -> tuple[pd.DataFrame, str | None]:
+    """(a run's table with run_id, None), or (an empty frame, why it cannot be read): one bad file spoils no other."""
     path = _artifact_file(run_id, artifact_uri, artifact)
     if path is None:
-        return pd.DataFrame()
-    table = pd.read_parquet(path)
+        return pd.DataFrame(), f"no {artifact}"
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # truncated, corrupt or not parquet at all: pyarrow raises several kinds
+        return pd.DataFrame(), " ".join(f"unreadable {artifact}: {type(exc).__name__}: {exc}".split())[:300]
+    missing = [c for c in STATS_FIELDS if c not in table] if artifact == STATS_ARTIFACT else []
+    if missing:
+        return pd.DataFrame(), f"{artifact} lacks the columns {', '.join(missing)}"
     table.insert(0, "run_id", run_id)
-    return table
+    return table, None
 
 
 def _empty_stats() -> pd.DataFrame:
@@ -114,15 +129,21 @@ def _empty_stats() -> pd.DataFrame:
                          "stat": pd.Series(dtype=str), "value": pd.Series(dtype="float64")})  # fmt: skip
 
 
-def stats(run_frame: pd.DataFrame, families: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Long table of every run's statistics: run_id, step, layer, family, stat, value."""
+def stats(run_frame: pd.DataFrame, families: tuple[str, ...] | None = None,
+          unreadable: dict[str, str] | None = None) -> pd.DataFrame:  # fmt: skip
+    """Long table of every run's statistics: run_id, step, layer, family, stat, value.
+
+    A run whose table is missing or unreadable contributes no rows; `unreadable` (if given) receives run id → why.
+    """
     if run_frame.empty:
         return _empty_stats()
     uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
         MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        tables = list(pool.map(_read_one, run_frame["run_id"], uris))
-    tables = [t for t in tables if not t.empty]
+        read = list(pool.map(_read_one, run_frame["run_id"], uris))
+    if unreadable is not None:
+        unreadable.update({run_id: why for run_id, (_, why) in zip(run_frame["run_id"], read) if why is not None})
+    tables = [t for t, _ in read if not t.empty]
     if not tables:
         return _empty_stats()
     table = pd.concat(tables, ignore_index=True)
@@ -134,12 +155,21 @@ def stats(run_frame: pd.DataFrame, families: tuple[str, ...] | None = None) -> p
 
 
 def study(name: str, families: tuple[str, ...] | None = None) -> StudyData:
-    """A study's trial runs and statistics, found through the `study` tag (no Optuna storage needed)."""
+    """A study's finished trial runs and their statistics, found through the `study` tag (no Optuna storage needed).
+
+    Trial runs that never finished (RUNNING, KILLED, FAILED) and runs whose statistics cannot be read are
+    left out and listed in `skipped`, so that one bad run spoils no figure.
+    """
     everything = runs(name, role=None)
     parent = everything.loc[everything.get("role", pd.Series(dtype=str)) == "parent", "run_id"]
     trials = everything[everything["role"] == "trial"] if "role" in everything else everything
-    trials = trials.reset_index(drop=True)
-    return StudyData(name, trials, stats(trials, families), parent.iloc[0] if len(parent) else None)
+    unfinished = trials["status"] != "FINISHED" if "status" in trials else pd.Series(False, index=trials.index)
+    skipped = {row["run_id"]: f"status {row['status']}" + (f" (outcome {row['outcome']})" if pd.notna(row.get("outcome"))
+               else "") for row in trials[unfinished].to_dict("records")}  # fmt: skip
+    trials = trials[~unfinished]
+    table = stats(trials.reset_index(drop=True), families, skipped)
+    trials = trials[~trials["run_id"].isin(skipped)].reset_index(drop=True)
+    return StudyData(name, trials, table, parent.iloc[0] if len(parent) else None, skipped)
 
 
 def layer_index(layer: str, depth: int | None = None) -> float:
@@ -204,6 +234,6 @@ def invariance_metrics(run_frame: pd.DataFrame) -> pd.DataFrame:
     uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
         MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        tables = [t for t in pool.map(_read_one, run_frame["run_id"], uris, [INVARIANCE_ARTIFACT] * len(uris))
+        tables = [t for t, _ in pool.map(_read_one, run_frame["run_id"], uris, [INVARIANCE_ARTIFACT] * len(uris))
                   if not t.empty]  # fmt: skip
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)

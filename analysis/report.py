@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures, load, summary
 from analysis.load import StudyData
+from pipelines import liveness
 from pipelines.names import STUDY_NAME_RULE, valid_study_name
 
 ARTIFACT_PATH = "report"
@@ -286,7 +287,7 @@ def _counts(table: pd.DataFrame, column: str) -> str:
 
 
 def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], objective: tuple[str, str],
-               path: Path, links: dict[str, str] | None = None) -> Path:  # fmt: skip
+               path: Path, links: dict[str, str] | None = None, skipped: dict[str, str] | None = None) -> Path:  # fmt: skip
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
     sections, missing = [], []
     for name, png in written.items():
@@ -297,7 +298,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
             continue
         sections.append(f'<section class="fig"><img src="{_data_uri(png)}" data-file="{png.name}" alt="{title}">'
                         f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
-    skipped = f"<h2>Not drawn</h2><ul>{''.join(missing)}</ul>" if missing else ""
+    not_drawn = f"<h2>Not drawn</h2><ul>{''.join(missing)}</ul>" if missing else ""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(study)}: gradient report</title>
@@ -308,8 +309,9 @@ outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; ve
 {_counts(table, "verdict")}. Objective: {objective[1]} <code>{objective[0]}</code>.</p>
 <p class="rule"><b>Verdict</b>: {html.escape(VERDICT_RULE)}.<br><b>Training outcome</b>:
 {html.escape(summary.OUTCOME_RULE)}.<br>The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
+{_skipped_html(skipped or {})}
 {"".join(sections)}
-{skipped}
+{not_drawn}
 <h2>Runs</h2>
 {_table_html(table, links)}
 </body></html>
@@ -325,6 +327,14 @@ def remove_own_outputs(folder: Path, figure_names: Iterable[str]) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
+def _skipped_html(skipped: dict[str, str]) -> str:
+    """The "Skipped runs" list: runs left out of the report, each with the reason."""
+    if not skipped:
+        return ""
+    items = "".join(f"<li><code>{html.escape(r)}</code>: {html.escape(why)}</li>" for r, why in skipped.items())
+    return f"<h2>Skipped runs</h2><p>Left out of every figure and table below:</p><ul>{items}</ul>"
+
+
 def write_report(data: StudyData, folder: Path) -> Path:
     """Figures, summary.csv and index.html of one study into `folder` (what an earlier build wrote removed first)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -335,7 +345,7 @@ def write_report(data: StudyData, folder: Path) -> Path:
     table.to_csv(folder / "summary.csv", index=False)
     written = render_figures(data, folder, objective)
     links = ui_links(data.runs, ui_base()) if "experiment_id" in data.runs else {}
-    return write_html(data.name, table, written, objective, folder / "index.html", links)
+    return write_html(data.name, table, written, objective, folder / "index.html", links, data.skipped)
 
 
 def log_report(folder: Path, parent_run_id: str | None) -> bool:
@@ -360,9 +370,13 @@ def report_folder(study: str, out_dir: str | Path) -> Path:
 def build(study: str, out_dir: str | Path = "reports") -> Path:
     """Regenerate the report of `study` into out_dir/<study>/ and log it to the parent run; returns index.html."""
     folder = report_folder(study, out_dir)
+    client = MlflowClient()  # runs of the study whose process died end KILLED first, so they are named as skipped
+    liveness.close_dead_runs(client, [e.experiment_id for e in client.search_experiments()], f"tags.study = '{study}'")
     data = load.study(study)
-    if data.runs.empty and data.parent_run_id is None:
+    if data.runs.empty and data.parent_run_id is None and not data.skipped:
         raise NoRuns(f"no MLflow runs carry the tag study={study!r} in this tracking store")
+    for run_id, why in data.skipped.items():
+        print(f"warning: run {run_id} skipped: {why}", file=sys.stderr)
     index = write_report(data, folder)
     log_report(index.parent, data.parent_run_id)
     return index

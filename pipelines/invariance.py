@@ -40,7 +40,7 @@ from mlflow.tracking import MlflowClient
 from torch import Tensor, nn
 
 from pipelines import keys as K
-from pipelines import train
+from pipelines import liveness, train
 from pipelines.config import ConfigError, RunConfig
 
 STUDY, ZOO_TAG, ZOO_ARTIFACT = K.INVARIANCE, K.INVARIANCE_ZOO_TAG, K.INVARIANCE_ZOO_ARTIFACT
@@ -460,7 +460,7 @@ def attach(client: MlflowClient) -> tuple[str, str, str]:
         own = client.create_run(experiment_id, run_name=STUDY).info.run_id
     parent = parents[0].info.run_id if parents else own
     tags = {"study": STUDY, "role": "parent" if parent == own else "worker",
-            "mlflow.runName": STUDY if parent == own else f"{STUDY}-worker"}  # fmt: skip
+            "mlflow.runName": STUDY if parent == own else f"{STUDY}-worker", **liveness.identity()}  # fmt: skip
     if parent != own:
         tags["mlflow.parentRunId"] = parent
     for key, value in tags.items():

@@ -10,7 +10,8 @@ are sent as they come, for live curves; the per-layer keys (hundreds per step on
 when the run ends: sending them during training cost the training thread up to 2× its step time
 (SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md). Downsampling (only when needed): of the R recorded
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
-Per-time-step BPTT norms go to the parquet table only (`keys.browsable`).
+Per-time-step BPTT norms go to the parquet table only (`keys.browsable`). The same thread refreshes the
+run's `heartbeat` tag every liveness.HEARTBEAT_SECONDS, the sign of life other hosts judge it by.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipelines import keys as K
+from pipelines import liveness
 
 STATS_ARTIFACT = "stats/gradient_stats.parquet"
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1,000 metrics per call
@@ -39,8 +41,11 @@ SEND_INTERVAL = 1.0
 class Recorder:
     """Collects (step, key, value) records for one run and ships them to MLflow and parquet."""
 
-    def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int,
+                 heartbeat_seconds: float = liveness.HEARTBEAT_SECONDS) -> None:  # fmt: skip
         self.client, self.run_id = client, run_id
+        # The thread also refreshes the run's heartbeat tag (pipelines/liveness.py).
+        self.heartbeat_seconds = heartbeat_seconds
         self.stride = 1 if metric_points == 0 else max(1, math.ceil(expected_records / metric_points))
         self._steps: list[int] = []
         self._keys: list[list[str]] = []
@@ -90,23 +95,36 @@ class Recorder:
         """Send what is queued, at most once per SEND_INTERVAL: one `log_batch` round for many logging steps."""
         pending: list[Metric] = []
         last_sent = -math.inf
+        last_beat = time.monotonic()
         while True:
+            next_beat = last_beat + self.heartbeat_seconds - time.monotonic()
+            if next_beat <= 0:
+                self._beat()
+                last_beat = time.monotonic()
+                continue
             if pending:
                 remaining = last_sent + SEND_INTERVAL - time.monotonic()
                 if remaining <= 0:
                     self._log(pending)
                     pending, last_sent = [], time.monotonic()
                     continue
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    continue
             else:
-                item = self._queue.get()
+                remaining = math.inf
+            try:
+                item = self._queue.get(timeout=min(remaining, next_beat))
+            except queue.Empty:
+                continue
             if item is None:
                 self._log(pending)
                 return
             pending.extend(item)
+
+    def _beat(self) -> None:
+        """Refresh the run's heartbeat tag: the sign of life that tells other hosts this run still trains."""
+        try:
+            self.client.set_tag(self.run_id, liveness.HEARTBEAT, liveness.beat()[liveness.HEARTBEAT])
+        except Exception:  # a missed beat is no error: the next one may pass, and training goes on
+            pass
 
     def _log(self, metrics: list[Metric]) -> None:
         if self._error is not None:

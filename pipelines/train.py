@@ -36,6 +36,7 @@ from models.lit import LitModel
 from models.lit_gan import LitGAN
 from models.registry import create_model
 from pipelines import keys as K
+from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, missing_files
 from pipelines.probe import GradientProbe
@@ -177,11 +178,12 @@ def run(
     if progress_bar is None:
         progress_bar = sys.stderr.isatty()
     # The training-set size tells full-batch gradient descent from mini-batch SGD in the optimizer figures.
-    tags = {**(tags or {}), "n_train": str(len(data.train))}
+    tags = {**(tags or {}), "n_train": str(len(data.train)), **liveness.identity(), **liveness.beat()}
     # A nested run belongs to its parent's experiment, whatever experiment this process has active.
     experiment_id = client.get_run(parent_run_id).info.experiment_id if parent_run_id else None
     with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags, experiment_id=experiment_id) as active:
         run_id = active.info.run_id
+        liveness.close_dead_runs(client, [active.info.experiment_id])  # runs of killed processes end KILLED
         if on_start is not None:
             on_start(run_id)
         mlflow.log_params(cfg.to_dict())

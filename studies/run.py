@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
     with imports_without_gc(fresh="studies.runner" not in sys.modules):
-        from studies.runner import run_study
+        from studies.runner import AfterTrialsError, run_study
         from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
     setup_logging(args.quiet, args.verbose)
 
@@ -98,6 +98,9 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
                   overrides=overrides, warm=warm)  # fmt: skip
     except KeyboardInterrupt:
         return 130
+    except AfterTrialsError as exc:  # the run says why (tag failure); one line here, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,12 +9,12 @@ command again resumes it and runs only what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
 import math
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import optuna
 import torch
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from pipelines import train
+from pipelines import liveness, train
 from studies import naming, ui
 from studies.spec import StudySpec, load_spec
 from studies.storage import DEFAULT_STORAGE, is_rdb, mask, open_storage, retry
@@ -79,6 +81,24 @@ def open_study(
         raise SystemExit(f"error: study {study_name!r} in {mask(storage)}: {exc}") from None
 
 
+def continue_sampling(study: optuna.Study, spec: StudySpec, worker: int) -> None:
+    """Give a random/TPE study a sampler seeded past the trials it holds, so a resume does not restart the sequence.
+
+    Seeded with the spec's seed alone, every invocation would propose the points of the first one again;
+    the seed of worker w of an invocation that finds k trials is derived from (seed, w, k) instead (the
+    spec's seed + w when k = 0, as before). A grid keeps its one order (make_sampler).
+    """
+    if spec.sampler["type"] == "grid":
+        return
+    existing = len(study.get_trials(deepcopy=False))
+    base = spec.sampler.get("seed", 0)
+    if existing == 0:
+        seed = base + worker
+    else:
+        seed = int(np.random.SeedSequence([base, worker, existing]).generate_state(1)[0])
+    study.sampler = dataclasses.replace(spec, sampler={**spec.sampler, "seed": seed}).make_sampler(0)
+
+
 def _wait_for_parent(study: optuna.Study) -> str | None:
     """The parent run id once the study's creator has recorded it, or None after PARENT_WAIT_SECONDS."""
     deadline = time.monotonic() + PARENT_WAIT_SECONDS
@@ -119,11 +139,12 @@ def attach_parent(
         client.set_tag(own, "mlflow.runName", study.study_name)
         client.set_tag(own, "study", study.study_name)
         client.set_tag(own, "role", "parent")
+        client.log_batch(own, tags=[RunTag(k, v) for k, v in liveness.identity().items()])
         _log_spec(client, own, spec, storage, n_trials)
         return own, own, "parent"
     own = ui.own_run(client, launcher, experiment_id, f"{study.study_name}-worker")
     for key, value in {"mlflow.parentRunId": parent, "study": study.study_name, "role": "worker",
-                       "host": socket.gethostname(), "pid": str(os.getpid())}.items():  # fmt: skip
+                       **liveness.identity()}.items():  # fmt: skip
         client.set_tag(own, key, value)
     return parent, own, "worker"
 
@@ -147,12 +168,11 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
         values: dict[str, Any] = {}
         for param in spec.space:
             values.update(param.suggest(trial))
-        if spec.sampler["type"] == "grid":
-            skip_duplicate(trial, spec)
+        skip_duplicate(trial, spec)
         cfg = spec.config(values)
         trial.set_user_attr("outcome", "running")  # a retry inherits its failed trial's attributes
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        for key, value in liveness.identity().items():  # who runs it, to tell later whether it died
+            trial.set_user_attr(key, int(value) if key == liveness.PID else value)
         name = naming.claim_name(trial, naming.trial_name(spec, cfg, fields))
 
         def started(run_id: str) -> None:
@@ -197,7 +217,7 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str):
     return objective
 
 
-DUPLICATE = "duplicate"  # outcome of a grid trial that drew a point another trial has: never trained, not counted
+DUPLICATE = "duplicate"  # outcome of a trial that drew a point another trial has: never trained, not counted
 # A failed point is taken too: it counts as finished (or waits as a retry), and re-running it could loop.
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
@@ -206,13 +226,23 @@ def _point(params: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
+def space_size(spec: StudySpec) -> float:
+    """How many distinct points the search space holds (inf with a continuous parameter)."""
+    sizes = [len(p.grid_values()) if p.kind in ("categorical", "bundle")
+             else (int(p.high) - int(p.low)) // (p.step or 1) + 1 if p.kind == "int"
+             else math.floor((p.high - p.low) / p.step + 1e-9) + 1 if p.step
+             else math.inf for p in spec.space]  # fmt: skip
+    return math.prod(sizes)
+
+
 def skip_duplicate(trial: optuna.Trial, spec: StudySpec) -> None:
-    """Prune a grid trial whose point another trial has done, failed, is running or will retry, before it trains.
+    """Prune a trial whose point another trial has done, failed, is running or will retry, before it trains.
 
     Optuna's GridSampler hands concurrent workers the same point at times (documented): near the end,
-    when every unvisited point is running elsewhere, a free worker draws one of those. Such a trial is
-    pruned at once with outcome=duplicate (no MLflow run, not counted towards n_trials); when no point is
-    left to draw, this worker stops and leaves the rest to the workers running them.
+    when every unvisited point is running elsewhere, a free worker draws one of those; random and TPE
+    samplers draw any point again by chance. Such a trial is pruned at once with outcome=duplicate (no
+    MLflow run, not counted towards n_trials); when no point is left to draw, this worker stops and leaves
+    the rest to the workers running them. A retry (Optuna's, with its failed trial's point) is no twin.
     """
     trials = trial.study.get_trials(deepcopy=False, states=TAKEN)
     retried = _retried(trials)  # a retry re-runs its failed or interrupted trial's point: that one is not a twin
@@ -224,19 +254,9 @@ def skip_duplicate(trial: optuna.Trial, spec: StudySpec) -> None:
         return
     trial.set_user_attr("outcome", DUPLICATE)
     trial.set_user_attr("duplicate_of", taken[mine])
-    if len(taken) >= math.prod(len(values) for values in spec.grid().values()):
+    if len(taken) >= space_size(spec):
         trial.study.stop()
-    raise optuna.TrialPruned(f"grid point of trial {taken[mine]}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    raise optuna.TrialPruned(f"point of trial {taken[mine]}")
 
 
 def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
@@ -249,8 +269,9 @@ def recover(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowCl
 
     RDB storages detect dead workers by heartbeat: Optuna fails (and retries) a trial whose heartbeat is
     older than the grace period when a worker starts a trial, and here. For the journal file, the rule
-    is: a RUNNING trial started on this host by a process that no longer exists is dead (a worker on
-    another host cannot be checked from here; use an RDB storage for many machines). A trial
+    is pipelines/liveness.py's: a RUNNING trial started on this host by a process that no longer exists
+    (or a reused pid) is dead (a worker on another host cannot be checked from here; use an RDB storage
+    for many machines). A trial
     interrupted by Ctrl-C is retried once, whatever `retries` says. Retries are Optuna's own
     (RetryHeartbeatStaleTrialCallback: same params, a new trial). Returns the numbers of the trials failed here.
     """
@@ -262,11 +283,10 @@ def recover(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowCl
             optuna.storages.fail_stale_trials(study)
         failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
     else:
-        host, store = socket.gethostname(), open_storage(storage)
+        store = open_storage(storage)
         study_id = store.get_study_id_from_name(study.study_name)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") == host and pid is not None and not _alive(int(pid)):
+            if liveness.is_dead(t.user_attrs):  # trials carry no heartbeat: only this host's are judged
                 trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
                 try:
                     store.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -288,8 +308,9 @@ def close_orphans(study: optuna.Study, client: MlflowClient) -> list[str]:
 
     A trial's run: a live worker ends it before Optuna ends the trial, so a run still RUNNING after its
     trial ended is an orphan. Runs are listed before trials and checked again, so that a worker on another
-    machine starting or ending a trial meanwhile is never mistaken for a dead one. An invocation's own
-    `role=worker` run: when it was started on this host by a process that no longer exists.
+    machine starting or ending a trial meanwhile is never mistaken for a dead one. Any other run of the
+    study (an invocation's own run, a trial run whose trial Optuna has not failed yet): when its process
+    is dead (pipelines/liveness.py).
     """
     experiment, where = study.user_attrs.get(EXPERIMENT_ATTR, "0"), f"tags.study = '{study.study_name}'"
     candidates = client.search_runs([experiment], f"{where} and tags.role = 'trial' and attributes.status = 'RUNNING'")
@@ -297,16 +318,9 @@ def close_orphans(study: optuna.Study, client: MlflowClient) -> list[str]:
     closed = []
     for run in candidates:
         if int(run.data.tags.get("trial", -1)) in ended and client.get_run(run.info.run_id).info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "outcome", "killed")
-            client.set_terminated(run.info.run_id, "KILLED")
+            liveness.end_killed(client, run.info.run_id)
             closed.append(run.info.run_id)
-    host = socket.gethostname()
-    for run in client.search_runs([experiment], f"{where} and tags.role = 'worker' and attributes.status = 'RUNNING'"):
-        pid = run.data.tags.get("pid")
-        if run.data.tags.get("host") == host and pid and int(pid) != os.getpid() and not _alive(int(pid)):
-            client.set_terminated(run.info.run_id, "KILLED")
-            closed.append(run.info.run_id)
-    return closed
+    return closed + liveness.close_dead_runs(client, [experiment], where)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -359,6 +373,7 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
     mlflow.set_tracking_uri(ctx.tracking_uri)  # trial runs go to their parent's experiment (pipelines.train.run)
     spec = load_spec(ctx.spec_source, ctx.overrides)
     study = open_study(spec, ctx.study_name, ctx.storage, worker)
+    continue_sampling(study, spec, worker)
     remaining = ctx.n_trials - finished_trials(study)
     if remaining <= 0:
         return
@@ -367,9 +382,9 @@ def work(ctx: StudyContext, worker: int, threads: int, progress_bar: bool) -> No
     try:
         study.optimize(
             objective,
-            # A grid study ends when its points are done (the sampler and skip_duplicate stop it): a budget of
-            # trials could be spent on duplicates and leave a point undone.
-            n_trials=None if spec.sampler["type"] == "grid" else remaining,
+            # The study ends at its total (_stop_at) or when its points are done (the grid sampler and
+            # skip_duplicate stop it): a budget of trials could be spent on duplicates and leave the total short.
+            n_trials=None,
             catch=(Exception,),  # a trial that raises is a failed trial; the study goes on
             callbacks=[_stop_at(ctx.n_trials)] + ([progress] if progress else []),
         )
@@ -477,16 +492,22 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
     finally:
         warm.join()
-    study = open_study(spec, study_name, storage)
-    close_orphans(study, client)  # trials failed by the heartbeat while this invocation ran
-    summary = log_summary(study, spec, parent, client)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    index = _report(study_name, parent) if report and status == "FINISHED" else None
-    best = ui.describe_parent(client, study, spec, parent, summary)
+    try:
+        study = open_study(spec, study_name, storage)
+        close_orphans(study, client)  # trials failed by the heartbeat while this invocation ran
+        summary = log_summary(study, spec, parent, client)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        index = _report(study_name, parent) if report and status == "FINISHED" else None
+        best = ui.describe_parent(client, study, spec, parent, summary)
+    except Exception as exc:  # the trials are stored; what failed after them must not leave a run RUNNING
+        fail_after_trials(client, own, parent if own == parent or finished_trials(study) >= n_trials else None, exc)
+        raise AfterTrialsError(f"the trials are stored, but the end of the study failed: {_reason(exc)}") from exc
     client.set_terminated(own, status)
     if own != parent and status == "FINISHED" and finished_trials(study) >= n_trials:
-        # The study is complete: its parent ends too, even when the invocation that made it died.
-        if client.get_run(parent).info.status == "RUNNING":
+        # The study is complete: its parent ends too, even when the invocation that made it died (and was
+        # closed as KILLED by liveness.close_dead_runs meanwhile).
+        if client.get_run(parent).info.status in ("RUNNING", "KILLED"):
+            client.set_tag(parent, "outcome", "completed")
             client.set_terminated(parent, "FINISHED")
     print(json.dumps(summary, indent=2, default=str))
     uri, page = mlflow.get_tracking_uri(), f"#/experiments/{experiment_id}/runs/{parent}"
@@ -504,6 +525,25 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
     if status == "KILLED":
         raise KeyboardInterrupt
     return summary
+
+
+class AfterTrialsError(RuntimeError):
+    """Something failed after the trials (summary, report): the invocation's run ended FAILED with the reason."""
+
+
+FAILURE_TAG = "failure"  # why a study's run ended FAILED after its trials
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]  # one line; MLflow tags hold 8,000 characters
+
+
+def fail_after_trials(client: MlflowClient, own: str, parent: str | None, exc: BaseException) -> None:
+    """End this invocation's run (and the parent, when given and still open) FAILED with the reason as a tag."""
+    for run_id in dict.fromkeys(r for r in (own, parent) if r is not None):
+        if client.get_run(run_id).info.status in ("RUNNING", "KILLED"):
+            client.set_tag(run_id, FAILURE_TAG, _reason(exc))
+            client.set_terminated(run_id, "FAILED")
 
 
 def _report(study_name: str, parent_run_id: str) -> Path | None:

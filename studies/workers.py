@@ -2,17 +2,25 @@
 
 A spawned worker spends about 5 s importing torch, Lightning and MLflow before it can run a trial. Started
 first thing, it imports while the parent validates the spec and opens the study, then waits for its job;
-a parent that stops early (a bad spec) stops them, and they have written nothing.
+a parent that stops early (a bad spec) stops them, and they have written nothing. A worker outlives no
+invocation: when its parent dies (even by SIGKILL), the pipe to it closes, and the worker ends its trial as
+a Ctrl-C would (run KILLED, trial retried on resume), or is killed after ORPHAN_GRACE_SECONDS.
 """
 
 from __future__ import annotations
 
+import _thread
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 from pipelines.startup import imports_without_gc, prepare_exit
+
+ORPHAN_GRACE_SECONDS = 60  # how long a worker whose invocation died may take to end its trial cleanly
 
 
 class WarmWorkers:
@@ -46,10 +54,11 @@ class WarmWorkers:
             return
         self._joined = True
         for pipe, proc in zip(self._pipes, self._procs):
-            pipe.close()
             if not self._started:
+                pipe.close()
                 proc.terminate()  # still importing or waiting: nothing written yet
             proc.join()
+            pipe.close()  # after the join: a worker takes a closed pipe for its invocation's death
 
 
 def _serve(pipe: Connection) -> None:
@@ -64,5 +73,17 @@ def _serve(pipe: Connection) -> None:
     except (EOFError, KeyboardInterrupt):
         return
     if job is not None:
+        threading.Thread(target=_end_with_parent, args=(pipe,), name="parent-watch", daemon=True).start()
         work_in_subprocess(*job)
     prepare_exit()  # the parent waits for this process to end
+
+
+def _end_with_parent(pipe: Connection) -> None:
+    """Wait for the parent's end of the pipe to close (it sends nothing more), then stop this worker."""
+    try:
+        pipe.recv()
+    except (EOFError, OSError):
+        pass
+    _thread.interrupt_main()  # as Ctrl-C: the trial ends, its run KILLED with its statistics
+    time.sleep(ORPHAN_GRACE_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)  # stuck: the next invocation closes what is left (pipelines/liveness.py)

@@ -77,7 +77,8 @@ def test_partial_and_unknown_studies(tracking: str) -> None:
                                            "mlflow.parentRunId": parent}).info.run_id  # fmt: skip
     client.log_param(crashed, "depth", "3")
     data = load.study("partial")
-    assert data.parent_run_id == parent and data.runs["run_id"].tolist() == [crashed]
+    assert data.parent_run_id == parent and data.runs.empty  # it never finished: skipped, and named
+    assert list(data.skipped) == [crashed] and data.skipped[crashed] == "status RUNNING"
     assert list(data.stats.columns) == STATS_COLUMNS and data.stats.empty
     nothing = load.study("no-such-study")
     assert nothing.runs.empty and nothing.stats.empty and nothing.parent_run_id is None

@@ -23,7 +23,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from studies.runner import PARENT_ATTR
+from studies.runner import DUPLICATE, PARENT_ATTR
+from tests.hold import hold_env, wait_for_started
 from tests.servers import PG_PASSWORD, Postgres, mlflow_server, postgres_missing, postgres_server
 
 if postgres_missing():
@@ -67,7 +68,7 @@ class Worker:
 
 def start_worker(folder: Path, storage: str, tracking: str, experiment: str, *flags: str, **env: str) -> Worker:
     """One worker process on the study in folder/spec.yaml, as someone would start it on another machine."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG", "STUDY_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG", "STUDY_", "GPL_TEST_"))}
     env = {**clean, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": experiment,
            **env}  # fmt: skip
     cmd = [sys.executable, "-m", "studies.run", "--spec", "spec.yaml", "--storage", storage, "--workers", "1", *flags]
@@ -99,8 +100,9 @@ def check_accounted(study: optuna.Study, client: MlflowClient, experiment: str, 
     assert all(w.data.tags["mlflow.parentRunId"] == parent for w in workers)
     by_trial = {int(r.data.tags["trial"]): r for r in runs}
     assert len(by_trial) == len(runs), "a trial has two MLflow runs"
-    assert sorted(by_trial) == [t.number for t in study.trials]
-    for t in study.trials:
+    trained = [t for t in study.trials if t.user_attrs.get("outcome") != DUPLICATE]  # a duplicate draw never trains
+    assert sorted(by_trial) == [t.number for t in trained]
+    for t in trained:
         assert by_trial[t.number].info.run_id == t.user_attrs["mlflow_run_id"]
         assert by_trial[t.number].data.tags["mlflow.parentRunId"] == parent
     assert not [r for r in [*parents, *workers, *runs] if r.info.status == "RUNNING"]
@@ -150,8 +152,10 @@ def two_workers(pg: Postgres, tracking_server: str, tmp_path_factory: pytest.Tem
     storage = pg.create_database("two_workers")
     assert PG_PASSWORD in storage
     bare = storage.replace(f":{PG_PASSWORD}@", "@")
-    workers = [start_worker(folder, storage, tracking_server, "two-workers"),
-               start_worker(folder, bare, tracking_server, "two-workers", "--no-report", PGPASSWORD=PG_PASSWORD)]  # fmt: skip
+    hold = hold_env(folder / "hold", workers=2)  # each first run waits until both workers are in a trial
+    workers = [start_worker(folder, storage, tracking_server, "two-workers", **hold),
+               start_worker(folder, bare, tracking_server, "two-workers", "--no-report", PGPASSWORD=PG_PASSWORD,
+                            **hold)]  # fmt: skip
     try:
         outputs = [w.finish() for w in workers]
     finally:
@@ -164,7 +168,8 @@ def test_two_workers_finish_one_study(two_workers: TwoWorkers) -> None:
     study = load(two_workers.storage, "tiny")
     client = MlflowClient(two_workers.tracking)
     check_accounted(study, client, two_workers.experiment, 4)
-    assert {t.user_attrs["pid"] for t in study.trials} == set(two_workers.pids)  # both did trials
+    trained = [t for t in study.trials if t.user_attrs.get("outcome") != DUPLICATE]
+    assert {t.user_attrs["pid"] for t in trained} == set(two_workers.pids)  # both did trials
     _, workers, _ = tree(client, two_workers.experiment, "tiny")
     assert len(workers) == 1  # the second invocation's own run, nested under the parent
 
@@ -182,7 +187,7 @@ def test_artifacts_and_report_through_the_tracking_server(two_workers: TwoWorker
     report = Path(client.download_artifacts(parent_id, "report", str(tmp_path)))
     assert (report / "index.html").stat().st_size > 0 and list(report.glob("*.png"))
     trials = pd.read_csv(client.download_artifacts(parent_id, "study/trials.csv", str(tmp_path)))
-    assert len(trials) == len(runs)
+    assert len(trials[trials["user_attrs_outcome"] != DUPLICATE]) == len(runs)  # a duplicate draw never trains
 
 
 def test_no_password_in_params_tags_output_or_artifacts(two_workers: TwoWorkers, tmp_path: Path) -> None:
@@ -207,30 +212,21 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
     """A worker killed mid-trial and started again: the heartbeat fails the trial, the retry completes it."""
     (tmp_path / "spec.yaml").write_text(TINY.replace("n_trials: 4", "n_trials: 3"))
     storage = pg.create_database("crash")
-    db = optuna.storages.RDBStorage(storage)  # one connection pool for the polling below
     beat = {"STUDY_HEARTBEAT_SECONDS": "1", "STUDY_GRACE_SECONDS": "4"}  # production: 10 s and 30 s
-    doomed = start_worker(tmp_path, storage, tracking_server, "crash", "--no-report", **beat)
+    # Its first run waits at its first step until killed: the trial cannot finish before the SIGKILL lands.
+    doomed = start_worker(tmp_path, storage, tracking_server, "crash", "--no-report", **beat,
+                          **hold_env(tmp_path / "hold"))  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while True:  # until the worker is inside a trial whose MLflow run exists
-            assert doomed.proc.poll() is None and time.monotonic() < deadline, "the worker never started a trial"
-            try:
-                running = [
-                    t for t in load(db).get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs
-                ]
-            except KeyError:  # the study does not exist yet
-                running = []
-            if running:
-                break
-            time.sleep(0.2)
+        ((_, run_id),) = wait_for_started(tmp_path / "hold", 1, alive=lambda: doomed.proc.poll() is None).items()
         doomed.proc.send_signal(signal.SIGKILL)
         doomed.proc.wait()
     finally:
         doomed.stop()
-    killed = running[0]
+    (killed,) = load(storage).get_trials(states=(TrialState.RUNNING,))
+    assert killed.user_attrs["mlflow_run_id"] == run_id
     client = MlflowClient(tracking_server)
-    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "RUNNING"  # what a crash leaves
-    time.sleep(5)  # past the grace period, so that the restart finds the trial's heartbeat stale
+    assert client.get_run(run_id).info.status == "RUNNING"  # what a crash leaves
+    time.sleep(5)  # past the grace period (4 s) after the last beat: the killed worker cannot beat again
     out = start_worker(tmp_path, storage, tracking_server, "crash", "--no-report", **beat).finish()  # the same command
     assert f"trials [{killed.number}] were left RUNNING by a worker that died" in out
 
@@ -243,3 +239,19 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3  # one worker: exactly the total
     orphan = by_trial[killed.number]
     assert orphan.info.status == "KILLED" and orphan.data.tags["outcome"] == "killed"
+
+
+def test_dead_runs_are_closed_through_the_tracking_server(tracking_server: str) -> None:
+    """The liveness rule on a PostgreSQL-backed server: another host's run with a stale heartbeat is closed, a fresh one kept."""
+    from pipelines import liveness
+
+    client = MlflowClient(tracking_server)
+    experiment = client.create_experiment("liveness")
+    now = int(time.time())
+    stale, fresh = (
+        client.create_run(experiment, tags={"host": "lost-machine", "pid": "42", "heartbeat": str(beat)}).info.run_id
+        for beat in (now - liveness.STALE_SECONDS - 5, now)
+    )
+    assert liveness.close_dead_runs(client, [experiment]) == [stale]
+    assert client.get_run(stale).info.status == "KILLED" and client.get_run(stale).data.tags["outcome"] == "killed"
+    assert client.get_run(fresh).info.status == "RUNNING"

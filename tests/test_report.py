@@ -93,12 +93,13 @@ def test_report_folder_is_logged_to_the_parent_run(built: Path, synthetic_store:
 def test_partial_study_still_makes_a_report(tracking: str, tmp_path: Path) -> None:
     client = MlflowClient()
     parent = client.create_run("0", tags={"study": "partial", "role": "parent"}).info.run_id
-    client.create_run("0", tags={"study": "partial", "role": "trial", "trial": "0", "mlflow.parentRunId": parent,
-                                 "outcome": "completed"})  # fmt: skip
+    unfinished = client.create_run("0", tags={"study": "partial", "role": "trial", "trial": "0",
+                                              "mlflow.parentRunId": parent, "outcome": "completed"}).info.run_id  # fmt: skip
     index = report.build("partial", tmp_path / "reports")
     page = index.read_text(encoding="utf-8")
     assert images(page) == [] and "Not drawn" in page
-    assert len(pd.read_csv(index.parent / "summary.csv")) == 1
+    assert "Skipped runs" in page and unfinished in page  # it never finished (RUNNING): named, not drawn
+    assert len(pd.read_csv(index.parent / "summary.csv")) == 0
     assert {"index.html", "summary.csv"} <= artifacts(parent)
 
 
@@ -189,6 +190,11 @@ def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_ou
         for name, value in {"loss": loss, "dataset": "gmm", "model": "mlp", "depth": "3", "optimizer": "adam"}.items():
             client.log_param(child, name, value)
         client.log_metric(child, "val/modes", modes)
+        stats = tmp_path / f"stats{trial}" / "gradient_stats.parquet"  # the recorder's table: one loss row
+        stats.parent.mkdir()
+        pd.DataFrame({"step": [0], "layer": [""], "family": ["train"], "stat": ["loss"], "value": [1.0]}).to_parquet(stats)
+        client.log_artifact(child, str(stats), artifact_path="stats")
+        client.set_terminated(child)  # a run that never finished, or has no statistics, is skipped by the report
     index = report.build("ring", tmp_path / "reports")
     page = index.read_text(encoding="utf-8")
     assert "Objective: maximize <code>val/modes</code>" in page

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hold import hold_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from test_data import _write_cifar, _write_mnist
@@ -136,8 +137,8 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
     client = MlflowClient()
     experiment = "0" if chosen is None else client.create_experiment(chosen)
     own = client.create_run(experiment).info.run_id
-    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": experiment,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    # Each worker's first run waits until both workers are in a trial: neither can do all four alone.
+    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": experiment, **hold_env(tmp_path / "hold", workers=2)}
     cmd = [sys.executable, "-m", "studies.run", "--spec", spec, "--storage", storage, "--workers", "2", "--no-report"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     study = load("tiny", storage)
@@ -154,7 +155,8 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
     assert {t.info.experiment_id for t in trials} == {parent.info.experiment_id}
     check_links(study, parent, trials)
     assert len(trials) >= 4
-    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers ran trials
+    trained = [t for t in study.trials if t.user_attrs.get("outcome") != DUPLICATE]  # a duplicate draw never trains
+    assert len({t.user_attrs["pid"] for t in trained}) == 2  # both workers ran trials
 
 
 def test_diverged_trial_is_recorded_and_the_study_goes_on(tracking: str, tmp_path: Path) -> None:
@@ -164,8 +166,9 @@ def test_diverged_trial_is_recorded_and_the_study_goes_on(tracking: str, tmp_pat
     spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
     run_study(spec, storage=storage, report=False)
     study = load("tiny", storage)
-    assert len(study.trials) == 2
-    for t in study.trials:
+    trained = [t for t in study.trials if t.user_attrs["outcome"] != DUPLICATE]  # a point drawn again never trains
+    assert sorted(t.params["init_gain"] for t in trained) == [1.0, 2.0]
+    for t in trained:
         assert t.state == TrialState.PRUNED and t.user_attrs["outcome"] == "diverged"
         assert isinstance(t.user_attrs["diverged_step"], int)
     _, trials = study_tree("tiny")
@@ -278,3 +281,42 @@ def test_progress_bar_counts_every_workers_trials(tmp_path: Path) -> None:
     progress(study, study.trials[-1])
     assert progress.bar.n == 4
     progress.close()
+
+
+def test_a_failure_after_the_trials_ends_the_study_run_failed_with_the_reason(tracking: str, tmp_path: Path) -> None:
+    """A 300-character study name: the report's folder name is too long for the file system (OSError)."""
+    spec, storage, name = write_spec(tmp_path, TINY), str(tmp_path / "optuna.journal"), "s" * 300
+    with pytest.raises(RuntimeError, match="File name too long"):  # studies.run prints it as one line, exit 1
+        run_study(spec, study_name=name, storage=storage, report=True)
+    parent, trials = study_tree(name)
+    assert parent.info.status == "FAILED" and "File name too long" in parent.data.tags["failure"]
+    study = load(name, storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # the trials are intact
+    assert sorted(r.info.status for r in trials) == ["FINISHED"] * 2
+    check_links(study, parent, trials)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_an_extended_seeded_study_proposes_new_points(sampler: str, tracking: str, tmp_path: Path) -> None:
+    """n_trials 2, then 4: the second invocation continues the sampler instead of re-proposing trials 0 and 1."""
+    body = TINY.replace("sampler: {type: random, seed: 3}", f"sampler: {{type: {sampler}, seed: 0}}")
+    spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
+    run_study(spec, storage=storage, report=False)
+    run_study(spec, n_trials=4, storage=storage, report=False)
+    study = load("tiny", storage)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    points = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(points)) == 4, points
+    duplicates = [t for t in study.trials if t.user_attrs.get("outcome") == DUPLICATE]
+    assert all(t.state == TrialState.PRUNED and "mlflow_run_id" not in t.user_attrs for t in duplicates)
+
+
+def test_a_random_study_stops_when_its_space_is_exhausted(tracking: str, tmp_path: Path) -> None:
+    """Asked for more trials than the space has points: each point once, then the study stops."""
+    body = TINY.replace("init: [xavier_normal, kaiming_normal]", "init: [kaiming_normal]").replace(
+        "activation: [relu, tanh, sigmoid]", "activation: [relu, tanh]")  # fmt: skip
+    spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
+    run_study(spec, n_trials=5, storage=storage, report=False)
+    complete = [t for t in load("tiny", storage).trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["activation"] for t in complete) == ["relu", "tanh"]
