@@ -38,6 +38,7 @@ from models.registry import create_model
 from pipelines import keys as K
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, missing_files
+from pipelines.memory import check_fits
 from pipelines.probe import GradientProbe
 from pipelines.recorder import Recorder
 from pipelines.startup import prepare_exit
@@ -81,10 +82,11 @@ class ValidationRelay(pl.Callback):
 
 
 def check_inputs(cfg: RunConfig) -> None:
-    """Checks that need the file system (local datasets), before any run is created."""
+    """Checks that need the file system (local datasets) and the machine (memory), before any run is created."""
     problem = missing_files(cfg.dataset, cfg.data_dir)
     if problem:
         raise ConfigError("data_dir", cfg.data_dir, problem)
+    check_fits(cfg)
 
 
 ADVERSARIAL = "adversarial"  # the task trained by LitGAN (manual optimization) instead of LitModel

@@ -35,6 +35,10 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate the spec and arguments (exit 2 on a problem), then run the study."""
     args = make_parser().parse_args(argv)
+    problem = _bad_counts(args)
+    if problem:  # before any worker is spawned: `--workers 100000` must not start 99,999 processes
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # The extra workers start importing torch and Lightning now, while this process does the same and
     # validates; a caller that has imported them already (a test) has no import to overlap.
     warm = WarmWorkers(max(0, (args.workers or os.cpu_count() or 1) - 1)) if "torch" not in sys.modules else None
@@ -43,6 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if warm is not None:
             warm.join()  # a worker that got no job (bad input) is stopped; it wrote nothing
+
+
+def max_workers() -> int:
+    """The most worker processes a study may start here: two per CPU core (more only queue for the cores)."""
+    return 2 * (os.cpu_count() or 1)
+
+
+def _bad_counts(args: argparse.Namespace) -> str | None:
+    """The one-line problem with --workers or --n-trials, or None."""
+    if not 0 <= args.workers <= max_workers():
+        return f"workers={args.workers!r} is not allowed; allowed: an integer in [0, {max_workers()}] (two per CPU core)"
+    if args.n_trials < 0:
+        return f"n_trials={args.n_trials!r} is not allowed; allowed: an integer ≥ 0"
+    return None
 
 
 def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
@@ -63,10 +81,6 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
         return 2
     if args.study_name and not valid_study_name(args.study_name):
         print(f"error: study_name={args.study_name!r} is not allowed; allowed: {STUDY_NAME_RULE}", file=sys.stderr)
-        return 2
-    if args.workers < 0 or args.n_trials < 0:
-        bad = ("workers", args.workers, "an integer ≥ 0") if args.workers < 0 else ("n_trials", args.n_trials, "an integer ≥ 0")
-        print(f"error: {bad[0]}={bad[1]!r} is not allowed; allowed: {bad[2]}", file=sys.stderr)
         return 2
     try:
         run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
