@@ -37,8 +37,9 @@ from models.lit_gan import LitGAN
 from models.registry import create_model
 from pipelines import keys as K
 from pipelines.config import ConfigError, RunConfig, choices, field_names
-from pipelines.data import GMM_STD, TaskData, gmm_centers, missing_files
+from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
 from pipelines.memory import check_fits
+from pipelines.preflight import check_tracking
 from pipelines.probe import GradientProbe
 from pipelines.recorder import Recorder
 from pipelines.startup import prepare_exit
@@ -83,7 +84,7 @@ class ValidationRelay(pl.Callback):
 
 def check_inputs(cfg: RunConfig) -> None:
     """Checks that need the file system (local datasets) and the machine (memory), before any run is created."""
-    problem = missing_files(cfg.dataset, cfg.data_dir)
+    problem = unreadable(cfg.dataset, cfg.data_dir, cfg.seq_len)
     if problem:
         raise ConfigError("data_dir", cfg.data_dir, problem)
     check_fits(cfg)
@@ -276,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
         check_inputs(cfg)
+        check_tracking()  # the store and MLflow's variables, answered within seconds, before a run exists
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,8 @@ def _bad_counts(args: argparse.Namespace) -> str | None:
 def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
     with imports_without_gc(fresh="studies.runner" not in sys.modules):
+        from pipelines.config import ConfigError
+        from pipelines.preflight import check_tracking
         from studies.runner import run_study
         from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
 
@@ -81,6 +83,11 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
         return 2
     if args.study_name and not valid_study_name(args.study_name):
         print(f"error: study_name={args.study_name!r} is not allowed; allowed: {STUDY_NAME_RULE}", file=sys.stderr)
+        return 2
+    try:
+        check_tracking()  # an unreachable or corrupt store: one line within seconds, before the study exists
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,

@@ -23,7 +23,7 @@ import optuna
 import yaml
 
 from pipelines.config import ConfigError, RunConfig, field_names
-from pipelines.data import missing_files
+from pipelines.data import unreadable
 from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_IOU, VAL_KNN_ACC, VAL_LOSS, VAL_MODES
 from pipelines.memory import check_fits
 from studies import SPEC_DIR, list_specs  # noqa: F401 (list_specs: re-exported)
@@ -117,7 +117,7 @@ class StudySpec:
         sampled = [p.expand(v) for p in self.space for v in p.grid_values()]
         configs = [self.config({})] + [self.config(f) for f in sampled if "dataset" in f or "data_dir" in f]
         for cfg in configs:
-            problem = missing_files(cfg.dataset, cfg.data_dir)
+            problem = unreadable(cfg.dataset, cfg.data_dir, cfg.seq_len)
             if problem:
                 return f"dataset {cfg.dataset!r} in data_dir {cfg.data_dir!r}: {problem}"
         return None
