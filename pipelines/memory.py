@@ -115,7 +115,7 @@ def _cnn(cfg: RunConfig, in_shape: tuple[int, ...], layout: str, n_outputs: int)
         in_shape = (in_shape[-1], *in_shape[:-1])
     w, dims = cfg.width, len(in_shape) - 1
     spatial = list(in_shape[1:])
-    block = w * cfg.kernel_size**dims + w + _norm(cfg, w)  # a conv block's parameters (input: w channels)
+    block = w * w * cfg.kernel_size**dims + w + _norm(cfg, w)  # a conv block's parameters (input: w channels)
     params = in_shape[0] * w * cfg.kernel_size**dims + w + _norm(cfg, w) + (cfg.depth - 1) * block
     acts = 0
     for i in range(cfg.depth):  # the feature map shrinks with stride and pooling, then stays: stop there

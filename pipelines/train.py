@@ -272,6 +272,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> RunConfig:
     return RunConfig.from_dict({name: _convert(name, args[name]) for name in field_names()})
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, train; exit code 2 on bad input."""
     try:
@@ -283,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    # SIGTERM acts like Ctrl-C: Lightning's own handler only sets a flag read between steps (minutes apart on a
+    # deep net); it keeps calling this one (it chains the handler it finds), which interrupts at once.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run(cfg)
     except KeyboardInterrupt:
