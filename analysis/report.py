@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures, load, summary
 from analysis.load import StudyData
+from pipelines.cli import OneLineParser
 
 ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
@@ -309,7 +310,7 @@ def build(study: str, out_dir: str | Path = "reports") -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build one study's report; exit code 2 when the study has no runs."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+    parser = OneLineParser(prog="python -m analysis.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")

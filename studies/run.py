@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pipelines.cli import OneLineParser
 from pipelines.startup import imports_without_gc, prepare_exit
 from studies import DEFAULT_STORAGE, list_specs
 from studies.workers import WarmWorkers
@@ -19,7 +20,7 @@ from studies.workers import WarmWorkers
 
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `study` parameters."""
-    parser = argparse.ArgumentParser(prog="python -m studies.run", description=__doc__,
+    parser = OneLineParser(prog="python -m studies.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--spec", default="default", help=f"a shipped spec ({', '.join(list_specs())}) or a YAML path")
     parser.add_argument("--n-trials", type=int, default=0, help="the study's total trials (0: the spec's n_trials)")
