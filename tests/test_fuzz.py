@@ -387,6 +387,9 @@ BAD_CALLS = [
     ("train", ["--lr", "1e39"], {}),
     ("train", ["--dataset", "mnist", "--data-dir", "cut"], {}),  # a truncated MNIST file
     ("train", ["--dataset", "mnist", "--data-dir", "junk"], {}),  # a gzip file that is not gzip
+    ("train", ["--dataset", "mnist", "--data-dir", "short"], {}),  # an IDX file shorter than its header says
+    ("train", ["--dataset", "mnist", "--data-dir", "magic"], {}),  # not an IDX file
+    ("study", ["--set", "dataset=mnist", "--set", "data_dir=cut"], {}),
     ("train", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),  # nothing listens on the discard port
     ("train", [], {"MLFLOW_TRACKING_URI": "sqlite:///notadb.db"}),
     ("train", [], {"MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}),
@@ -437,7 +440,9 @@ def _bad_inputs(cwd: Path) -> None:
 
     for name, text in SPEC_FILES.items():
         (cwd / name).write_text(text, encoding="utf-8")
-    for folder, damage in (("cut", lambda raw: gzip.compress(raw)[:-9]), ("junk", lambda raw: b"not gzip" + raw)):
+    damages = {"cut": lambda raw: gzip.compress(raw)[:-9], "junk": lambda raw: b"not gzip" + raw,
+               "short": lambda raw: gzip.compress(raw[:-1]), "magic": lambda raw: gzip.compress(b"\x1f" + raw[1:])}  # fmt: skip
+    for folder, damage in damages.items():
         (cwd / folder / "mnist").mkdir(parents=True)
         for name in MNIST_FILES:
             raw = bytes.fromhex("00000801") + (3).to_bytes(4, "big") + bytes([1, 2, 3])
