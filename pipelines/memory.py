@@ -224,6 +224,8 @@ def check_fits(cfg: RunConfig) -> None:
     if need.total <= limit:
         return
     name = _blame(cfg)
-    parts = ", ".join(f"{part} {gib(getattr(need, part))}" for part in ("parameters", "activations", "data", "statistics"))
+    parts = ", ".join(
+        f"{part} {gib(getattr(need, part))}" for part in ("parameters", "activations", "data", "statistics")
+    )
     raise ConfigError(name, getattr(cfg, name), f"a run that fits in memory: this one needs about {gib(need.total)} "
                       f"({parts}), the limit is {gib(limit)} ({source})")  # fmt: skip

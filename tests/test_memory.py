@@ -92,7 +92,9 @@ def test_estimate_grows_with_each_sizing_field() -> None:
      ({"dataset": "adding", "loss": "mse", "model": "lstm", "seq_len": 10**9}, "seq_len"),
      ({"model": "cnn", "depth": 10**12}, "depth"), ({"width": 10**300}, "width")],
 )  # fmt: skip
-def test_a_config_beyond_memory_is_refused_naming_the_field_the_estimate_and_the_limit(fields: dict, blamed: str) -> None:
+def test_a_config_beyond_memory_is_refused_naming_the_field_the_estimate_and_the_limit(
+    fields: dict, blamed: str
+) -> None:
     cfg = RunConfig(**fields)
     limit, _ = memory_limit()
     assert estimate(cfg).total > limit  # the estimate itself, by an independent comparison
