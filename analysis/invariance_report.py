@@ -461,7 +461,7 @@ def build(run_id: str | None = None, out_dir: str | Path = "reports") -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build the report; exit code 2 when there is nothing to report."""
     parser = OneLineParser(prog="python -m analysis.invariance_report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--run-id", default="", help="an invocation run of pipelines.invariance (default: the newest)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives invariance/index.html")
     args = parser.parse_args(argv)

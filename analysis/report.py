@@ -311,7 +311,7 @@ def build(study: str, out_dir: str | Path = "reports") -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build one study's report; exit code 2 when the study has no runs."""
     parser = OneLineParser(prog="python -m analysis.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
     args = parser.parse_args(argv)

@@ -558,7 +558,7 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `invariance` parameters."""
     parser = OneLineParser(prog="python -m pipelines.invariance", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--retrain", type=_bool, default=False, help="train again even when MLflow holds the run")
     parser.add_argument("--max-steps", type=int, default=BASE["max_steps"], help="training steps of every zoo model")
     parser.add_argument("--width", type=int, default=BASE["width"], help="units or channels of every zoo model")

@@ -289,12 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
     # SIGTERM acts like Ctrl-C: Lightning's own handler only sets a flag read between steps (minutes apart on a
     # deep net); it keeps calling this one (it chains the handler it finds), which interrupts at once.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run(cfg)
     except KeyboardInterrupt:
         print("interrupted: the statistics recorded so far are in the run (status KILLED)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test) keeps its own
     print(f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
           + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))  # fmt: skip
     return 0

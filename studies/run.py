@@ -21,7 +21,7 @@ from studies.workers import WarmWorkers
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `study` parameters."""
     parser = OneLineParser(prog="python -m studies.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--spec", default="default", help=f"a shipped spec ({', '.join(list_specs())}) or a YAML path")
     parser.add_argument("--n-trials", type=int, default=0, help="the study's total trials (0: the spec's n_trials)")
     parser.add_argument("--study-name", default="", help="Optuna study name (default: the spec's name)")
