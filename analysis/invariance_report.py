@@ -27,11 +27,13 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import load
 from analysis.report import PAGE_STYLE, remove_own_outputs
 from pipelines import keys as K
+from pipelines.cli import OneLineParser
 
 ARTIFACT_PATH = "report"
 FOLDER = K.INVARIANCE  # reports/<FOLDER>/index.html
@@ -459,16 +461,16 @@ def build(run_id: str | None = None, out_dir: str | Path = "reports") -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build the report; exit code 2 when there is nothing to report."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.invariance_report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(prog="python -m analysis.invariance_report", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--run-id", default="", help="an invocation run of pipelines.invariance (default: the newest)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives invariance/index.html")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         index = build(args.run_id or None, args.out_dir)
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (LookupError, MlflowException) as exc:  # MlflowException: a --run-id of no run
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     own = os.environ.get("MLFLOW_RUN_ID")  # the run `mlflow run` made for this entry point: file it in the tree
     if own:

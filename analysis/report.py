@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures, load, summary
 from analysis.load import StudyData
 from pipelines import liveness
+from pipelines.cli import OneLineParser
 from pipelines.names import STUDY_NAME_RULE, valid_study_name
 
 ARTIFACT_PATH = "report"
@@ -384,8 +385,8 @@ def build(study: str, out_dir: str | Path = "reports") -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build one study's report; exit code 2 when the study has no runs or a name that is not allowed."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(prog="python -m analysis.report", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
     args = parser.parse_args(argv)

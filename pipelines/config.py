@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_fabric.utilities.seed import max_seed_value
+
 from models.activations import ACTIVATIONS
 from models.init import INITS
 from models.losses import LOSSES, tasks_for
@@ -21,6 +23,8 @@ from models.registry import ACCEPTS, MODELS
 from pipelines.data import DATASETS
 
 RECURRENT = ("rnn", "lstm", "gru")
+FLOAT32_MAX = 3.4028234663852886e38  # parameters and updates are float32: a larger number cannot be held
+SEED_MAX = max_seed_value  # what Lightning's seed_everything accepts (numpy's uint32 range)
 
 
 class ConfigError(ValueError):
@@ -121,11 +125,11 @@ def _check_type(cfg: RunConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ConfigError(f.name, value, f"a value of type {f.type}")
         try:
-            finite = f.type != "float" or math.isfinite(value)
+            finite = f.type != "float" or (math.isfinite(value) and abs(value) <= FLOAT32_MAX)
         except OverflowError:  # an int beyond the float range, e.g. a 400-digit YAML literal
             finite = False
         if not finite:
-            raise ConfigError(f.name, value, "a finite number")
+            raise ConfigError(f.name, value, f"a finite number of float32 size (|x| ≤ {FLOAT32_MAX:.7g})")
 
 
 _BOUNDS: dict[str, tuple[str, Any]] = {
@@ -186,6 +190,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("momentum", cfg.momentum, "a number in [0, 1)")
     if cfg.clip != "none" and cfg.clip_threshold <= 0:
         raise ConfigError("clip_threshold", cfg.clip_threshold, f"a number > 0 when clip={cfg.clip!r}")
+    if cfg.seed > SEED_MAX:
+        raise ConfigError("seed", cfg.seed, f"an integer in [0, {SEED_MAX}] (what Lightning's seed_everything takes)")
     if cfg.seq_len < 2:
         raise ConfigError("seq_len", cfg.seq_len, "an integer ≥ 2")
     data = DATASETS[cfg.dataset]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,12 +246,20 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not."""
+    """Read an IDX file (the MNIST format), gzipped or not; ValueError naming the file if it is not a whole one."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or damaged gzip stream
+        raise ValueError(f"{path}: {exc}") from None
+    if len(data) < 4 or data[:3] != b"\0\0\x08":  # two zero bytes, then 0x08: unsigned bytes
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (it starts with {data[:4].hex() or 'nothing'})")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != 4 + 4 * ndim + math.prod(shape):  # a cut file would otherwise fail deep inside numpy
+        raise ValueError(f"{path}: {len(data)} bytes, but its header {shape} needs {4 + 4 * ndim + math.prod(shape)} "
+                         "(a truncated or damaged file)")  # fmt: skip
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -268,6 +278,8 @@ def load_mnist(data_dir: str, seq_len: int = 0) -> Arrays:
     """MNIST from its four IDX files under `data_dir/mnist/`; the test set serves as validation."""
     folder = mnist_dir(data_dir)
     xt, yt, xv, yv = (read_idx(_find(folder, name)) for name in MNIST_FILES)
+    if len(xt) != len(yt) or len(xv) != len(yv):
+        raise ValueError(f"{folder}: {len(xt)}/{len(xv)} images but {len(yt)}/{len(yv)} labels (train/test)")
     xt, xv = ((a[:, None] / 255.0 - 0.1307) / 0.3081 for a in (xt, xv))
     return xt.astype(np.float32), yt.astype(np.int64), xv.astype(np.float32), yv.astype(np.int64)
 
@@ -365,6 +377,18 @@ def _unreadable_cifar(folder: str) -> str | None:
             _cifar_batch(Path(folder) / name)
     except BadBatch as err:
         return f"python batches that hold only arrays, lists, numbers and bytes; {err}"
+    return None
+
+
+def unreadable(dataset: str, data_dir: str, seq_len: int = 0) -> str | None:
+    """Why `dataset` cannot be read from `data_dir` (files missing, truncated or damaged), or None; loads (cached)."""
+    problem = missing_files(dataset, data_dir)
+    if problem or not DATASETS[dataset].files:
+        return problem
+    try:
+        DATASETS[dataset].load(data_dir, seq_len)
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        return f"readable {dataset} files; {' '.join(str(exc).split())}"
     return None
 
 

@@ -37,6 +37,7 @@ from models.registry import ACCEPTS, LAYOUTS, create_model, list_models
 from pipelines import keys as K
 from pipelines import reference as ref
 from pipelines import train
+from pipelines.cli import OneLineParser
 from pipelines.config import RunConfig
 from pipelines.probe import GradientProbe
 
@@ -346,7 +347,7 @@ def log_to_mlflow(checks: list[Check]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the checks, print one line each; 0 when all pass, 1 otherwise."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m pipelines.gradcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")

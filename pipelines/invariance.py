@@ -41,7 +41,9 @@ from torch import Tensor, nn
 
 from pipelines import keys as K
 from pipelines import liveness, train
+from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError, RunConfig
+from pipelines.memory import check_fits
 
 STUDY, ZOO_TAG, ZOO_ARTIFACT = K.INVARIANCE, K.INVARIANCE_ZOO_TAG, K.INVARIANCE_ZOO_ARTIFACT
 MODEL_ARTIFACT = "model/state_dict.pt"  # torch.save(net.state_dict()): loading needs RunConfig + train.build only
@@ -555,8 +557,8 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `invariance` parameters."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.invariance", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(prog="python -m pipelines.invariance", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--retrain", type=_bool, default=False, help="train again even when MLflow holds the run")
     parser.add_argument("--max-steps", type=int, default=BASE["max_steps"], help="training steps of every zoo model")
     parser.add_argument("--width", type=int, default=BASE["width"], help="units or channels of every zoo model")
@@ -581,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets = _names(args.datasets, DATASETS, "datasets")
         overrides = {"max_steps": args.max_steps, "width": args.width}
         for name in names:  # every config is validated before anything is trained or written
-            zoo_config(name, datasets[0], **overrides)
+            check_fits(zoo_config(name, datasets[0], **overrides))  # and fits in memory
     except (argparse.ArgumentTypeError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,9 @@ from models.registry import create_model
 from pipelines import keys as K
 from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
-from pipelines.data import GMM_STD, TaskData, gmm_centers, missing_files
+from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
+from pipelines.memory import check_fits
+from pipelines.preflight import check_tracking
 from pipelines.probe import GradientProbe
 from pipelines.recorder import Recorder
 from pipelines.startup import prepare_exit
@@ -82,10 +84,11 @@ class ValidationRelay(pl.Callback):
 
 
 def check_inputs(cfg: RunConfig) -> None:
-    """Checks that need the file system (local datasets), before any run is created."""
-    problem = missing_files(cfg.dataset, cfg.data_dir)
+    """Checks that need the file system (local datasets) and the machine (memory), before any run is created."""
+    problem = unreadable(cfg.dataset, cfg.data_dir, cfg.seq_len)
     if problem:
         raise ConfigError("data_dir", cfg.data_dir, problem)
+    check_fits(cfg)
 
 
 ADVERSARIAL = "adversarial"  # the task trained by LitGAN (manual optimization) instead of LitModel
@@ -277,21 +280,31 @@ def config_from_args(argv: Sequence[str] | None = None) -> RunConfig:
     return RunConfig.from_dict({name: _convert(name, args[name]) for name in field_names()})
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, train; exit code 2 on bad input."""
     try:
         cfg = config_from_args(argv)
         check_inputs(cfg)
+        check_tracking()  # the store and MLflow's variables, answered within seconds, before a run exists
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    # SIGTERM acts like Ctrl-C: Lightning's own handler only sets a flag read between steps (minutes apart on a
+    # deep net); it keeps calling this one (it chains the handler it finds), which interrupts at once.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run(cfg)
     except KeyboardInterrupt:
         print("interrupted: the statistics recorded so far are in the run (status KILLED)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test) keeps its own
     print(f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
           + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))  # fmt: skip
     return 0

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pipelines.cli import OneLineParser
 from pipelines.startup import imports_without_gc, prepare_exit
 from studies import DEFAULT_STORAGE, list_specs
 from studies.workers import WarmWorkers
@@ -20,8 +21,8 @@ from studies.workers import WarmWorkers
 
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `study` parameters."""
-    parser = argparse.ArgumentParser(prog="python -m studies.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(prog="python -m studies.run", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--spec", default="default", help=f"a shipped spec ({', '.join(list_specs())}) or a YAML path")
     parser.add_argument("--n-trials", type=int, default=0, help="the study's total trials (0: the spec's n_trials)")
     parser.add_argument("--study-name", default="", help="Optuna study name (default: the spec's name)")
@@ -58,6 +59,10 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate the spec and arguments (exit 2 on a problem), then run the study."""
     args = make_parser().parse_args(argv)
+    problem = _bad_counts(args)
+    if problem:  # before any worker is spawned: `--workers 100000` must not start 99,999 processes
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # The extra workers start importing torch and Lightning now, while this process does the same and
     # validates; a caller that has imported them already (a test) has no import to overlap.
     warm = WarmWorkers(max(0, (args.workers or os.cpu_count() or 1) - 1)) if "torch" not in sys.modules else None
@@ -68,9 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm.join()  # a worker that got no job (bad input) is stopped; it wrote nothing
 
 
+def max_workers() -> int:
+    """The most worker processes a study may start here: two per CPU core (more only queue for the cores)."""
+    return 2 * (os.cpu_count() or 1)
+
+
+def _bad_counts(args: argparse.Namespace) -> str | None:
+    """The one-line problem with --workers or --n-trials, or None."""
+    if not 0 <= args.workers <= max_workers():
+        return f"workers={args.workers!r} is not allowed; allowed: an integer in [0, {max_workers()}] (two per CPU core)"
+    if args.n_trials < 0:
+        return f"n_trials={args.n_trials!r} is not allowed; allowed: an integer ≥ 0"
+    return None
+
+
 def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
     with imports_without_gc(fresh="studies.runner" not in sys.modules):
+        from pipelines.config import ConfigError
+        from pipelines.preflight import check_tracking
         from studies.runner import AfterTrialsError, run_study
         from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
     setup_logging(args.quiet, args.verbose)
@@ -88,9 +109,10 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     if args.study_name and not valid_study_name(args.study_name):
         print(f"error: study_name={args.study_name!r} is not allowed; allowed: {STUDY_NAME_RULE}", file=sys.stderr)
         return 2
-    if args.workers < 0 or args.n_trials < 0:
-        bad = ("workers", args.workers, "an integer ≥ 0") if args.workers < 0 else ("n_trials", args.n_trials, "an integer ≥ 0")
-        print(f"error: {bad[0]}={bad[1]!r} is not allowed; allowed: {bad[2]}", file=sys.stderr)
+    try:
+        check_tracking()  # an unreachable or corrupt store: one line within seconds, before the study exists
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,

@@ -23,8 +23,9 @@ import optuna
 import yaml
 
 from pipelines.config import ConfigError, RunConfig, field_names
-from pipelines.data import missing_files
+from pipelines.data import unreadable
 from pipelines.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_IOU, VAL_KNN_ACC, VAL_LOSS, VAL_MODES
+from pipelines.memory import check_fits
 from pipelines.names import STUDY_NAME_RULE, valid_study_name
 from studies import SPEC_DIR, list_specs  # noqa: F401 (list_specs: re-exported)
 
@@ -38,6 +39,16 @@ TASK_METRICS = {
     VAL_KNN_ACC: ("metric",), VAL_MODES: ("adversarial",), VAL_HIGH_QUALITY: ("adversarial",),
 }  # fmt: skip
 GRID_CHECK_LIMIT = 20_000  # grids up to this size are validated point by point
+YAML_NODE_LIMIT = 100_000  # nodes of a spec with its aliases expanded: far beyond any real spec, far below a bomb
+# The arguments each Optuna pruner takes: (lowest integer, or "percent" for a number in [0, 100]). Optuna checks
+# few of them when the pruner is made, so a wrong type would only fail at the first report, mid-study.
+_COUNTS = {"n_startup_trials": 0, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1}
+PRUNER_ARGS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "median": _COUNTS,
+    "percentile": {"percentile": "percent", **_COUNTS},
+    "hyperband": {"min_resource": 1, "max_resource": 1, "reduction_factor": 2, "bootstrap_count": 0},
+}
 
 
 class SpecError(ValueError):
@@ -107,7 +118,7 @@ class StudySpec:
         sampled = [p.expand(v) for p in self.space for v in p.grid_values()]
         configs = [self.config({})] + [self.config(f) for f in sampled if "dataset" in f or "data_dir" in f]
         for cfg in configs:
-            problem = missing_files(cfg.dataset, cfg.data_dir)
+            problem = unreadable(cfg.dataset, cfg.data_dir, cfg.seq_len)
             if problem:
                 return f"dataset {cfg.dataset!r} in data_dir {cfg.data_dir!r}: {problem}"
         return None
@@ -192,7 +203,7 @@ def _check_configs(spec: StudySpec) -> None:
         if p.kind not in ("bundle",) and p.name not in field_names():
             raise SpecError(spec.source, f"space.{p.name}", f"not a run-config field (allowed: {', '.join(field_names())}); use bundles for grouped values")
     try:
-        spec.config({})
+        check_fits(spec.config({}))
     except ConfigError as exc:
         raise SpecError(spec.source, f"fixed.{exc.field}", str(exc)) from None
     discrete = [p for p in params if p.kind in ("categorical", "bundle")]
@@ -217,11 +228,31 @@ def _check_configs(spec: StudySpec) -> None:
 
 def _try(spec: StudySpec, values: dict[str, Any], combo: tuple) -> None:
     try:
-        spec.config(values)
+        check_fits(spec.config(values))  # a value the machine cannot hold is refused like an invalid one
     except ConfigError as exc:
-        where = next((f"space.{item[0].name}" for item in combo if isinstance(item, tuple) and exc.field in item[0].expand(item[1])), f"space.{exc.field}")
+        named = f"fixed.{exc.field}" if exc.field in spec.fixed and exc.field not in values else f"space.{exc.field}"
+        where = next((f"space.{item[0].name}" for item in combo if isinstance(item, tuple) and exc.field in item[0].expand(item[1])), named)
         shown = {k: v for k, v in values.items()}
         raise SpecError(spec.source, where, f"{exc} (with {shown})") from None
+
+
+def _check_pruner_args(source: str, pruner: dict[str, Any]) -> None:
+    """Each pruner argument is one the pruner takes, of its type and range (hyperband's max_resource may be 'auto')."""
+    allowed = PRUNER_ARGS[pruner["type"]]
+    for key, value in pruner.items():
+        if key == "type":
+            continue
+        if key not in allowed:
+            names = ", ".join(["type", *allowed])
+            raise SpecError(source, f"pruner.{key}", f"not an argument of the {pruner['type']} pruner; allowed: {names}")
+        low = allowed[key]
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if low == "percent":
+            if not (number and 0 <= value <= 100):
+                raise SpecError(source, f"pruner.{key}", f"{value!r}; allowed: a number in [0, 100]")
+        elif not (value == "auto" and key == "max_resource") and not (number and isinstance(value, int) and value >= low):
+            auto = " or 'auto'" if key == "max_resource" else ""
+            raise SpecError(source, f"pruner.{key}", f"{value!r}; allowed: an integer ≥ {low}{auto}")
 
 
 def parse_spec(raw: Any, source: str) -> StudySpec:
@@ -260,6 +291,7 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
         raise SpecError(source, "pruner", f"expected a pruner name or a mapping, got {pruner!r}")
     if pruner.get("type") not in PRUNERS:
         raise SpecError(source, "pruner.type", f"{pruner.get('type')!r}; allowed: {', '.join(PRUNERS)}")
+    _check_pruner_args(source, pruner)
     objective = raw["objective"]
     if not isinstance(objective, dict) or objective.get("metric") not in OBJECTIVE_METRICS:
         raise SpecError(source, "objective.metric", f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; allowed: {', '.join(OBJECTIVE_METRICS)}")
@@ -307,7 +339,41 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads 1e-4 as a string; resolve exponent floats without a dot as floats too."""
+    """YAML 1.1 reads 1e-4 as a string; resolve exponent floats without a dot as floats too.
+
+    A document whose aliases expand beyond YAML_NODE_LIMIT nodes (an alias bomb) or into themselves is
+    refused before any Python object is built: validating or printing it would take exponential time.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:  # noqa: D102
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Raise a YAMLError if `root`, aliases expanded, has more than YAML_NODE_LIMIT nodes or a cycle."""
+    sizes: dict[int, int] = {}  # node id -> expanded size; an alias repeats a node object, so this is linear
+    busy: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in busy:
+            raise yaml.YAMLError(f"a recursive alias (line {node.start_mark.line + 1}); allowed: aliases of finished nodes")
+        busy.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv] \
+            if isinstance(node, yaml.MappingNode) else []  # fmt: skip
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > YAML_NODE_LIMIT:
+                raise yaml.YAMLError(f"the document expands to more than {YAML_NODE_LIMIT} nodes (aliases included); "
+                                     "allowed: a spec of that size at most")  # fmt: skip
+        busy.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 _Loader.add_implicit_resolver(

@@ -116,6 +116,9 @@ BAD = [
     ("momentum", 1.0),
     ("momentum", -0.1),
     ("clip_threshold", math.nan),
+    ("seed", 2**32),
+    ("lr", 3.5e38),  # finite in float64, beyond float32
+    ("weight_decay", 1e39),
 ]
 
 
@@ -214,3 +217,25 @@ def test_config_is_frozen_and_replace_validates() -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_seed_range_is_what_lightning_accepts() -> None:
+    import pytorch_lightning as pl
+
+    top = 2**32 - 1
+    pl.seed_everything(top, verbose=False)  # the oracle: Lightning itself
+    with pytest.raises(ValueError):
+        pl.seed_everything(top + 1, verbose=False)
+    assert RunConfig(seed=top).seed == top
+    with pytest.raises(ConfigError):
+        RunConfig(seed=top + 1)
+
+
+def test_float_fields_stop_at_float32s_largest() -> None:
+    import numpy as np
+
+    largest = float(np.finfo(np.float32).max)
+    assert RunConfig(lr=largest).lr == largest
+    with pytest.raises(ConfigError) as err:
+        RunConfig(lr=float(np.nextafter(np.float64(largest), np.inf)))
+    assert err.value.field == "lr"

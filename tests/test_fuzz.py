@@ -15,11 +15,17 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import copy_store
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from analysis import invariance_report as invariance_report_cli
+from analysis import report as report_cli
+from pipelines import gradcheck as gradcheck_cli
+from pipelines import invariance as invariance_cli
 from pipelines import train
 from pipelines.config import ConfigError, RunConfig, choices
+from pipelines.data import MNIST_FILES
 from studies import run as study_cli
 from studies.spec import TOP_LEVEL, SpecError, StudySpec, load_spec, parse_overrides
 
@@ -354,3 +360,123 @@ def test_fuzzed_overrides_are_a_clear_spec_error_and_the_cli_writes_nothing(
     assume(not any(item.startswith("-") for item in items))  # argparse would read it as a flag
     empty_cwd_exit_2(argv, cwd, capsys)
     assert os.listdir(specs) == ["spec.yaml"]
+
+
+# -- every entry point: bad calls write nothing --------------------------------------------------------
+
+ENTRY_POINTS = {"train": train.main, "study": study_cli.main, "report": report_cli.main,
+                "invariance": invariance_cli.main, "invariance_report": invariance_report_cli.main,
+                "gradcheck": gradcheck_cli.main}  # fmt: skip
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))  # 10**9 leaves  # fmt: skip
+SPEC_FILES = {
+    "bomb.yaml": ALIAS_BOMB,
+    "pruner.yaml": dump({**BASE, "pruner": {"type": "median", "n_warmup_steps": "5"}}),
+    "hyperband.yaml": dump({**BASE, "pruner": {"type": "hyperband", "reduction_factor": 1.5}}),
+    "huge.yaml": dump({**BASE, "fixed": {**BASE["fixed"], "width": 10_000_000}}),
+}
+# (entry point, argv, environment): each call is bad input (files under the working directory are made first).
+BAD_CALLS = [
+    ("train", ["--width", "10000000"], {}),
+    ("train", ["--depth", "100000"], {}),
+    ("train", ["--model", "cnn", "--kernel-size", "100001"], {}),
+    ("train", ["--seq-len", "1e9"], {}),
+    ("train", ["--dataset", "adding", "--loss", "mse", "--model", "lstm", "--seq-len", "1000000000"], {}),
+    ("train", ["--seed", "4294967296"], {}),
+    ("train", ["--lr", "1e39"], {}),
+    ("train", ["--dataset", "mnist", "--data-dir", "cut"], {}),  # a truncated MNIST file
+    ("train", ["--dataset", "mnist", "--data-dir", "junk"], {}),  # a gzip file that is not gzip
+    ("train", ["--dataset", "mnist", "--data-dir", "short"], {}),  # an IDX file shorter than its header says
+    ("train", ["--dataset", "mnist", "--data-dir", "magic"], {}),  # not an IDX file
+    ("study", ["--set", "dataset=mnist", "--set", "data_dir=cut"], {}),
+    ("train", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),  # nothing listens on the discard port
+    ("train", [], {"MLFLOW_TRACKING_URI": "sqlite:///notadb.db"}),
+    ("train", [], {"MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}),
+    ("train", [], {"MLFLOW_EXPERIMENT_NAME": ""}),
+    ("study", ["--workers", "100000"], {}),
+    ("study", ["--workers", "-1"], {}),
+    ("study", ["--n-trials", "x"], {}),
+    ("study", ["--spec", "bomb.yaml"], {}),
+    ("study", ["--spec", "pruner.yaml"], {}),
+    ("study", ["--spec", "hyperband.yaml"], {}),
+    ("study", ["--spec", "huge.yaml"], {}),
+    ("study", ["--set", "width=10000000"], {}),
+    ("study", ["--set", "seed=-1"], {}),
+    ("study", ["--study-name", "a b"], {}),
+    ("study", ["--set", "max_steps=2"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
+    ("study", ["--set", "max_steps=2"], {"MLFLOW_TRACKING_URI": "sqlite:///notadb.db"}),
+    ("report", [], {}),
+    ("report", ["--study", "never-ran"], {}),
+    ("report", ["--study", "x", "--bogus", "1"], {}),
+    ("invariance", ["--models", "nothing"], {}),
+    ("invariance", ["--max-steps", "x"], {}),
+    ("invariance", ["--width", "0"], {}),
+    ("invariance", ["--width", "10000000"], {}),
+    ("invariance_report", ["--run-id", "0123456789abcdef0123456789abcdef"], {}),
+    ("invariance_report", ["--bogus"], {}),
+    ("gradcheck", ["--only", "nothing"], {}),
+    ("gradcheck", ["--bogus"], {}),
+]
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root: (size, modification time)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def _runs(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        count = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    con.close()
+    return count
+
+
+def _bad_inputs(cwd: Path) -> None:
+    """The files the bad calls name: spec files, a truncated and a damaged MNIST folder, a store that is not one."""
+    import gzip
+
+    for name, text in SPEC_FILES.items():
+        (cwd / name).write_text(text, encoding="utf-8")
+    damages = {"cut": lambda raw: gzip.compress(raw)[:-9], "junk": lambda raw: b"not gzip" + raw,
+               "short": lambda raw: gzip.compress(raw[:-1]), "magic": lambda raw: gzip.compress(b"\x1f" + raw[1:])}  # fmt: skip
+    for folder, damage in damages.items():
+        (cwd / folder / "mnist").mkdir(parents=True)
+        for name in MNIST_FILES:
+            raw = bytes.fromhex("00000801") + (3).to_bytes(4, "big") + bytes([1, 2, 3])
+            (cwd / folder / "mnist" / f"{name}.gz").write_bytes(damage(raw) if name == MNIST_FILES[0] else gzip.compress(raw))
+    (cwd / "notadb.db").write_bytes(b"SQLite format 2\0 this is not a database" * 10)
+
+
+@pytest.mark.parametrize("entry, argv, env", BAD_CALLS, ids=[f"{e}:{' '.join(a)}:{','.join(v)}" for e, a, v in BAD_CALLS])
+def test_a_bad_call_of_any_entry_point_is_one_line_exit_2_and_writes_nothing(
+    entry: str, argv: list[str], env: dict[str, str], tmp_path: Path, empty_store: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    import mlflow
+
+    for name in MLFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    _bad_inputs(tmp_path)
+    uri = copy_store(empty_store, tmp_path)
+    for name, value in {"MLFLOW_TRACKING_URI": uri, **env}.items():
+        monkeypatch.setenv(name, value)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    before, runs = _files(tmp_path), _runs(tmp_path / "mlflow.db")
+    capsys.readouterr()
+    try:
+        code = ENTRY_POINTS[entry](argv)
+    except SystemExit as exc:  # argparse exits by itself
+        code = exc.code
+    finally:
+        mlflow.set_tracking_uri(previous)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and not out.strip(), err
+    assert _runs(tmp_path / "mlflow.db") == runs
+    assert _files(tmp_path) == before

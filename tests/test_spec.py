@@ -80,6 +80,17 @@ BAD = [
     ({**GOOD, "n_trials": 0}, "n_trials", "0"),
     ({**GOOD, "space": {"arch": {"bundles": {"x": {"colour": 1}}}}}, "space.arch.x.colour", "unknown run-config field"),
     ({**GOOD, "fixed": {"clip": "norm", "clip_threshold": -1.0}}, "fixed.clip_threshold", "-1.0"),
+    ({**GOOD, "pruner": {"type": "median", "n_warmup_steps": "5"}}, "pruner.n_warmup_steps", "an integer ≥ 0"),
+    ({**GOOD, "pruner": {"type": "median", "interval_steps": 0}}, "pruner.interval_steps", "an integer ≥ 1"),
+    ({**GOOD, "pruner": {"type": "median", "percentile": 50}}, "pruner.percentile", "not an argument of the median"),
+    ({**GOOD, "pruner": {"type": "percentile", "percentile": "50"}}, "pruner.percentile", "a number in [0, 100]"),
+    ({**GOOD, "pruner": {"type": "percentile", "percentile": 150}}, "pruner.percentile", "a number in [0, 100]"),
+    ({**GOOD, "pruner": {"type": "hyperband", "reduction_factor": 1.5}}, "pruner.reduction_factor", "an integer ≥ 2"),
+    ({**GOOD, "pruner": {"type": "hyperband", "max_resource": "all"}}, "pruner.max_resource", "or 'auto'"),
+    ({**GOOD, "pruner": {"type": "hyperband", "min_resource": True}}, "pruner.min_resource", "an integer ≥ 1"),
+    ({**GOOD, "fixed": {"width": 10_000_000}}, "fixed.width", "fits in memory"),
+    ({**GOOD, "space": {"width": [4, 10_000_000]}}, "space.width", "fits in memory"),
+    ({**GOOD, "fixed": {"depth": 100_000}, "space": {"activation": ["relu", "tanh"]}}, "fixed.depth", "fits in memory"),
 ]
 
 
@@ -133,3 +144,39 @@ def test_study_name_flag_follows_the_spec_name_rule(name: str, tmp_path, monkeyp
     code = study_cli.main(["--spec", "default", f"--study-name={name}"])
     assert code == 2 and "study_name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_valid_pruner_arguments_are_accepted() -> None:
+    for pruner in ({"type": "median", "n_startup_trials": 0, "n_warmup_steps": 3, "interval_steps": 2, "n_min_trials": 1},
+                   {"type": "percentile", "percentile": 25.5}, {"type": "hyperband", "max_resource": "auto"},
+                   {"type": "hyperband", "min_resource": 2, "max_resource": 20, "reduction_factor": 3}):  # fmt: skip
+        assert parse_spec({**GOOD, "pruner": pruner}, "ok.yaml").make_pruner() is not None
+
+
+def _bomb(levels: int) -> str:
+    """A 'billion laughs' document: each level an alias list of ten of the previous one (10**levels leaves)."""
+    names = [f"l{i}" for i in range(levels + 1)]
+    text = f"{names[0]}: &{names[0]} [x, x, x, x, x, x, x, x, x, x]\n"
+    for prev, name in zip(names, names[1:]):
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n"
+    return text
+
+
+@pytest.mark.parametrize("text, problem", [(_bomb(9), "expands to more than"), ("&a [*a]\n", "recursive alias"),
+                                           ("space: &s {depth: *s}\n", "recursive alias")])  # fmt: skip
+def test_alias_bombs_and_recursive_aliases_are_refused_before_anything_is_built(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    (tmp_path / "bomb.yaml").write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(str(tmp_path / "bomb.yaml"))
+    assert info.value.where == "yaml" and problem in info.value.problem, str(info.value)
+    with pytest.raises(SpecError):  # the same reader parses --set values
+        parse_overrides([f"depth={text}"])
+
+
+def test_aliases_of_a_sane_size_still_load(tmp_path: Path) -> None:
+    (tmp_path / "ok.yaml").write_text("name: t\nfixed: {depth: &d 3, width: *d}\nspace: {activation: [relu, tanh]}\n"
+                                      "objective: {metric: val/acc}\nsampler: grid\n")  # fmt: skip
+    spec = load_spec(str(tmp_path / "ok.yaml"))
+    assert spec.fixed == {"depth": 3, "width": 3}
