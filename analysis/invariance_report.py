@@ -34,6 +34,8 @@ from analysis import load
 from analysis.report import PAGE_STYLE, remove_own_outputs
 from pipelines import keys as K
 from pipelines.cli import OneLineParser
+from pipelines.config import ConfigError
+from pipelines.preflight import check_tracking
 
 ARTIFACT_PATH = "report"
 FOLDER = K.INVARIANCE  # reports/<FOLDER>/index.html
@@ -468,8 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        check_tracking()  # an unreachable or corrupt store: one line within seconds
         index = build(args.run_id or None, args.out_dir)
-    except (LookupError, MlflowException) as exc:  # MlflowException: a --run-id of no run
+    except (LookupError, MlflowException, ConfigError) as exc:  # MlflowException: a --run-id of no run
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     own = os.environ.get("MLFLOW_RUN_ID")  # the run `mlflow run` made for this entry point: file it in the tree

@@ -28,7 +28,9 @@ from analysis import figures, load, summary
 from analysis.load import StudyData
 from pipelines import liveness
 from pipelines.cli import OneLineParser
+from pipelines.config import ConfigError
 from pipelines.names import STUDY_NAME_RULE, valid_study_name
+from pipelines.preflight import check_tracking
 
 ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
@@ -390,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
     args = parser.parse_args(argv)
+    try:
+        check_tracking()  # an unreachable or corrupt store: one line within seconds
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run . -e report` made before this started
     if launcher:
         for key, value in {"study": args.study, "role": "report"}.items():

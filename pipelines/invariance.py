@@ -44,6 +44,7 @@ from pipelines import liveness, train
 from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError, RunConfig
 from pipelines.memory import check_fits
+from pipelines.preflight import check_tracking, sigterm_interrupts
 
 STUDY, ZOO_TAG, ZOO_ARTIFACT = K.INVARIANCE, K.INVARIANCE_ZOO_TAG, K.INVARIANCE_ZOO_ARTIFACT
 MODEL_ARTIFACT = "model/state_dict.pt"  # torch.save(net.state_dict()): loading needs RunConfig + train.build only
@@ -584,13 +585,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = {"max_steps": args.max_steps, "width": args.width}
         for name in names:  # every config is validated before anything is trained or written
             check_fits(zoo_config(name, datasets[0], **overrides))  # and fits in memory
+        check_tracking()  # an unreachable or corrupt store: one line within seconds
     except (argparse.ArgumentTypeError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per model download is noise
     try:
-        run_zoo(names, datasets, retrain=args.retrain, report=args.report, **overrides)
+        with sigterm_interrupts():
+            run_zoo(names, datasets, retrain=args.retrain, report=args.report, **overrides)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -94,3 +96,21 @@ def check_tracking() -> None:
                 client.get_run(run_id)
             except Exception:  # noqa: BLE001 - MLflow raises its own or the store's exception for a bad id
                 raise ConfigError(RUN_ENV, run_id, f"the id of a run in {_shown(uri)}, or the variable unset") from None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C inside the block (KeyboardInterrupt at once); the previous handler after it.
+
+    Lightning's own handler only sets a flag read between steps (minutes apart on a deep net); it keeps
+    calling the handler it finds (it chains them), so this one still interrupts at once.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test) keeps its own

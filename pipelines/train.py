@@ -40,7 +40,7 @@ from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
 from pipelines.memory import check_fits
-from pipelines.preflight import check_tracking
+from pipelines.preflight import check_tracking, sigterm_interrupts
 from pipelines.probe import GradientProbe
 from pipelines.recorder import Recorder
 from pipelines.startup import prepare_exit
@@ -280,10 +280,6 @@ def config_from_args(argv: Sequence[str] | None = None) -> RunConfig:
     return RunConfig.from_dict({name: _convert(name, args[name]) for name in field_names()})
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, train; exit code 2 on bad input."""
     try:
@@ -295,16 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
-    # SIGTERM acts like Ctrl-C: Lightning's own handler only sets a flag read between steps (minutes apart on a
-    # deep net); it keeps calling this one (it chains the handler it finds), which interrupts at once.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = run(cfg)
+        with sigterm_interrupts():
+            result = run(cfg)
     except KeyboardInterrupt:
         print("interrupted: the statistics recorded so far are in the run (status KILLED)", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test) keeps its own
     print(f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
           + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))  # fmt: skip
     return 0

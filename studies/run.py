@@ -91,7 +91,7 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
     with imports_without_gc(fresh="studies.runner" not in sys.modules):
         from pipelines.config import ConfigError
-        from pipelines.preflight import check_tracking
+        from pipelines.preflight import check_tracking, sigterm_interrupts
         from studies.runner import AfterTrialsError, run_study
         from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
     setup_logging(args.quiet, args.verbose)
@@ -115,9 +115,10 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
-                  storage=args.storage, workers=args.workers, report=not args.no_report,
-                  overrides=overrides, warm=warm)  # fmt: skip
+        with sigterm_interrupts():  # SIGTERM ends the study as Ctrl-C does: trials KILLED, resumable
+            run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
+                      storage=args.storage, workers=args.workers, report=not args.no_report,
+                      overrides=overrides, warm=warm)  # fmt: skip
     except KeyboardInterrupt:
         return 130
     except AfterTrialsError as exc:  # the run says why (tag failure); one line here, not a traceback
