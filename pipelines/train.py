@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from models.base import Family
 from models.gan import make_discriminator
 from models.init import initialize
+from models.recurrent import set_forget_bias
 from models.lit import LitModel
 from models.lit_gan import LitGAN
 from models.registry import create_model
@@ -105,6 +106,7 @@ def build(cfg: RunConfig) -> tuple[TaskData, LitModel | LitGAN]:
         kernel_size=cfg.kernel_size, padding=cfg.padding, stride=cfg.stride, pool=cfg.pool, head=cfg.head,
     )  # fmt: skip
     initialize(net, cfg.init, cfg.init_gain)
+    set_forget_bias(net, cfg.forget_bias)
     if gan:
         return data, build_gan(cfg, net)
     lit = LitModel(
