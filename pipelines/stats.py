@@ -81,17 +81,20 @@ LARGEST_NORM = float(torch.finfo(torch.float32).max) ** 0.5
 def _refined(norms: Tensor, exact: Callable[[int], Tensor]) -> Tensor:
     """`norms` (float32 reductions) with the entries outside `SAFE_NORMS` (0, NaN, inf too) replaced by `exact(i)`."""
     low, high = SAFE_NORMS
-    risky = ~((norms >= low) & (norms <= high))
-    if risky.any():  # a host sync; none on the CPU, where it is free
-        norms = norms.clone()
-        for i in risky.nonzero().flatten().tolist():
-            norms[i] = exact(i)
+    smallest, largest = torch.stack(torch.aminmax(norms)).tolist() if norms.numel() else (low, high)  # a host sync
+    if low <= smallest and largest <= high:  # the usual case (NaN fails it too)
+        return norms
+    norms = norms.clone()
+    for i in (~((norms >= low) & (norms <= high))).nonzero().flatten().tolist():
+        norms[i] = exact(i)
     return norms
 
 
 def norm(t: Tensor) -> Tensor:
     """L2 norm of one tensor, right for entries from 1e-30 to 1e30 (`SAFE_NORMS`)."""
-    return _refined(torch.linalg.vector_norm(t).reshape(1), lambda _: _norm64(t))[0]
+    value = torch.linalg.vector_norm(t)
+    low, high = SAFE_NORMS
+    return value if low <= value.item() <= high else _norm64(t).to(value.dtype)
 
 
 def _norm64(t: Tensor) -> Tensor:
