@@ -237,18 +237,27 @@ def test_idx_header_is_what_the_format_says() -> None:
     assert _idx(np.zeros(3, dtype=np.uint8))[:8] == bytes.fromhex("0000080100000003")
 
 
+def _whole_training_set(data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and the held-out validation split put back in the files' order."""
+    train, val = D.validation_indices(len(data.train) + len(data.val))
+    x = torch.cat([data.train.tensors[0], data.val.tensors[0]])
+    y = torch.cat([data.train.tensors[1], data.val.tensors[1]])
+    order = torch.from_numpy(np.argsort(np.concatenate([train, val])))
+    return x[order], y[order]
+
+
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 def test_mnist_from_idx_files(tmp_path: Path, compress: bool) -> None:
     arrays = _write_mnist(tmp_path, compress)
     assert D.missing_files("mnist", str(tmp_path)) is None
     data = TaskData("mnist", data_dir=str(tmp_path), batch_size=4)
     assert data.in_shape == (1, 28, 28) and data.info.task == "classification"
-    x, y = data.train.tensors
+    x, y = _whole_training_set(data)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     expected = (arrays["train-images-idx3-ubyte"][:, None] / 255.0 - 0.1307) / 0.3081
     np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-6)
     assert y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
-    xv, yv = data.val.tensors
+    xv, yv = data.test.tensors  # the official test split
     assert xv.shape == (4, 1, 28, 28) and yv.tolist() == [7, 2, 1, 0]
     np.testing.assert_allclose(
         xv[2, 0, 5, 7].item(), (arrays["t10k-images-idx3-ubyte"][2, 5, 7] / 255 - 0.1307) / 0.3081, rtol=1e-5
@@ -282,9 +291,9 @@ def test_cifar10_from_python_batches(tmp_path: Path) -> None:
     assert D.missing_files("cifar10", str(tmp_path)) is None
     data = TaskData("cifar10", data_dir=str(tmp_path), batch_size=4)
     assert data.in_shape == (3, 32, 32) and data.info.task == "classification"
-    x, y = data.train.tensors
+    x, y = _whole_training_set(data)
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert y.tolist() == yt.tolist() and data.val.tensors[1].tolist() == yv.tolist()
+    assert y.tolist() == yt.tolist() and data.test.tensors[1].tolist() == yv.tolist()
     # Per-channel standardization with the training set's statistics.
     got = x.double().numpy()
     np.testing.assert_allclose(got.mean(axis=(0, 2, 3)), 0, atol=1e-5)
@@ -293,7 +302,7 @@ def test_cifar10_from_python_batches(tmp_path: Path) -> None:
         mean, std = xt[:, c].mean() / 255, xt[:, c].std() / 255
         np.testing.assert_allclose(got[:, c], (xt[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(
-            data.val.tensors[0][:, c].numpy(), (xv[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5
+            data.test.tensors[0][:, c].numpy(), (xv[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5
         )
 
 
