@@ -30,7 +30,7 @@ MEAN_FIELD, BATCH_NORM, RESIDUAL, NO_THEORY = (
     "no closed form",
 )
 RECURRENT = ("rnn", "lstm", "gru")
-CONFIG_COLUMNS = ("model", "activation", "depth", "width", "norm", "init", "init_gain", "res_scale", "optimizer",
+CONFIG_COLUMNS = ("model", "activation", "depth", "width", "norm", "init", "init_gain", "res_scale", "forget_bias", "optimizer",
                   "lr", "clip", "clip_threshold", "loss", "batch_size", "seq_len", "dataset", "seed")  # fmt: skip
 
 
