@@ -112,3 +112,12 @@ def test_the_gain_table_spans_the_same_layers_for_measurement_and_theory() -> No
     per_layer, _ = summary.predicted_layer_gains(runs.iloc[0].to_dict(), 0.6**2 + 0.2**2)
     assert per_layer.size == 3 and not np.allclose(per_layer, per_layer[0])
     assert row["predicted_gain"] == pytest.approx(float(np.exp(np.log(per_layer[1:]).mean())), rel=1e-9)
+
+
+def test_the_report_says_when_gains_leave_layers_out() -> None:
+    from analysis import report
+
+    table = pd.DataFrame({"run_id": ["a", "b", "c"], "gain_note": ["", "1 layer left out of the gain (norm 0): L000", ""]})
+    sentence = report._gain_notes(table)
+    assert "1 run's gain leaves layers out" in sentence and "(norm 0): L000" in sentence
+    assert report._gain_notes(table.assign(gain_note="")) == ""
