@@ -66,9 +66,10 @@ def by_shape(tensors: list[Tensor], fn: Callable[[Tensor], Tensor], workspace: d
     return stacked.copy_(tensors).per_row(fn)
 
 
-# A float32 sum of squares loses entries below ~1e-19 (their squares underflow) and overflows above ~1.8e19;
-# a norm computed in float32 is exact to float32's rounding when it lies between these (the squares that
-# underflow then weigh < 1e-10 of it). Outside, the few rows concerned are taken again in float64, so every
+# A float32 sum of squares loses entries below ~1e-19 (their squares underflow) and overflows above ~1.8e19.
+# A float32 norm inside SAFE_NORMS is right to float32's rounding: each square that underflows is off by at
+# most 2^-149 ≈ 1.4e-45 (a subnormal; PyTorch does not flush them), so n of them move a sum of squares
+# ≥ 1e-30 by at most n·1.4e-15 of it. Outside, the few rows concerned are taken again in float64, so every
 # norm is right for float32 entries from 1e-30 to 1e30 and the usual case costs one comparison.
 SAFE_NORMS = (1e-15, 1e19)
 
@@ -140,9 +141,9 @@ def grad_rows(tensors: list[Tensor]) -> Tensor:
 
     Fused, each tensor is read once (squares summed in double), and a NaN or an inf sends the whole list
     down the eager path, which propagates them as PyTorch does. Every norm is right for entries from
-    1e-30 to 1e30 on both paths (`SAFE_NORMS`). Eager, each tensor is read by one norm, one `sum` and one `aminmax`, kernels
-    that vectorize on the CPU; `var` (Welford) is about 3× slower there and runs only where the one-pass
-    variance is not exact enough (`_std`, and its flag in fused.c).
+    1e-30 to 1e30 on both paths (`SAFE_NORMS`). Eager, each tensor is read by one norm, one `sum` and one
+    `aminmax`, kernels that vectorize on the CPU; `var` (Welford) is about 3× slower there and runs only
+    where the one-pass variance is not exact enough (`_std`, and its flag in fused.c).
     """
     if fused.usable(tensors):
         got = fused.grad_rows(tensors, ONE_PASS_LIMIT)
