@@ -249,8 +249,10 @@ def _gain_notes(table: pd.DataFrame) -> str:
     if not count:
         return ""
     runs = "run's gain leaves" if count == 1 else "runs' gains leave"
-    return (f"Gains span the hidden layers whose step-0 norm is positive and finite: {count} {runs} layers out "
-            f"(column gain_note, e.g. {notes[notes != ''].iloc[0]}). ")
+    return (
+        f"Gains span the hidden layers whose step-0 norm is positive and finite: {count} {runs} layers out "
+        f"(column gain_note, e.g. {notes[notes != ''].iloc[0]}). "
+    )
 
 
 def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | None], objective: tuple[str, str],

@@ -391,6 +391,11 @@ def test_no_study_objective_reads_the_test_split() -> None:
 
     assert not [m for m in OBJECTIVE_METRICS if m.startswith("test/")]
     assert all(not load_spec(name).metric.startswith("test/") for name in list_specs())
-    raw = {"name": "t", "fixed": {"dataset": "mnist1d"}, "space": {"depth": [2, 3]}, "objective": {"metric": K.TEST_ACC}}
+    raw = {
+        "name": "t",
+        "fixed": {"dataset": "mnist1d"},
+        "space": {"depth": [2, 3]},
+        "objective": {"metric": K.TEST_ACC},
+    }
     with pytest.raises(SpecError, match="objective.metric"):
         parse_spec(raw, "t.yaml")

@@ -17,7 +17,9 @@ def _bptt_rows(run_id: str, norms: np.ndarray) -> pd.DataFrame:
 
 def test_the_figure_draws_each_forget_bias_in_its_own_line_style() -> None:
     """Three runs: an LSTM at forget_bias 1 and 0 and a GRU; one line each, the two LSTM styles and labels apart."""
-    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "model": ["lstm", "lstm", "gru"], "forget_bias": ["1.0", "0.0", "1.0"]})
+    runs = pd.DataFrame(
+        {"run_id": ["a", "b", "c"], "model": ["lstm", "lstm", "gru"], "forget_bias": ["1.0", "0.0", "1.0"]}
+    )
     t = np.arange(10)
     stats = pd.concat([_bptt_rows("a", 0.9 ** (9 - t)), _bptt_rows("b", 0.5 ** (9 - t)), _bptt_rows("c", np.ones(10))])
     fig = figures.bptt(runs, stats)

@@ -461,7 +461,11 @@ def test_diverged_step_records_its_own_norms_not_a_stale_clipped_norm(log_every:
     norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)).item()
     # Diverged: a norm beyond float32's squares (no clipping could use it), recorded as it is (or inf/NaN).
     assert not norm <= stats.LARGEST_NORM
-    assert got["grad/global_l2"] == pytest.approx(norm, rel=1e-5) if np.isfinite(norm) else not np.isfinite(got["grad/global_l2"])
+    assert (
+        got["grad/global_l2"] == pytest.approx(norm, rel=1e-5)
+        if np.isfinite(norm)
+        else not np.isfinite(got["grad/global_l2"])
+    )
     # No step is taken and nothing is clipped: the "after clipping" norm is this step's norm, not a
     # value left over from an earlier logging step, nor the norm of the dropped (absent) gradients.
     assert got["grad/global_l2_clipped"] == got["grad/global_l2"] or not np.isfinite(got["grad/global_l2_clipped"])

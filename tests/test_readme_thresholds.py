@@ -53,7 +53,11 @@ def _edge(name: str, low: float, high: float) -> float:
 
 
 def test_the_saturation_share_is_the_code_s() -> None:
-    for pattern in (r"φ′\(z\) is below (\d+) % of its maximum", r"σ′ < (\d+) % of max", r"φ′ below (\d+) % of its maximum"):
+    for pattern in (
+        r"φ′\(z\) is below (\d+) % of its maximum",
+        r"σ′ < (\d+) % of max",
+        r"φ′ below (\d+) % of its maximum",
+    ):
         (share,) = _stated(pattern)
         assert _agrees(share, 100 * SATURATION_SHARE, approximate=False), pattern
 

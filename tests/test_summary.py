@@ -117,7 +117,9 @@ def test_the_gain_table_spans_the_same_layers_for_measurement_and_theory() -> No
 def test_the_report_says_when_gains_leave_layers_out() -> None:
     from analysis import report
 
-    table = pd.DataFrame({"run_id": ["a", "b", "c"], "gain_note": ["", "1 layer left out of the gain (norm 0): L000", ""]})
+    table = pd.DataFrame(
+        {"run_id": ["a", "b", "c"], "gain_note": ["", "1 layer left out of the gain (norm 0): L000", ""]}
+    )
     sentence = report._gain_notes(table)
     assert "1 run's gain leaves layers out" in sentence and "(norm 0): L000" in sentence
     assert report._gain_notes(table.assign(gain_note="")) == ""

@@ -320,4 +320,7 @@ def test_a_gain_leaves_out_layers_whose_norm_is_zero_or_not_finite_and_says_so()
     assert got.left_out == ((0, "norm 0"), (1, "norm 0"), (4, "norm inf"))
     assert got.note() == "3 layers left out of the gain (norm 0, norm inf): L000, L001, L004"
     assert T.measure_gain([1.0, 2.0]).note() == ""
-    assert T.measure_gain([-1.0, math.nan, 2.0, 4.0]).note() == "2 layers left out of the gain (norm NaN, norm negative): L000, L001"
+    assert (
+        T.measure_gain([-1.0, math.nan, 2.0, 4.0]).note()
+        == "2 layers left out of the gain (norm NaN, norm negative): L000, L001"
+    )

@@ -113,7 +113,8 @@ def _check_diverged(client: MlflowClient, run_id: str, dst: Path, max_steps: int
 
     # A norm beyond float32's squares is recorded as it is and diverges too (stats.LARGEST_NORM; NaN fails <=).
     finite = [
-        math.isfinite(value(s, "train/loss")) and value(s, "grad/global_l2") <= stats.LARGEST_NORM for s in range(step + 1)
+        math.isfinite(value(s, "train/loss")) and value(s, "grad/global_l2") <= stats.LARGEST_NORM
+        for s in range(step + 1)
     ]
     assert finite == [True] * step + [False]  # the first non-finite step is the one named
     assert {m.step for m in client.get_metric_history(run_id, "grad/L000/l2")} == set(range(step + 1))
