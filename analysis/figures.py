@@ -703,26 +703,38 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
 # ----------------------------------------------------------------------------------- 9. BPTT
 
 
+def _cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """run_id, model, the legend's cell label and line style: LSTM runs of several forget_bias values apart
+    ("lstm, forget bias 1", largest solid), every other run by its model."""
+    bias = pd.to_numeric(runs.get("forget_bias", pd.Series(np.nan, runs.index)), errors="coerce")
+    bias = bias.where(runs["model"] == "lstm")
+    dashes = dict(zip(sorted(set(bias.dropna()), reverse=True), ("-", "--", ":", "-.")))
+    apart = len(dashes) > 1
+    label = runs["model"].where(bias.isna() | (not apart), bias.map(lambda b: f"lstm, forget bias {b:g}"))
+    order = runs["model"].map({c: i for i, c in enumerate(CELL_COLORS)}).fillna(len(CELL_COLORS))
+    ls = bias.map(lambda b: dashes.get(b, "-") if apart else "-").fillna("-")
+    return runs[["run_id", "model"]].assign(cell=label, ls=ls, order=order)
+
+
 @figure_function
 def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """‖∂L/∂h_t‖ against t for RNN/LSTM/GRU (first recurrent layer) at initialization and at the end, log y."""
     rows = load.bptt_by_time(stats)
     rows = rows[(rows["layer"] == "L000") & np.isfinite(rows["value"]) & (rows["value"] > 0)]
-    info = runs[["run_id", "model"]]
-    rows = rows.merge(info, on="run_id")
+    rows = rows.merge(_cells(runs), on="run_id")
     if rows.empty:
         return None
     last = rows.groupby("run_id")["step"].transform("max")
     fig, axes = new_figure(1, 2, width=5.0, height=3.8, sharey=True)
-    cells = [c for c in CELL_COLORS if c in set(rows["model"])] or sorted(set(rows["model"]))
     for ax, (title, mask) in zip(axes[0], (("at initialization (step 0)", rows["step"] == 0),
                                            ("at the last logged step", rows["step"] == last))):  # fmt: skip
-        for (model, _), line in rows[mask].sort_values("t").groupby(["model", "run_id"]):
-            ax.plot(line["t"], line["value"], color=_color(CELL_COLORS, model), lw=1.3, alpha=0.85)
+        for (model, ls, _), line in rows[mask].sort_values("t").groupby(["model", "ls", "run_id"]):
+            ax.plot(line["t"], line["value"], color=_color(CELL_COLORS, model), ls=ls, lw=1.3, alpha=0.85)
         ax.set(yscale="log", title=title, xlabel="time step t (the loss reads the last step)",
                ylabel="‖∂L/∂h_t‖ (L2 over batch)")  # fmt: skip
         _plain_log_ticks(ax.yaxis)
-    handles = [Line2D([], [], color=_color(CELL_COLORS, c), lw=2, label=c) for c in cells]
+    cells = rows.drop_duplicates("cell").sort_values(["order", "cell"])
+    handles = [Line2D([], [], color=_color(CELL_COLORS, c.model), ls=c.ls, lw=2, label=c.cell) for c in cells.itertuples()]
     fig.legend(handles=handles, loc="outside right center", title="cell")
     fig.suptitle("Gradient through time: recurrent cells")
     return fig

@@ -289,6 +289,19 @@ def _counts(table: pd.DataFrame, column: str) -> str:
     return ", ".join(f"{k}: {v}" for k, v in table[column].value_counts().items())
 
 
+def _gain_notes(table: pd.DataFrame) -> str:
+    """The sentence saying how many runs' gains leave layers out (theory.measure_gain), or ''."""
+    notes = table.get("gain_note", pd.Series(dtype=object)).fillna("")
+    count = int((notes != "").sum())
+    if not count:
+        return ""
+    runs = "run's gain leaves" if count == 1 else "runs' gains leave"
+    return (
+        f"Gains span the hidden layers whose step-0 norm is positive and finite: {count} {runs} layers out "
+        f"(column gain_note, e.g. {notes[notes != ''].iloc[0]}). "
+    )
+
+
 def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], objective: tuple[str, str],
                path: Path, links: dict[str, str] | None = None, skipped: dict[str, str] | None = None) -> Path:  # fmt: skip
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
@@ -311,7 +324,7 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
 outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict:
 {_counts(table, "verdict")}. Objective: {objective[1]} <code>{objective[0]}</code>.</p>
 <p class="rule"><b>Verdict</b>: {html.escape(VERDICT_RULE)}.<br><b>Training outcome</b>:
-{html.escape(summary.OUTCOME_RULE)}.<br>The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
+{html.escape(summary.OUTCOME_RULE)}.<br>{html.escape(_gain_notes(table))}The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
 {_skipped_html(skipped or {})}
 {"".join(sections)}
 {not_drawn}

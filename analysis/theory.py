@@ -402,23 +402,58 @@ ADDING_BASELINE_MSE = 2.0 / 12.0
 # ----------------------------------------------------------------------------------- measurement
 
 
-def measured_gain(norms_by_layer: Sequence[float] | np.ndarray) -> float:
-    """Geometric mean of norm[l−1]/norm[l] over backprop norms given input side first (L000, L001, …).
+@dataclass(frozen=True)
+class GainMeasurement:
+    """A measured per-layer gain, the layers it spans (input side first) and the layers it leaves out."""
 
-    That is the per-layer factor applied going from the output side to the input side, i.e.
-    (norm[0]/norm[-1])^(1/(L−1)): below 1 the back-propagated signal shrinks towards the input
-    (vanishing), above 1 it grows (exploding). 0.0 if the input-side norm is 0, NaN if the output-side
-    norm is 0 or any norm is negative or non-finite.
+    gain: float  # NaN when fewer than two layers have a positive, finite norm
+    first: int  # the input-side end of the span (−1 when there is none)
+    last: int  # its output-side end
+    left_out: tuple[tuple[int, str], ...]  # (layer index, why): norm 0, negative, NaN or inf
+
+    def note(self, name: Callable[[int], str] = lambda i: f"L{i:03d}") -> str:
+        """One sentence on the layers left out of the gain and why ('' when none were)."""
+        if not self.left_out:
+            return ""
+        reasons = sorted({why for _, why in self.left_out})
+        names = ", ".join(name(i) for i, _ in self.left_out)
+        what = "layer" if len(self.left_out) == 1 else "layers"
+        return f"{len(self.left_out)} {what} left out of the gain ({', '.join(reasons)}): {names}"
+
+
+def _why_left_out(norm: float) -> str:
+    if math.isnan(norm):
+        return "norm NaN"
+    if math.isinf(norm):
+        return "norm inf"
+    return "norm 0" if norm == 0 else "norm negative"
+
+
+def measure_gain(norms_by_layer: Sequence[float] | np.ndarray) -> GainMeasurement:
+    """Geometric mean of norm[l−1]/norm[l] over the layers whose backprop norm is positive and finite.
+
+    Norms are given input side first (L000, L001, …). Over the span from the first to the last usable layer
+    that is (norm[first]/norm[last])^(1/(last−first)): below 1 the back-propagated signal shrinks towards the
+    input (vanishing), above 1 it grows (exploding). A norm of 0 (a gradient below what float32 holds, or a
+    dead layer), NaN or inf says nothing about a ratio: that layer is left out and named in `left_out`.
     """
     norms = np.asarray(norms_by_layer, dtype=float)
     if norms.ndim != 1 or norms.size < 2:
         raise ValueError("need the norms of at least two layers, input side first")
-    if not np.all(np.isfinite(norms)) or np.any(norms < 0) or norms[-1] == 0:
-        return math.nan
-    if norms[0] == 0:
-        return 0.0
+    usable = np.isfinite(norms) & (norms > 0)
+    left_out = tuple((int(i), _why_left_out(float(norms[i]))) for i in np.flatnonzero(~usable))
+    kept = np.flatnonzero(usable)
+    if kept.size < 2:
+        return GainMeasurement(math.nan, -1, -1, left_out)
+    first, last = int(kept[0]), int(kept[-1])
     # Only the end points survive the product of successive ratios; logs avoid overflow for deep nets.
-    return float(math.exp((math.log(norms[0]) - math.log(norms[-1])) / (norms.size - 1)))
+    gain = math.exp((math.log(norms[first]) - math.log(norms[last])) / (last - first))
+    return GainMeasurement(gain, first, last, left_out)
+
+
+def measured_gain(norms_by_layer: Sequence[float] | np.ndarray) -> float:
+    """The per-layer gain of `measure_gain` (NaN when fewer than two layers have a positive, finite norm)."""
+    return measure_gain(norms_by_layer).gain
 
 
 def verdict(gain_per_layer: float, tolerance: float = 0.05) -> str:

@@ -62,6 +62,14 @@ class LitModel(pl.LightningModule):
         if self.task in SET_METRICS:
             self.val_outputs.append((out.detach(), y))
 
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The official test split, once after training (pipelines/train.py): loss, and accuracy where the task has one."""
+        x, y = batch
+        out = self.net(x)
+        self.log(K.TEST_LOSS, self.loss_fn(out, y), on_epoch=True, batch_size=len(x))
+        if K.VAL_ACC in (metrics := BATCH_METRICS.get(self.task, lambda *_: {})(out, y)):
+            self.log(K.TEST_ACC, metrics[K.VAL_ACC], on_epoch=True, batch_size=len(x))
+
     def on_validation_epoch_end(self) -> None:  # noqa: D102
         if self.val_outputs:
             out, y = (torch.cat(parts) for parts in zip(*self.val_outputs))

@@ -54,6 +54,7 @@ class RunConfig:
     init: str = _f("torch_default", "weight initialization scheme", tuple(INITS))
     init_gain: float = _f(1.0, "multiplies the init's scale (> 0)")
     res_scale: float = _f(1.0, "α in x + α·branch(x), resmlp only (≥ 0)")
+    forget_bias: float = _f(1.0, "LSTM forget-gate bias at init, b_if + b_hf (lstm only; Jozefowicz et al. 2015)")
     kernel_size: int = _f(3, "cnn kernel size (odd, ≥ 1)")
     padding: str = _f("zeros", "cnn padding mode", ("zeros", "circular"))
     stride: int = _f(1, "cnn stride of every conv block (≥ 1)")

@@ -35,12 +35,20 @@ class Dataset:
     layout: str  # image (C, H, W), signal (C, L), sequence (T, F) or vector (F,)
     load: Callable[[str, int], Arrays]  # (data_dir, seq_len) -> arrays
     files: str = ""  # where local files must be, for the error message; "" when none are needed
+    # The loader's second pair is the official test split: validation is held out of the training data
+    # (`validation_indices`) and the test split is evaluated once, after training (test/acc, test/loss).
+    official_test: bool = False
+
+
+def validation_indices(n: int, val_share: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of n training examples: a seeded (DATA_SEED), disjoint split."""
+    order = np.random.default_rng(DATA_SEED).permutation(n)
+    n_val = int(round(n * val_share))
+    return order[n_val:], order[:n_val]
 
 
 def _split(x: np.ndarray, y: np.ndarray, val_share: float = 0.2) -> Arrays:
-    order = np.random.default_rng(DATA_SEED).permutation(len(x))
-    n_val = int(round(len(x) * val_share))
-    val, train = order[:n_val], order[n_val:]
+    train, val = validation_indices(len(x), val_share)
     return x[train], y[train], x[val], y[val]
 
 
@@ -275,7 +283,7 @@ def cifar_dir(data_dir: str) -> Path:
 
 @functools.cache
 def load_mnist(data_dir: str, seq_len: int = 0) -> Arrays:
-    """MNIST from its four IDX files under `data_dir/mnist/`; the test set serves as validation."""
+    """MNIST from its four IDX files under `data_dir/mnist/`: train, then the official test set."""
     folder = mnist_dir(data_dir)
     xt, yt, xv, yv = (read_idx(_find(folder, name)) for name in MNIST_FILES)
     if len(xt) != len(yt) or len(xv) != len(yv):
@@ -317,7 +325,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def load_cifar10(data_dir: str, seq_len: int = 0) -> Arrays:
-    """CIFAR-10 from its python batches under `data_dir/cifar-10-batches-py/`; test batch as validation."""
+    """CIFAR-10 from its python batches under `data_dir/cifar-10-batches-py/`: train, then the test batch."""
     folder = cifar_dir(data_dir)
     parts = [_cifar_batch(folder / name) for name in CIFAR_FILES]
     xt = np.concatenate([p[0] for p in parts[:-1]])
@@ -331,7 +339,7 @@ def load_cifar10(data_dir: str, seq_len: int = 0) -> Arrays:
 
 DATASETS: dict[str, Dataset] = {
     "digits": Dataset("classification", "image", load_digits),
-    "mnist1d": Dataset("classification", "signal", load_mnist1d),
+    "mnist1d": Dataset("classification", "signal", load_mnist1d, official_test=True),
     "teacher": Dataset("regression", "vector", load_teacher),
     "adding": Dataset("regression", "sequence", load_adding),
     "temporal_order": Dataset("classification", "sequence", load_temporal_order),
@@ -342,8 +350,8 @@ DATASETS: dict[str, Dataset] = {
     # network outputs (an embedding), which losses fit and what validation measures.
     "digits_metric": Dataset("metric", "image", load_digits),
     "gmm": Dataset("adversarial", "vector", load_gmm),  # a GAN learns its distribution (models/gan.py)
-    "mnist": Dataset("classification", "image", load_mnist, files="mnist"),
-    "cifar10": Dataset("classification", "image", load_cifar10, files="cifar10"),
+    "mnist": Dataset("classification", "image", load_mnist, files="mnist", official_test=True),
+    "cifar10": Dataset("classification", "image", load_cifar10, files="cifar10", official_test=True),
 }
 
 
@@ -404,8 +412,16 @@ class TaskData(pl.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         xt, yt, xv, yv = self.info.load(data_dir, seq_len)
         label = torch.long if self.info.task in INTEGER_LABELS else torch.float32
-        self.train = TensorDataset(torch.from_numpy(np.asarray(xt)), torch.as_tensor(yt, dtype=label))
-        self.val = TensorDataset(torch.from_numpy(np.asarray(xv)), torch.as_tensor(yv, dtype=label))
+
+        def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+            return TensorDataset(torch.from_numpy(np.asarray(x)), torch.as_tensor(y, dtype=label))
+
+        self.test: TensorDataset | None = None  # the official test split, where the dataset has one
+        if self.info.official_test:
+            self.test = tensors(xv, yv)
+            train, val = validation_indices(len(xt))
+            xt, yt, xv, yv = xt[train], yt[train], xt[val], yt[val]
+        self.train, self.val = tensors(xt, yt), tensors(xv, yv)
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -431,3 +447,9 @@ class TaskData(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:  # noqa: D102
         return self._loader(self.val, BatchSampler(SequentialSampler(self.val), VAL_BATCH, drop_last=False))
+
+    def test_loader(self) -> DataLoader | None:
+        """The official test split in sequential batches, or None (not `test_dataloader`: no study's loop sees it)."""
+        if self.test is None:
+            return None
+        return self._loader(self.test, BatchSampler(SequentialSampler(self.test), VAL_BATCH, drop_last=False))

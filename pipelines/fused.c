@@ -3,9 +3,10 @@
  * Each function takes n buffers (pointers and lengths) and reads each buffer once for all of its
  * statistics, accumulating in double. Eager PyTorch reads a buffer once per statistic and costs a few
  * microseconds per call; the probe's statistics are ~250 such calls over ~5 MB per logging step.
- * The statistics come out as pipelines/stats.py defines them, ready to record (float32 rows); a list
- * with a NaN, an inf or a float32 overflow anywhere returns -1 and the caller takes the eager path, which
- * propagates them as PyTorch does. Where the one-pass variance is not exact enough (stats.ONE_PASS_LIMIT)
+ * The statistics come out as pipelines/stats.py defines them, ready to record (float32 rows). The squares
+ * are taken in double (squares of float32 entries neither underflow nor overflow there: 1e-30 and 1e30
+ * entries give exact norms); a list with a NaN or an inf anywhere returns -1 and the caller takes the eager
+ * path, which propagates them as PyTorch does. Where the one-pass variance is not exact enough (stats.ONE_PASS_LIMIT)
  * the row is flagged and the caller takes that variance again in two passes.
  *
  * Built with -fopenmp, the buffers are shared out among the threads of PyTorch's own OpenMP runtime
@@ -32,8 +33,13 @@ static int64_t total(int64_t n, const int64_t *len) {
 #define CLONES
 #endif
 
-/* out[i] = L2 norm of buffer i in float32 (the divergence guard's norms): summed in double, but inf where
- * the sum of squares exceeds float32's range, as the eager float32 reduction makes it; NaN stays NaN. */
+/* A double as float32: inf beyond float32's range (an explicit rule, not the conversion's), NaN kept. */
+static float to_float(double v) {
+    return isnan(v) ? NAN : v <= FLT_MAX ? (float)v : INFINITY;
+}
+
+/* out[i] = L2 norm of buffer i in float32 (the divergence guard's norms): summed in double; inf only where
+ * the norm itself exceeds float32's range; NaN stays NaN. */
 CLONES void gpl_norms(int64_t n, const float *const *x, const int64_t *len, float *out) {
 #pragma omp parallel for schedule(dynamic, 1) if (total(n, len) >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
@@ -42,7 +48,7 @@ CLONES void gpl_norms(int64_t n, const float *const *x, const int64_t *len, floa
         double ss = 0;
 #pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < m; j++) ss += (double)p[j] * p[j];
-        out[i] = isnan(ss) ? NAN : ss <= FLT_MAX ? (float)sqrt(ss) : INFINITY;
+        out[i] = to_float(sqrt(ss));
     }
 }
 
@@ -64,7 +70,7 @@ static int64_t outcome(int64_t n, const int32_t *bad, const int32_t *shaky) {
 }
 
 /* rows[5i .. 5i+4] = l2, rms, absmax, mean, std of buffer i (stats.tensor_stats); returns the number of
- * rows flagged in `shaky`, or -1 if a buffer holds NaN or inf or its float32 sum of squares would overflow.
+ * rows flagged in `shaky`, or -1 if a buffer holds NaN or inf.
  * `bad` is scratch space for n flags. */
 CLONES int64_t gpl_grad_rows(int64_t n, const float *const *x, const int64_t *len, double limit, float *rows,
                              int32_t *shaky, int32_t *bad) {
@@ -83,9 +89,9 @@ CLONES int64_t gpl_grad_rows(int64_t n, const float *const *x, const int64_t *le
             hi = v > hi ? v : hi;
         }
         float *r = rows + 5 * i;
-        bad[i] = !(ss <= FLT_MAX);  /* NaN compares false */
+        bad[i] = !(ss <= DBL_MAX);  /* a NaN or inf entry (NaN compares false) */
         double mean_square = ss / m, mean = s / m;
-        r[0] = (float)sqrt(ss), r[1] = (float)sqrt(mean_square), r[2] = fmaxf(fabsf(lo), fabsf(hi));
+        r[0] = to_float(sqrt(ss)), r[1] = (float)sqrt(mean_square), r[2] = fmaxf(fabsf(lo), fabsf(hi));
         r[3] = (float)mean, r[4] = one_pass_std(mean_square, mean, limit, shaky + i);
     }
     return outcome(n, bad, shaky);
@@ -158,7 +164,7 @@ CLONES int64_t gpl_act_rows(int64_t n, const float *const *x, const int64_t *len
             }
         }
         float *r = rows + 3 * i;
-        bad[i] = !(ss <= FLT_MAX);
+        bad[i] = !(ss <= DBL_MAX);
         double mean = s / m;
         r[0] = (float)mean, r[1] = one_pass_std(ss / m, mean, limit, shaky + i), r[2] = (float)(sat / m);
     }

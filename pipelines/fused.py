@@ -204,7 +204,7 @@ def _pointers(tensors: Sequence[Tensor]) -> tuple[ctypes.Array, ctypes.Array]:
 
 
 def norms(tensors: Sequence[Tensor]) -> Tensor:
-    """(k,) float32: the L2 norm of each tensor; inf where its sum of squares exceeds float32's range."""
+    """(k,) float32: the L2 norm of each tensor (squares summed in double); inf only beyond float32's range."""
     out = torch.empty(len(tensors), dtype=torch.float32)
     _library().gpl_norms(len(tensors), *_pointers(tensors), out.data_ptr())
     return out
@@ -218,7 +218,7 @@ def _rows(count: int, flags: Tensor, rows: Tensor) -> tuple[Tensor, list[int]] |
 
 def grad_rows(tensors: Sequence[Tensor], limit: float) -> tuple[Tensor, list[int]] | None:
     """(k, 5) float32 rows l2, rms, absmax, mean, std, and the rows whose one-pass std needs two passes
-    (mean square > `limit` × variance); None if a tensor holds NaN or inf or overflows float32's squares."""
+    (mean square > `limit` × variance); None if a tensor holds NaN or inf."""
     rows, flags = torch.empty(len(tensors), 5), torch.empty(2, len(tensors), dtype=torch.int32)
     count = _library().gpl_grad_rows(len(tensors), *_pointers(tensors), limit, rows.data_ptr(), flags[0].data_ptr(),
                                      flags[1].data_ptr())  # fmt: skip

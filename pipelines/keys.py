@@ -16,6 +16,8 @@ VAL_DICE, VAL_IOU = "val/dice", "val/iou"  # segmentation: hard masks (logit > 0
 VAL_KNN_ACC = "val/knn_acc"  # metric learning: leave-one-out 1-nearest-neighbour accuracy of val embeddings
 # GAN (adversarial task): generated points within 3σ of a mode; modes holding ≥ 1 % of them (models/gan.py)
 VAL_HIGH_QUALITY, VAL_MODES = "val/high_quality", "val/modes"
+# The official test split (mnist1d, mnist, cifar10), evaluated once after training; never a study's objective.
+TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
 VAL_METRICS = (VAL_LOSS, VAL_ACC, VAL_DICE, VAL_IOU, VAL_KNN_ACC, VAL_HIGH_QUALITY, VAL_MODES)  # every validation key a run can record
 # GAN, at each logging step: mean D probability on the real batch and on the points the generator step
 # saw (both after the step's D updates); the last D loss (before its update); the generator loss = train/loss.

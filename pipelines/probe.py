@@ -102,7 +102,7 @@ class GradientProbe(pl.Callback):
                         module.kept = None  # a validation pass: nothing to replay
                     return
                 if output.requires_grad:  # its norm at once, so backward frees ∂loss/∂output as usual
-                    output.register_hook(lambda g: self.backprop.__setitem__(i, torch.linalg.vector_norm(g.detach())))
+                    output.register_hook(lambda g: self.backprop.__setitem__(i, stats.norm(g.detach())))
                 if isinstance(module, RecurrentLayer):
                     self._on_recurrent(i, module)
 
@@ -149,11 +149,13 @@ class GradientProbe(pl.Callback):
         rows = stats.grad_rows(present) if self._active and len(present) == len(grads) else None
         per_param = stats.norms(present) if rows is None else rows[:, 0]
         loss = pl_module.last_loss
-        # The global norm is finite exactly when every norm is (each is below float32's largest square
-        # root, or inf): a sum and two host reads on the steps that record nothing.
-        finite = math.isfinite(per_param.sum().item()) and (loss is None or math.isfinite(loss.item()))
+        # A step is taken while every norm is at most `stats.LARGEST_NORM` (float32 clipping could not use a
+        # larger one: its sum of squares overflows) and the loss is finite: a max and two host reads on the
+        # steps that record nothing (NaN fails the comparison).
+        largest = per_param.max().item() if per_param.numel() else 0.0
+        finite = largest <= stats.LARGEST_NORM and (loss is None or math.isfinite(loss.item()))
         if self._active or not finite:
-            self.global_l2 = torch.linalg.vector_norm(per_param)
+            self.global_l2 = stats.norm(per_param)
             weight_rows = None if rows is None else rows[self._weight_index]
             self.grad = stats.tensor_stats([w.grad for w in self.weights], weight_rows)
             if [w._version for w in self.weights] != self._before_versions:

@@ -66,9 +66,45 @@ def by_shape(tensors: list[Tensor], fn: Callable[[Tensor], Tensor], workspace: d
     return stacked.copy_(tensors).per_row(fn)
 
 
+# A float32 sum of squares loses entries below ~1e-19 (their squares underflow) and overflows above ~1.8e19.
+# A float32 norm inside SAFE_NORMS is right to float32's rounding: each square that underflows is off by at
+# most 2^-149 ≈ 1.4e-45 (a subnormal; PyTorch does not flush them), so n of them move a sum of squares
+# ≥ 1e-30 by at most n·1.4e-15 of it. Outside, the few rows concerned are taken again in float64, so every
+# norm is right for float32 entries from 1e-30 to 1e30 and the usual case costs one comparison.
+SAFE_NORMS = (1e-15, 1e19)
+
+
+# The divergence guard's limit (pipelines/probe.py): the largest norm whose float32 sum of squares is finite,
+# beyond which norm clipping's coefficient would be 0. The norms themselves are recorded as they are.
+LARGEST_NORM = float(torch.finfo(torch.float32).max) ** 0.5
+
+
+def _refined(norms: Tensor, exact: Callable[[int], Tensor]) -> Tensor:
+    """`norms` (float32 reductions) with the entries outside `SAFE_NORMS` (0, NaN, inf too) replaced by `exact(i)`."""
+    low, high = SAFE_NORMS
+    smallest, largest = torch.stack(torch.aminmax(norms)).tolist() if norms.numel() else (low, high)  # a host sync
+    if low <= smallest and largest <= high:  # the usual case (NaN fails it too)
+        return norms
+    norms = norms.clone()
+    for i in (~((norms >= low) & (norms <= high))).nonzero().flatten().tolist():
+        norms[i] = exact(i)
+    return norms
+
+
+def norm(t: Tensor) -> Tensor:
+    """L2 norm of one tensor, right for entries from 1e-30 to 1e30 (`SAFE_NORMS`)."""
+    value = torch.linalg.vector_norm(t)
+    low, high = SAFE_NORMS
+    return value if low <= value.item() <= high else _norm64(t).to(value.dtype)
+
+
+def _norm64(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t, dtype=torch.float64)
+
+
 def row_norms(rows: Tensor) -> Tensor:
-    """L2 norm of each row of a (k, n) tensor."""
-    return torch.linalg.vector_norm(rows, dim=1)
+    """L2 norm of each row of a (k, n) tensor (`SAFE_NORMS`)."""
+    return _refined(torch.linalg.vector_norm(rows, dim=1), lambda i: _norm64(rows[i]))
 
 
 # ‖t‖²/n − mean² keeps the spread to about 1e-6 of ‖t‖²/n in float32; where that is more than 1/8 of
@@ -78,7 +114,10 @@ ONE_PASS_LIMIT = 8.0
 
 
 def _std(mean_square: Tensor, mean: Tensor, exact: Callable[[int], Tensor]) -> Tensor:
-    """Population std from the mean squares and means of one pass; `exact(i)` where one pass is not enough."""
+    """Population std from the mean squares and means of one pass; `exact(i)` where one pass is not enough.
+
+    Pass them in float64: the squares of float32 statistics below ~1e-19 underflow in float32.
+    """
     var = (mean_square - mean.square()).clamp(min=0)
     shaky = mean_square > ONE_PASS_LIMIT * var
     if shaky.any():  # a host sync on a logging step; none on the CPU, where it is free
@@ -90,7 +129,7 @@ def _std(mean_square: Tensor, mean: Tensor, exact: Callable[[int], Tensor]) -> T
 def _two_pass_std(rows: Tensor, shaky: list[int], *, column: int, tensors: list[Tensor]) -> Tensor:
     """A fused kernel's rows with the std in `column` taken again in two passes where it flagged one pass short."""
     for i in shaky:
-        rows[i, column] = tensors[i].detach().var(correction=0).sqrt()
+        rows[i, column] = tensors[i].detach().double().var(correction=0).sqrt()  # float32 squares underflow
     return rows
 
 
@@ -100,22 +139,23 @@ GRAD_ROW = ("l2", "rms", "absmax", "mean", "std")  # the columns of `grad_rows`
 def grad_rows(tensors: list[Tensor]) -> Tensor:
     """(k, 5): l2, rms, absmax, mean, std (population) of each tensor, in their dtype.
 
-    Fused, each tensor is read once, and a NaN, an inf or a float32 sum of squares that overflows sends
-    the whole list down the eager path, which propagates them as PyTorch does (the divergence guard's rule
-    is thus the same on both). Eager, each tensor is read by one norm, one `sum` and one `aminmax`, kernels
-    that vectorize on the CPU; `var` (Welford) is about 3× slower there and runs only where the one-pass
-    variance is not exact enough (`_std`, and its flag in fused.c).
+    Fused, each tensor is read once (squares summed in double), and a NaN or an inf sends the whole list
+    down the eager path, which propagates them as PyTorch does. Every norm is right for entries from
+    1e-30 to 1e30 on both paths (`SAFE_NORMS`). Eager, each tensor is read by one norm, one `sum` and one
+    `aminmax`, kernels that vectorize on the CPU; `var` (Welford) is about 3× slower there and runs only
+    where the one-pass variance is not exact enough (`_std`, and its flag in fused.c).
     """
     if fused.usable(tensors):
         got = fused.grad_rows(tensors, ONE_PASS_LIMIT)
         if got is not None:
             return _two_pass_std(*got, column=4, tensors=tensors)
-    l2 = torch.stack(torch._foreach_norm(tensors))
+    dtype = tensors[0].dtype
+    l2 = _refined(torch.stack(torch._foreach_norm(tensors)), lambda i: _norm64(tensors[i])).double()
     numel = torch.tensor([t.numel() for t in tensors], dtype=l2.dtype)
     mean = torch.stack([t.sum() for t in tensors]).to(l2.dtype) / numel
     low, high = (torch.stack(m).to(l2.dtype) for m in zip(*(torch.aminmax(t) for t in tensors)))
-    std = _std(l2.square() / numel, mean, lambda i: tensors[i].var(correction=0))
-    return torch.stack([l2, l2 / numel.sqrt(), torch.maximum(low.abs(), high.abs()), mean, std], dim=1)
+    std = _std(l2.square() / numel, mean, lambda i: tensors[i].double().var(correction=0))
+    return torch.stack([l2, l2 / numel.sqrt(), torch.maximum(low.abs(), high.abs()), mean, std], dim=1).to(dtype)
 
 
 def tensor_stats(tensors: list[Tensor], rows: Tensor | None = None) -> dict[str, Tensor]:
@@ -133,15 +173,17 @@ def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
 
 
 def norms(tensors: list[Tensor]) -> Tensor:
-    """L2 norm of each tensor, stacked (one fused call or one `_foreach_norm`)."""
+    """L2 norm of each tensor, stacked (one fused call or one `_foreach_norm`; `SAFE_NORMS`)."""
     if fused.usable(tensors):
         return fused.norms(tensors)
-    return torch.stack(torch._foreach_norm(tensors)) if tensors else torch.zeros(0)
+    if not tensors:
+        return torch.zeros(0)
+    return _refined(torch.stack(torch._foreach_norm(tensors)), lambda i: _norm64(tensors[i]))
 
 
 def global_norm(tensors: list[Tensor]) -> Tensor:
     """L2 norm of all tensors taken together (what norm clipping compares with its threshold)."""
-    return torch.linalg.vector_norm(norms(tensors))
+    return norm(norms(tensors))
 
 
 def activation_stats(activation: str, a: Tensor, z: Tensor | None = None) -> Tensor:
@@ -169,9 +211,9 @@ def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[
 
 def _activation_rows(activation: str, a: Tensor, z: Tensor | None) -> Tensor:
     """[mean, std, saturation] of each row of a (k, n) copy of activations, which it overwrites."""
-    mean, l2 = a.mean(1), torch.linalg.vector_norm(a, dim=1)
-    std = _std(l2.square() / a.shape[1], mean, lambda i: a[i].var(correction=0))
-    return torch.stack([mean, std, saturation(activation, a, z, dim=1, overwrite=True)], dim=1)
+    mean, l2 = a.mean(1).double(), row_norms(a).double()
+    std = _std(l2.square() / a.shape[1], mean, lambda i: a[i].double().var(correction=0)).to(a.dtype)
+    return torch.stack([mean.to(a.dtype), std, saturation(activation, a, z, dim=1, overwrite=True)], dim=1)
 
 
 def gate_stats(gates: Tensor) -> Tensor:
@@ -196,8 +238,8 @@ def update_ratios(before: Stacked, after: list[Tensor], refresh: bool = False) -
 
 
 def state_norms(grads: Tensor) -> Tensor:
-    """‖∂L/∂h_t‖ over the batch for each t of (T, B, H) state gradients: one reduction."""
-    return torch.linalg.vector_norm(grads.flatten(1), dim=1)
+    """‖∂L/∂h_t‖ over the batch for each t of (T, B, H) state gradients: one reduction (`SAFE_NORMS`)."""
+    return row_norms(grads.flatten(1))
 
 
 def bptt_summary(norms: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ from models.gan import make_discriminator
 from models.init import initialize
 from models.lit import LitModel
 from models.lit_gan import LitGAN
+from models.recurrent import set_forget_bias
 from models.registry import create_model
 from pipelines import keys as K
 from pipelines import liveness
@@ -109,6 +110,7 @@ def build(cfg: RunConfig) -> tuple[TaskData, LitModel | LitGAN]:
         kernel_size=cfg.kernel_size, padding=cfg.padding, stride=cfg.stride, pool=cfg.pool, head=cfg.head,
     )  # fmt: skip
     initialize(net, cfg.init, cfg.init_gain)
+    set_forget_bias(net, cfg.forget_bias)
     if gan:
         return data, build_gan(cfg, net)
     lit = LitModel(
@@ -149,6 +151,12 @@ def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: boo
         gradient_clip_algorithm=None if clip == "none" else clip,
         callbacks=callbacks,
     )
+
+
+def test_metrics(trainer: pl.Trainer, lit: LitModel, data: TaskData) -> dict[str, float]:
+    """test/loss and test/acc on the official test split: once, after training, never seen by a study."""
+    (results,) = trainer.test(lit, dataloaders=data.test_loader(), verbose=False)
+    return {name: float(value) for name, value in results.items() if name in (K.TEST_LOSS, K.TEST_ACC)}
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -213,6 +221,8 @@ def run(
         end_tags = {"outcome": outcome if not interrupted else "interrupted"}
         if probe.diverged_step is not None:
             end_tags["diverged_step"] = str(probe.diverged_step)
+        if outcome == "completed" and not interrupted and data.test is not None:
+            mlflow.log_metrics(test_metrics(trainer, lit, data), step=trainer.global_step)
         mlflow.set_tags(end_tags)
         last = {K.TRAIN_LOSS: float(lit.last_loss)} if lit.last_loss is not None else {}
         if interrupted:

@@ -237,18 +237,27 @@ def test_idx_header_is_what_the_format_says() -> None:
     assert _idx(np.zeros(3, dtype=np.uint8))[:8] == bytes.fromhex("0000080100000003")
 
 
+def _whole_training_set(data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and the held-out validation split put back in the files' order."""
+    train, val = D.validation_indices(len(data.train) + len(data.val))
+    x = torch.cat([data.train.tensors[0], data.val.tensors[0]])
+    y = torch.cat([data.train.tensors[1], data.val.tensors[1]])
+    order = torch.from_numpy(np.argsort(np.concatenate([train, val])))
+    return x[order], y[order]
+
+
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 def test_mnist_from_idx_files(tmp_path: Path, compress: bool) -> None:
     arrays = _write_mnist(tmp_path, compress)
     assert D.missing_files("mnist", str(tmp_path)) is None
     data = TaskData("mnist", data_dir=str(tmp_path), batch_size=4)
     assert data.in_shape == (1, 28, 28) and data.info.task == "classification"
-    x, y = data.train.tensors
+    x, y = _whole_training_set(data)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     expected = (arrays["train-images-idx3-ubyte"][:, None] / 255.0 - 0.1307) / 0.3081
     np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-6)
     assert y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
-    xv, yv = data.val.tensors
+    xv, yv = data.test.tensors  # the official test split
     assert xv.shape == (4, 1, 28, 28) and yv.tolist() == [7, 2, 1, 0]
     np.testing.assert_allclose(
         xv[2, 0, 5, 7].item(), (arrays["t10k-images-idx3-ubyte"][2, 5, 7] / 255 - 0.1307) / 0.3081, rtol=1e-5
@@ -282,9 +291,9 @@ def test_cifar10_from_python_batches(tmp_path: Path) -> None:
     assert D.missing_files("cifar10", str(tmp_path)) is None
     data = TaskData("cifar10", data_dir=str(tmp_path), batch_size=4)
     assert data.in_shape == (3, 32, 32) and data.info.task == "classification"
-    x, y = data.train.tensors
+    x, y = _whole_training_set(data)
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert y.tolist() == yt.tolist() and data.val.tensors[1].tolist() == yv.tolist()
+    assert y.tolist() == yt.tolist() and data.test.tensors[1].tolist() == yv.tolist()
     # Per-channel standardization with the training set's statistics.
     got = x.double().numpy()
     np.testing.assert_allclose(got.mean(axis=(0, 2, 3)), 0, atol=1e-5)
@@ -293,7 +302,7 @@ def test_cifar10_from_python_batches(tmp_path: Path) -> None:
         mean, std = xt[:, c].mean() / 255, xt[:, c].std() / 255
         np.testing.assert_allclose(got[:, c], (xt[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(
-            data.val.tensors[0][:, c].numpy(), (xv[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5
+            data.test.tensors[0][:, c].numpy(), (xv[:, c] / 255 - mean) / std, rtol=1e-5, atol=1e-5
         )
 
 
@@ -320,3 +329,73 @@ def test_a_partial_mnist_folder_names_what_is_missing(tmp_path: Path) -> None:
 def test_builtin_datasets_need_no_files(tmp_path: Path) -> None:
     for name in EXPECTED:
         assert D.missing_files(name, str(tmp_path / "nowhere")) is None
+
+
+# -- held-out validation, official test split ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [4000, 7])
+def test_validation_indices_are_a_seeded_disjoint_split_of_the_training_data(n: int) -> None:
+    train, val = D.validation_indices(n)
+    assert len(set(train) & set(val)) == 0 and sorted([*train, *val]) == list(range(n))
+    assert len(val) == round(0.2 * n)
+    again_train, again_val = D.validation_indices(n)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+
+
+def test_mnist1d_validates_on_training_data_and_keeps_its_test_split_apart() -> None:
+    """Validation examples are training examples (held out), none is a test example; the test split is the official one."""
+    x_train, y_train, x_test, y_test = D.load_mnist1d()
+    data = TaskData("mnist1d", batch_size=32)
+    assert [d.official_test for d in DATASETS.values()].count(True) == 3
+    assert DATASETS["mnist"].official_test and DATASETS["cifar10"].official_test
+    assert len(data.train) + len(data.val) == len(x_train) and len(data.val) == 800
+    assert torch.equal(data.test.tensors[0], torch.from_numpy(x_test))
+    assert torch.equal(data.test.tensors[1], torch.from_numpy(y_test))
+    rows = {row.tobytes(): i for i, row in enumerate(x_train)}
+    val_rows = {rows[x.numpy().tobytes()] for x in data.val.tensors[0]}
+    train_rows = {rows[x.numpy().tobytes()] for x in data.train.tensors[0]}
+    assert len(val_rows) == 800 and not val_rows & train_rows  # every val example is a held-out training one
+    test_rows = {x.tobytes() for x in x_test}
+    assert not any(x.numpy().tobytes() in test_rows for x in data.val.tensors[0])
+    assert data.test_loader() is not None and TaskData("digits").test_loader() is None  # digits: no test split
+
+
+def test_a_run_records_test_metrics_once_at_the_end(tracking: str) -> None:
+    """test/acc and test/loss: one value each, at the last step, equal to an independent evaluation of the net."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import keys as K
+    from pipelines import train
+
+    kept = {}
+    cfg = RunConfig(dataset="mnist1d", model="mlp", depth=2, width=16, max_steps=6, batch_size=32, log_every=3)
+    result = train.run(cfg, on_trained=lambda run_id, lit: kept.update(net=lit.net))
+    assert K.TEST_ACC not in result.metrics and K.TEST_LOSS not in result.metrics  # what a study reads
+    client = MlflowClient()
+    _, _, x_test, y_test = D.load_mnist1d()
+    with torch.no_grad():
+        out = kept["net"](torch.from_numpy(x_test))
+    expected = {K.TEST_ACC: (out.argmax(1).numpy() == y_test).mean(),
+                K.TEST_LOSS: torch.nn.functional.cross_entropy(out, torch.from_numpy(y_test)).item()}  # fmt: skip
+    for key, value in expected.items():
+        history = client.get_metric_history(result.run_id, key)
+        assert len(history) == 1 and history[0].step == cfg.max_steps
+        assert history[0].value == pytest.approx(value, rel=1e-5)
+
+
+def test_no_study_objective_reads_the_test_split() -> None:
+    from pipelines import keys as K
+    from studies import list_specs
+    from studies.spec import OBJECTIVE_METRICS, SpecError, load_spec, parse_spec
+
+    assert not [m for m in OBJECTIVE_METRICS if m.startswith("test/")]
+    assert all(not load_spec(name).metric.startswith("test/") for name in list_specs())
+    raw = {
+        "name": "t",
+        "fixed": {"dataset": "mnist1d"},
+        "space": {"depth": [2, 3]},
+        "objective": {"metric": K.TEST_ACC},
+    }
+    with pytest.raises(SpecError, match="objective.metric"):
+        parse_spec(raw, "t.yaml")

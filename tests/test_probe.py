@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from models.activations import make_activation
-from pipelines import reference, train
+from pipelines import reference, stats, train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
 from pipelines.probe import GradientProbe
@@ -362,7 +362,7 @@ def reference_recurrent(cell: str, net: torch.nn.Module, x: torch.Tensor, y: tor
         rnn = layer.rnn
         hs, hidden, gates = [], None, []
         for t in range(seq.shape[1]):
-            h_prev = torch.zeros(len(x), rnn.hidden_size) if hidden is None else hs[-1]
+            h_prev = x.new_zeros(len(x), rnn.hidden_size) if hidden is None else hs[-1]
             out, hidden = rnn(seq[:, t : t + 1], hidden)
             h = out[:, 0]
             hs.append(h)
@@ -430,17 +430,18 @@ def test_recurrent_steps_and_bptt_match_autograd_through_time(cell: str) -> None
 def test_lstm_forget_gate_by_hand() -> None:
     """Two LSTM units over two steps, the forget gate written out from PyTorch's documented equations."""
     fit = run_fit(model="lstm", dataset="adding", loss="mse", seq_len=2, depth=1, width=2, batch_size=4,
-                  init="normal")  # fmt: skip
-    # init=normal zeroes the biases: every gate pre-activation at t = 0 is W_ih x_0, at t = 1 adds W_hh h_0.
+                  init="normal", forget_bias=0.7)  # fmt: skip
+    # init=normal zeroes the biases but the forget gate's (forget_bias): every gate pre-activation at t = 0 is
+    # W_ih x_0 (+ 0.7 for f), at t = 1 adds W_hh h_0.
     net = fit.net_at(0)
     x, _ = fit.batches()[0]
     w_f = net.layers[0].rnn.weight_ih_l0[2:4]
     u_f = net.layers[0].rnn.weight_hh_l0[2:4]
     w_i, w_g, w_o = (net.layers[0].rnn.weight_ih_l0[k : k + 2] for k in (0, 4, 6))
-    f0 = torch.sigmoid(x[:, 0] @ w_f.T)
+    f0 = torch.sigmoid(x[:, 0] @ w_f.T + 0.7)
     c0 = torch.sigmoid(x[:, 0] @ w_i.T) * torch.tanh(x[:, 0] @ w_g.T)
     h0 = torch.sigmoid(x[:, 0] @ w_o.T) * torch.tanh(c0)
-    f1 = torch.sigmoid(x[:, 1] @ w_f.T + h0 @ u_f.T)
+    f1 = torch.sigmoid(x[:, 1] @ w_f.T + h0 @ u_f.T + 0.7)
     gates = torch.stack([f0, f1])
     assert fit.records[0]["gate/L000/forget_mean"] == pytest.approx(gates.mean().item(), rel=1e-5)
     sat = ((gates * (1 - gates)) < SATURATION_SHARE * 0.25).float().mean().item()
@@ -457,9 +458,58 @@ def test_diverged_step_records_its_own_norms_not_a_stale_clipped_norm(log_every:
     got = fit.records[diverged]
     x, y = fit.batches()[diverged]
     grads = _all_grads(fit.cfg, fit.net_at(diverged), x, y)
-    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()  # float32, as the probe computes it
-    assert not np.isfinite(norm) and not np.isfinite(got["grad/global_l2"])
+    norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)).item()
+    # Diverged: a norm beyond float32's squares (no clipping could use it), recorded as it is (or inf/NaN).
+    assert not norm <= stats.LARGEST_NORM
+    assert (
+        got["grad/global_l2"] == pytest.approx(norm, rel=1e-5)
+        if np.isfinite(norm)
+        else not np.isfinite(got["grad/global_l2"])
+    )
     # No step is taken and nothing is clipped: the "after clipping" norm is this step's norm, not a
     # value left over from an earlier logging step, nor the norm of the dropped (absent) gradients.
-    assert not np.isfinite(got["grad/global_l2_clipped"])
+    assert got["grad/global_l2_clipped"] == got["grad/global_l2"] or not np.isfinite(got["grad/global_l2_clipped"])
     assert fit.after[diverged - 1]["layers.0.linear.weight"].equal(fit.after[diverged]["layers.0.linear.weight"])
+
+
+# -- vanishing gradients far below float32's squares ----------------------------------------------
+
+
+def _backprop_norms_in_float64(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """‖∂loss/∂(each block's output)‖ by autograd on a float64 copy of the network (nothing underflows there)."""
+    net = copy.deepcopy(net).double()
+    outputs: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in net.layers]
+    loss = F.cross_entropy(net(x.double()), y)
+    for h in handles:
+        h.remove()
+    return [torch.linalg.vector_norm(g).item() for g in torch.autograd.grad(loss, outputs)]
+
+
+def test_a_sigmoid_mlp_of_depth_48_records_its_vanishing_backprop_norms() -> None:
+    """Step 0 of a 48 × 256 sigmoid MLP on digits: ‖∂L/∂h‖ falls below 1e-20 near the input and is recorded
+    as it is (float32 sums of squares make it 0), against float64 autograd."""
+    fit = run_fit(depth=48, width=256, activation="sigmoid", dataset="digits", batch_size=64, init="xavier_normal")
+    x, y = fit.batches()[0]
+    expected = _backprop_norms_in_float64(fit.net_at(0), x, y)
+    got = [fit.records[0][f"backprop/L{i:03d}/l2"] for i in range(48)]
+    assert expected[0] < 1e-19  # the regime where float32 squares underflow
+    assert got[0] > 0
+    # float32 autograd against float64 through 48 layers: rounding, not underflow, sets the tolerance.
+    assert got == pytest.approx(expected, rel=1e-3, abs=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_gradient_through_time_to_h0_at_init_is_recorded_as_it_is(cell: str) -> None:
+    """‖∂L/∂h_0‖ of a long sequence at init: tiny but not 0, and the float64 autograd value."""
+    seq_len = 100
+    fit = run_fit(model=cell, activation="tanh", dataset="adding", loss="mse", seq_len=seq_len, depth=1, width=32,
+                  batch_size=16, init="orthogonal", init_gain=0.5, forget_bias=0.0)  # fmt: skip
+    x, y = fit.batches()[0]
+    net = copy.deepcopy(fit.net_at(0)).double()
+    expected = reference_recurrent(cell, net, x.double(), y.double())
+    got = fit.records[0]
+    assert 0 < expected["bptt/L000/t0000"] < 1e-22  # float32 squares of its entries are 0
+    for t in (0, 1, 50, seq_len - 1):
+        key = f"bptt/L000/t{t:04d}"
+        assert got[key] == pytest.approx(expected[key], rel=1e-3, abs=0), key

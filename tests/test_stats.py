@@ -189,3 +189,57 @@ def test_std_is_exact_when_the_mean_dominates_the_spread() -> None:
     g = torch.full((256, 256), 10.0) + 0.01 * torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
     got = stats.tensor_stats([g])["std"].item()
     assert got == pytest.approx(g.double().std(correction=0).item(), rel=1e-3)
+
+
+# -- every norm at every scale (float32 entries from 1e-30 to 1e30), on both statistics paths -------------
+
+SCALES = (1e-30, 1e-24, 1e-19, 1e-12, 1.0, 1e19, 1e25, 1e30)
+
+
+def _scaled(scale: float, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """A float32 tensor of entries of about `scale`, both signs, with a non-zero mean."""
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.rand(shape, generator=g, dtype=torch.float64) + 0.5) * torch.randn(shape, generator=g).sign()
+            * scale).float()  # fmt: skip
+
+
+def _exact(t: torch.Tensor) -> dict[str, float]:
+    """l2, rms and population std in float64 from the float32 entries (squares of 1e±30 are exact there)."""
+    v = t.double().flatten()
+    return {"l2": v.square().sum().sqrt().item(), "rms": v.square().mean().sqrt().item(),
+            "std": (v - v.mean()).square().mean().sqrt().item()}  # fmt: skip
+
+
+@pytest.mark.usefixtures("statistics_path")
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_norm_is_right_from_1e_minus_30_to_1e30(scale: float) -> None:
+    """Relative error ≤ 1e-5 for every norm of float32 entries at this scale; a true zero stays 0."""
+    tensors = [_scaled(scale, (64, 48), 0), _scaled(scale, (300,), 1), torch.zeros(5, 5)]
+    expected = [_exact(t) for t in tensors]
+    got = stats.tensor_stats(tensors)
+    for i, exact in enumerate(expected):
+        for name, value in exact.items():
+            assert got[name][i].item() == pytest.approx(value, rel=1e-5, abs=0), (name, i)
+    l2 = [e["l2"] for e in expected]
+    assert stats.norms(tensors).tolist() == pytest.approx(l2, rel=1e-5, abs=0)
+    assert stats.norm(tensors[0]).item() == pytest.approx(l2[0], rel=1e-5, abs=0)
+    whole = math.sqrt(sum(x * x for x in l2))  # Python floats: no underflow down to 1e-300
+    if whole < stats.LARGEST_NORM:  # beyond, float32 cannot hold the whole norm
+        assert stats.global_norm(tensors).item() == pytest.approx(whole, rel=1e-5, abs=0)
+    states = torch.stack([_scaled(scale, (8, 6), s) for s in range(5)])  # (T, B, H) state gradients
+    per_t = [_exact(h)["l2"] for h in states]
+    assert stats.state_norms(states).tolist() == pytest.approx(per_t, rel=1e-5, abs=0)
+    rows = stats.layer_activation_stats("linear", [tensors[0], tensors[1] * 0.5 + 1.5 * scale, tensors[2]])
+    for i, a in enumerate([tensors[0], tensors[1] * 0.5 + 1.5 * scale, tensors[2]]):
+        assert rows[i, 1].item() == pytest.approx(_exact(a)["std"], rel=1e-5, abs=0), i
+
+
+@pytest.mark.usefixtures("statistics_path")
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20])
+def test_update_ratios_of_updates_far_below_and_above_float32_squares(scale: float) -> None:
+    """‖ΔW‖/‖W‖ with ΔW (or W) at the extreme scales: the ratio of the float64 norms."""
+    before = [_scaled(scale, (32, 16), 2), _scaled(1.0, (16,), 3)]
+    after = [before[0] + _scaled(scale * 1e-3, (32, 16), 4), before[1] + _scaled(scale, (16,), 5)]
+    expected = [(a.double() - b.double()).norm().item() / b.double().norm().item() for a, b in zip(after, before)]
+    got = stats.update_ratios(stats.Stacked(before).copy_(before), after)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5, abs=0)

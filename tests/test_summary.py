@@ -126,3 +126,30 @@ def test_gain_table_verdicts_and_unknown() -> None:
     assert table.loc["deep", "verdict"] == "vanishing" and table.loc["one", "verdict"] == "unknown"
     assert (table["verdict_tolerance"] == summary.VERDICT_TOLERANCE).all()
     assert math.isnan(table.loc["deep", "predicted_gain"])  # no layer-0 activation statistics: the map has no start
+
+
+def test_the_gain_table_spans_the_same_layers_for_measurement_and_theory() -> None:
+    """A sigmoid MLP (theory's factor changes from layer to layer) whose L000 recorded 0: both gains over L001…L003."""
+    norms = [0.0, 1.0, 2.0, 4.0]
+    rows = [("backprop", f"L{i:03d}", "l2", v) for i, v in enumerate(norms)]
+    rows += [("act", "L000", "mean", 0.6), ("act", "L000", "std", 0.2)]
+    stats = pd.DataFrame([{"run_id": "s", "step": 0, "layer": layer, "family": family, "stat": stat, "value": v}
+                          for family, layer, stat, v in rows])  # fmt: skip
+    runs = pd.DataFrame([_run(run_id="s", depth=4, activation="sigmoid", init="xavier_normal")])
+    row = summary.gain_table(runs, stats).iloc[0]
+    assert row["measured_gain"] == pytest.approx(0.5) and row["verdict"] == "vanishing"
+    assert row["gain_note"] == "1 layer left out of the gain (norm 0): L000"
+    per_layer, _ = summary.predicted_layer_gains(runs.iloc[0].to_dict(), 0.6**2 + 0.2**2)
+    assert per_layer.size == 3 and not np.allclose(per_layer, per_layer[0])
+    assert row["predicted_gain"] == pytest.approx(float(np.exp(np.log(per_layer[1:]).mean())), rel=1e-9)
+
+
+def test_the_report_says_when_gains_leave_layers_out() -> None:
+    from analysis import report
+
+    table = pd.DataFrame(
+        {"run_id": ["a", "b", "c"], "gain_note": ["", "1 layer left out of the gain (norm 0): L000", ""]}
+    )
+    sentence = report._gain_notes(table)
+    assert "1 run's gain leaves layers out" in sentence and "(norm 0): L000" in sentence
+    assert report._gain_notes(table.assign(gain_note="")) == ""

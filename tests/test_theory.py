@@ -303,8 +303,24 @@ def test_measured_gain_direction_and_edge_cases() -> None:
     assert T.measured_gain([8.0, 4.0, 2.0, 1.0]) == pytest.approx(2.0)
     assert T.verdict(T.measured_gain([8.0, 4.0, 2.0, 1.0])) == "exploding"
     assert T.measured_gain(np.array([3.0, 2.9, 3.1, 3.0])) == pytest.approx(1.0)
-    assert T.measured_gain([0.0, 1.0]) == 0.0
+    assert math.isnan(T.measured_gain([0.0, 1.0]))  # one usable layer: no ratio
     assert math.isnan(T.measured_gain([1.0, 0.0]))
-    assert math.isnan(T.measured_gain([1.0, math.nan, 2.0]))
+    assert T.measured_gain([1.0, math.nan, 4.0]) == pytest.approx(0.5)  # L001 left out, L000…L002 spanned
     with pytest.raises(ValueError):
         T.measured_gain([1.0])
+
+
+def test_a_gain_leaves_out_layers_whose_norm_is_zero_or_not_finite_and_says_so() -> None:
+    """Two input-side layers recorded 0 (below float32) and one inf: the gain is that of the others, not 0."""
+    norms = [0.0, 0.0, 1e-3, 1e-2, math.inf, 1.0]
+    got = T.measure_gain(norms)
+    # The usable layers L002, L003, L005: (1e-3 / 1)^(1/3) per layer, by hand.
+    assert got.gain == pytest.approx(0.1, rel=1e-12) and got.gain > 0
+    assert (got.first, got.last) == (2, 5)
+    assert got.left_out == ((0, "norm 0"), (1, "norm 0"), (4, "norm inf"))
+    assert got.note() == "3 layers left out of the gain (norm 0, norm inf): L000, L001, L004"
+    assert T.measure_gain([1.0, 2.0]).note() == ""
+    assert (
+        T.measure_gain([-1.0, math.nan, 2.0, 4.0]).note()
+        == "2 layers left out of the gain (norm NaN, norm negative): L000, L001"
+    )
