@@ -45,12 +45,13 @@ class DataShape:
     n_val: int
     n_outputs: int
     target_size: int = 1
+    n_test: int = 0  # the official test split, held in memory beside train and validation
 
 
-def _shape(in_shape: tuple[int, ...], n_train: int, n_val: int, n_outputs: int, target: int = 1) -> Callable:
+def _shape(in_shape: tuple[int, ...], n_train: int, n_val: int, n_outputs: int, target: int = 1, n_test: int = 0) -> Callable:
     def at(seq_len: int) -> DataShape:
         shape = tuple(seq_len if n == SEQUENCE_STEPS else n for n in in_shape)
-        return DataShape(shape, n_train, n_val, n_outputs, seq_len if target == SEQUENCE_STEPS else target)
+        return DataShape(shape, n_train, n_val, n_outputs, seq_len if target == SEQUENCE_STEPS else target, n_test)
 
     return at
 
@@ -58,7 +59,7 @@ def _shape(in_shape: tuple[int, ...], n_train: int, n_val: int, n_outputs: int, 
 # The sizes pipelines/data.py produces (tests/test_memory.py checks each against the loaded data).
 DATA_SHAPES: dict[str, Callable[[int], DataShape]] = {
     "digits": _shape((1, 8, 8), 1438, 359, 10),
-    "mnist1d": _shape((1, 40), 4000, 1000, 10),
+    "mnist1d": _shape((1, 40), 3200, 800, 10, n_test=1000),  # validation held out of the 4,000 training examples
     "teacher": _shape((16,), 3277, 819, 1),
     "adding": _shape((SEQUENCE_STEPS, 2), 8000, 1000, 1),
     "temporal_order": _shape((SEQUENCE_STEPS, 6), 8000, 1000, 4),
@@ -67,8 +68,8 @@ DATA_SHAPES: dict[str, Callable[[int], DataShape]] = {
     "segment1d": _shape((1, SEQUENCE_STEPS), 4000, 1000, 1, SEQUENCE_STEPS),
     "digits_metric": _shape((1, 8, 8), 1438, 359, 10),
     "gmm": _shape((2,), 8000, 1000, 2, 2),
-    "mnist": _shape((1, 28, 28), 60000, 10000, 10),  # the standard files
-    "cifar10": _shape((3, 32, 32), 50000, 10000, 10),
+    "mnist": _shape((1, 28, 28), 48000, 12000, 10, n_test=10000),  # the standard files
+    "cifar10": _shape((3, 32, 32), 40000, 10000, 10, n_test=10000),
 }
 
 # family -> (cfg, in_shape, layout, n_outputs) -> (parameters, activation numbers per example)
@@ -182,7 +183,7 @@ def estimate(cfg: RunConfig) -> Estimate:
     return Estimate(
         parameters=params * FLOAT * (2 + OPTIMIZER_STATE[cfg.optimizer]),  # weights, gradients, state
         activations=batch * acts * FLOAT * SAVED_PER_LAYER,
-        data=(data.n_train + data.n_val) * (math.prod(data.in_shape) + data.target_size) * DATA_BYTES,
+        data=(data.n_train + data.n_val + data.n_test) * (math.prod(data.in_shape) + data.target_size) * DATA_BYTES,
         statistics=records * (cfg.depth + 1) * per_layer * BYTES_PER_STAT,
     )
 

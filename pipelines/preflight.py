@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -42,11 +43,10 @@ def _impatient() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _shown(uri: str) -> str:
-    """The URI with any password masked (studies/storage.py's rule)."""
-    from studies.storage import mask  # studies imports pipelines, not the other way round at import time
-
-    return mask(uri)
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for params, tags, logs and printed output."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)  # the password as SQLAlchemy parses it
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)  # libpq also takes ?password=
 
 
 def _one_line(exc: BaseException) -> str:
@@ -83,19 +83,19 @@ def check_tracking() -> None:
         raise ConfigError(EXPERIMENT_ENV, experiment, "an experiment name, or the variable unset (experiment Default)")
     problem = sqlite_problem(uri)
     if problem:
-        raise ConfigError(TRACKING_ENV, _shown(uri), problem)
+        raise ConfigError(TRACKING_ENV, mask(uri), problem)
     run_id = os.environ.get(RUN_ENV)
     with _impatient():
         client = MlflowClient(uri)
         try:
             client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the same one-line refusal
-            raise ConfigError(TRACKING_ENV, _shown(uri), f"a reachable tracking store ({_one_line(exc)})") from None
+            raise ConfigError(TRACKING_ENV, mask(uri), f"a reachable tracking store ({_one_line(exc)})") from None
         if run_id:
             try:
                 client.get_run(run_id)
             except Exception:  # noqa: BLE001 - MLflow raises its own or the store's exception for a bad id
-                raise ConfigError(RUN_ENV, run_id, f"the id of a run in {_shown(uri)}, or the variable unset") from None
+                raise ConfigError(RUN_ENV, run_id, f"the id of a run in {mask(uri)}, or the variable unset") from None
 
 
 def _interrupt(signum: int, frame: Any) -> None:

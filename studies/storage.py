@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import time
 import warnings
 
@@ -13,6 +12,7 @@ import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+from pipelines.preflight import mask  # noqa: F401 (re-exported: studies mask storage URLs too)
 from studies import DEFAULT_STORAGE  # noqa: F401 (re-exported)
 
 # RDB storages run a heartbeat: a trial whose worker stopped beating for GRACE seconds is failed (and
@@ -20,12 +20,6 @@ from studies import DEFAULT_STORAGE  # noqa: F401 (re-exported)
 # The environment can shorten both (the crash tests do); the defaults suit studies on many machines.
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30
 HEARTBEAT_ENV, GRACE_ENV = "STUDY_HEARTBEAT_SECONDS", "STUDY_GRACE_SECONDS"
-
-
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for params, tags, logs and printed output."""
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)  # the password as SQLAlchemy parses it
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)  # libpq also takes ?password=
 
 
 def heartbeat() -> tuple[int, int]:

@@ -25,7 +25,8 @@ def test_every_model_family_and_dataset_has_an_estimate() -> None:
 def test_data_shapes_are_those_of_the_loaded_data(dataset: str, seq_len: int) -> None:
     data, shape = TaskData(dataset, seq_len=seq_len), DATA_SHAPES[dataset](seq_len)
     assert shape.in_shape == data.in_shape
-    assert (shape.n_train, shape.n_val, shape.n_outputs) == (len(data.train), len(data.val), data.n_outputs)
+    n_test = 0 if data.test is None else len(data.test)
+    assert (shape.n_train, shape.n_val, shape.n_test, shape.n_outputs) == (len(data.train), len(data.val), n_test, data.n_outputs)
     assert shape.target_size == math.prod(data.train.tensors[1].shape[1:])
 
 
