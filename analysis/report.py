@@ -158,7 +158,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "output_gradient": (
         "The gradient side of the loss: sigmoid + MSE vs sigmoid + cross-entropy",
         "Binary classification with one sigmoid output (breast_cancer): the training loss relative to its value "
-        "at step 0 (top) and the norm of the readout's weight gradient (bottom, grad/out/l2), median and "
+        "at step 0 (top) and the norm of the readout's weight gradient (bottom, grad/l2/out), median and "
         "interquartile band over runs of each run's rolling median over 5 logged steps, a column per hidden activation; dashed lines start from a larger "
         "init_gain, so the output starts saturated. With MSE on σ(z) the output delta is (σ − y)·σ′(z): "
         "when the unit saturates on the wrong side σ′ ≈ 0 and learning crawls (the learning slowdown); "
@@ -168,7 +168,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "GAN generator losses when the discriminator wins",
         "A GAN on a ring of Gaussians with the discriminator stepped several times per generator step, so it "
         "wins early (right: D(G(z)), the mean probability it gives to fakes, gan/d_fake). Left: the norm of the "
-        "generator's output-layer weight gradient (grad/out/l2), median and interquartile band over seeds "
+        "generator's output-layer weight gradient (grad/l2/out), median and interquartile band over seeds "
         "(each run smoothed by a rolling median over 5 logged steps). "
         "Goodfellow et al. (2014): the saturating loss log(1 − D(G(z))) has ∂/∂logit = −D(G(z)), which "
         "vanishes when D rejects the fakes confidently; the non-saturating −log D(G(z)) has −(1 − D(G(z))), "

@@ -223,7 +223,7 @@ def predicted_backprop_gain(
 ) -> np.ndarray:
     """√χ₁(q_l) for layers l = 0…depth−1 (input side first): predicted ‖∂L/∂x_{l−1}‖ / ‖∂L/∂x_l‖.
 
-    x_l is layer l's output (what backprop/<layer>/l2 measures, summed over the batch) and q0 the
+    x_l is layer l's output (what backprop/l2/<layer> measures, summed over the batch) and q0 the
     pre-activation second moment of layer 0; every layer is Linear(fan_in → fan_out) → φ without norm.
     Entry l is the gain of the norm (not squared) through layer l's φ' and Wᵀ, so the measured ratio
     backprop[L(l−1)]/backprop[L(l)] is compared with entry l for l ≥ 1. σ_b² defaults to bias_variance(init).

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = ["L000", "L001", "L002", "out"]
 CONTRACT_METRICS = {
-    "grad/L000/l2", "backprop/L000/l2", "act/L000/saturation", "update/L000/ratio",
+    "grad/l2/L000", "backprop/l2/L000", "act/saturation/L000", "update/ratio/L000",
     "grad/global_l2", "grad/global_l2_clipped", "train/loss", "val/loss", "val/acc",
 }  # fmt: skip
 
@@ -60,9 +60,9 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
     metrics = run.data.metrics
     assert CONTRACT_METRICS <= set(metrics)
     for layer in LAYERS:
-        assert {f"grad/{layer}/l2", f"backprop/{layer}/l2", f"update/{layer}/ratio"} <= set(metrics)
+        assert {f"grad/l2/{layer}", f"backprop/l2/{layer}", f"update/ratio/{layer}"} <= set(metrics)
     assert 0 <= metrics["val/acc"] <= 1 and math.isfinite(metrics["val/loss"])
-    history = sorted(m.step for m in client.get_metric_history(result.run_id, "grad/L000/l2"))
+    history = sorted(m.step for m in client.get_metric_history(result.run_id, "grad/l2/L000"))
     assert history == list(range(tiny_cfg.max_steps))
     df = _parquet(client, result.run_id, tmp_path / "dl")
     assert list(df.columns) == ["step", "layer", "family", "stat", "value"]
@@ -72,7 +72,7 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
     step0 = df[df.step == 0]
     grad_l2 = step0[(step0.family == "grad") & (step0.layer == "L000") & (step0.stat == "l2")].value
     assert len(grad_l2) == 1
-    first = client.get_metric_history(result.run_id, "grad/L000/l2")
+    first = client.get_metric_history(result.run_id, "grad/l2/L000")
     assert next(m.value for m in first if m.step == 0) == pytest.approx(grad_l2.item(), rel=1e-6)
     # The last train/loss MLflow holds is the one the run reports.
     assert metrics["train/loss"] == pytest.approx(result.metrics["train/loss"], rel=1e-6)
@@ -115,7 +115,7 @@ def _check_diverged(client: MlflowClient, run_id: str, dst: Path, max_steps: int
         math.isfinite(value(s, "train/loss")) and math.isfinite(value(s, "grad/global_l2")) for s in range(step + 1)
     ]
     assert finite == [True] * step + [False]  # the first non-finite step is the one named
-    assert {m.step for m in client.get_metric_history(run_id, "grad/L000/l2")} == set(range(step + 1))
+    assert {m.step for m in client.get_metric_history(run_id, "grad/l2/L000")} == set(range(step + 1))
 
 
 def test_divergence_is_a_result(tracking, tiny_cfg, tmp_path) -> None:
@@ -242,5 +242,6 @@ def test_mlflow_run_train_entry_point(tmp_path, store_uri) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.tags["outcome"] == "completed"
     assert run.data.params["depth"] == "2" and run.data.params["max_steps"] == "3"
-    assert "grad/L001/l2" in run.data.metrics
+    assert "grad/l2/L001" in run.data.metrics
     assert set(os.listdir(ROOT)) == before  # nothing written into the project
+
