@@ -16,16 +16,15 @@ import datetime as dt
 import html
 import os
 import sys
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis import figures, load, summary
 from analysis.load import StudyData
+from pipelines.links import DEFAULT_UI, run_link, ui_base  # noqa: F401 (DEFAULT_UI: part of this module's API)
 from pipelines.names import STUDY_NAME_RULE, valid_study_name
 
 ARTIFACT_PATH = "report"
@@ -189,18 +188,6 @@ table.runs th { position: sticky; top: 0; background: #fff; }
 </style>"""
 
 
-# Where `mlflow ui` serves by default; a tracking server (MLFLOW_TRACKING_URI http…) is its own UI.
-DEFAULT_UI = "http://127.0.0.1:5000"
-
-
-def ui_base() -> str:
-    """The MLflow UI's address for links: the tracking server's (without credentials), else `mlflow ui`'s default."""
-    parts = urllib.parse.urlsplit(mlflow.get_tracking_uri())
-    if parts.scheme not in ("http", "https"):
-        return DEFAULT_UI
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
-
-
 class NoRuns(LookupError):
     """No MLflow run carries the tag study=<name>."""
 
@@ -271,7 +258,7 @@ def _escaped(value: object) -> str:
 def ui_links(runs: pd.DataFrame, ui_base: str) -> dict[str, str]:
     """run id → its page in the MLflow UI at `ui_base` (hex run and experiment ids only: they come from a store)."""
     ok = runs["run_id"].astype(str).str.fullmatch(r"[0-9a-f]{32}") & runs["experiment_id"].astype(str).str.fullmatch(r"\d+")
-    return {r: f"{ui_base}/#/experiments/{e}/runs/{r}" for r, e in zip(runs.loc[ok, "run_id"], runs.loc[ok, "experiment_id"])}
+    return {r: f"{ui_base}/{run_link(e, r)}" for r, e in zip(runs.loc[ok, "run_id"], runs.loc[ok, "experiment_id"])}
 
 
 def _data_uri(png: Path) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -402,31 +402,6 @@ ADDING_BASELINE_MSE = 2.0 / 12.0
 # ----------------------------------------------------------------------------------- measurement
 
 
-def measured_gain(norms_by_layer: Sequence[float] | np.ndarray) -> float:
-    """Geometric mean of norm[l−1]/norm[l] over backprop norms given input side first (L000, L001, …).
-
-    That is the per-layer factor applied going from the output side to the input side, i.e.
-    (norm[0]/norm[-1])^(1/(L−1)): below 1 the back-propagated signal shrinks towards the input
-    (vanishing), above 1 it grows (exploding). 0.0 if the input-side norm is 0, NaN if the output-side
-    norm is 0 or any norm is negative or non-finite.
-    """
-    norms = np.asarray(norms_by_layer, dtype=float)
-    if norms.ndim != 1 or norms.size < 2:
-        raise ValueError("need the norms of at least two layers, input side first")
-    if not np.all(np.isfinite(norms)) or np.any(norms < 0) or norms[-1] == 0:
-        return math.nan
-    if norms[0] == 0:
-        return 0.0
-    # Only the end points survive the product of successive ratios; logs avoid overflow for deep nets.
-    return float(math.exp((math.log(norms[0]) - math.log(norms[-1])) / (norms.size - 1)))
-
-
-def verdict(gain_per_layer: float, tolerance: float = 0.05) -> str:
-    """'vanishing' if gain < 1 − tolerance, 'exploding' if gain > 1 + tolerance, else 'healthy'."""
-    if math.isnan(gain_per_layer):
-        raise ValueError("no verdict for a NaN gain")
-    if gain_per_layer < 1.0 - tolerance:
-        return "vanishing"
-    if gain_per_layer > 1.0 + tolerance:
-        return "exploding"
-    return "healthy"
+# measured_gain and verdict live in pipelines/verdict.py (a training run prints its verdict; pipelines may not
+# import analysis); they stay importable from here.
+from pipelines.verdict import measured_gain, verdict  # noqa: E402, F401

@@ -245,3 +245,42 @@ def test_mlflow_run_train_entry_point(tmp_path, store_uri) -> None:
     assert "grad/l2/L001" in run.data.metrics
     assert set(os.listdir(ROOT)) == before  # nothing written into the project
 
+
+def _hand_gain(table: pd.DataFrame) -> float:
+    """(‖∂L/∂x‖ of L000 / of the last hidden layer)^(1/(n−1)) at step 0, straight from the parquet rows."""
+    rows = table[(table.family == "backprop") & (table.stat == "l2") & (table.step == 0) & (table.layer != "out")]
+    by_layer = dict(zip(rows.layer.astype(str), rows.value))
+    first, last = by_layer["L000"], by_layer[max(by_layer)]
+    return (first / last) ** (1 / (len(by_layer) - 1))
+
+
+@pytest.mark.parametrize("activation, depth", [("sigmoid", 6), ("relu", 1)])
+def test_the_result_line_names_outcome_and_verdict_and_links_the_run(tracking, tmp_path, capsys,
+                                                                     activation: str, depth: int) -> None:  # fmt: skip
+    cfg = RunConfig(depth=depth, width=16, max_steps=3, batch_size=32, activation=activation)
+    assert train.main(_flags(cfg)) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    client = MlflowClient()
+    (run,) = client.search_runs(["0"])
+    run_id = run.info.run_id
+    assert line.startswith(f"run {run_id}: {run.data.tags['outcome']} after 3 steps")
+    # A local store: the link is to `mlflow ui`'s default address, on the run's page.
+    assert line.endswith(f"; http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}")
+    if depth == 1:
+        assert "verdict: none (needs two hidden layers" in line
+        return
+    gain = _hand_gain(_parquet(client, run_id, tmp_path / "dl"))
+    printed = float(re.search(r"gain at init (\S+):", line).group(1))
+    assert printed == pytest.approx(gain, rel=1e-2)  # printed to 3 significant digits
+    expected = "vanishing" if gain < 0.95 else "exploding" if gain > 1.05 else "healthy"
+    assert f"gain at init {printed:.3g}: {expected};" in line
+    assert expected == "vanishing"  # six sigmoid layers at PyTorch's default init: σ′ ≤ 1/4 per layer
+
+
+def test_a_gan_run_is_not_judged_by_depth(tracking) -> None:
+    """A GAN's verdict is its loss's gradient (the report's rule), so its line does not name a depth verdict."""
+    cfg = RunConfig(dataset="gmm", loss="gan_saturating", depth=3)
+    result = train.RunResult(run_id="a" * 32, outcome="completed", steps=5, metrics={"train/loss": 0.5})
+    line = train.result_line(result, cfg, 0.5, "7")
+    assert "verdict: see the report (GAN)" in line and "vanishing" not in line
+    assert line.endswith(f"http://127.0.0.1:5000/#/experiments/7/runs/{'a' * 32}")
