@@ -256,7 +256,7 @@ def _edges(centers: np.ndarray) -> np.ndarray:
 @figure_function
 def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable[str] | None = None,
                       max_runs: int = 6) -> Figure | None:  # fmt: skip
-    """log₁₀ ‖∇W‖ (grad/<layer>/l2) as layer × step heatmaps, one small panel per chosen run, one colour scale."""
+    """log₁₀ ‖∇W‖ (grad/l2/<layer>) as layer × step heatmaps, one small panel per chosen run, one colour scale."""
     ids = list(run_ids) if run_ids is not None else pick_runs(runs, stats, max_runs)
     grads = select(stats, "grad", "l2")
     grads = load.with_layer_index(grads[grads["run_id"].isin(ids) & (grads["layer"] != "")])
@@ -283,7 +283,7 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
         _whole_ticks(ax.xaxis)  # a run that diverged at once has one step
         _whole_ticks(ax.yaxis)
         ax.grid(False)
-    fig.colorbar(mesh, ax=list(axes.values()), label="log₁₀ ‖∂L/∂W‖₂ (grad/<layer>/l2)", shrink=0.8)
+    fig.colorbar(mesh, ax=list(axes.values()), label="log₁₀ ‖∂L/∂W‖₂ (grad/l2/<layer>)", shrink=0.8)
     fig.suptitle("Weight-gradient norm by layer and step")
     return fig
 
@@ -947,7 +947,7 @@ def output_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     dashes = {g: "" if g == min(gains) else (4, 1.5) for g in gains}
     for col, activation in enumerate(activations):
         for row, (rows, ylabel) in enumerate(((loss, "training loss / its value at step 0"),
-                                              (grad, "‖∂L/∂W_out‖ (grad/out/l2)"))):  # fmt: skip
+                                              (grad, "‖∂L/∂W_out‖ (grad/l2/out)"))):  # fmt: skip
             ax = axes[row, col]
             for (name, gain), group in rows[rows["activation"] == activation].groupby(["loss", "init_gain"]):
                 group = group[np.isfinite(group["value"]) & (group["value"] > 0)]
@@ -984,7 +984,7 @@ def gan_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         _median_line(left, group[np.isfinite(group["value"]) & (group["value"] > 0)], LOSS_COLORS.get(name, GREY))
     for name, group in d_fake.groupby("loss"):
         _median_line(right, group[np.isfinite(group["value"])], LOSS_COLORS.get(name, GREY))
-    left.set(yscale="log", xlabel="training step", ylabel="generator ‖∂L_G/∂W_out‖ (grad/out/l2)",
+    left.set(yscale="log", xlabel="training step", ylabel="generator ‖∂L_G/∂W_out‖ (grad/l2/out)",
              title="the generator's output-layer gradient")  # fmt: skip
     _plain_log_ticks(left.yaxis)
     right.set(yscale="log", xlabel="training step", ylabel="D(G(z)) (gan/d_fake, mean probability)",

@@ -16,11 +16,9 @@ import datetime as dt
 import html
 import os
 import sys
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -29,6 +27,7 @@ from analysis.load import StudyData
 from pipelines import liveness
 from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError
+from pipelines.links import DEFAULT_UI, run_link, ui_base  # noqa: F401 (DEFAULT_UI: part of this module's API)
 from pipelines.names import STUDY_NAME_RULE, valid_study_name
 from pipelines.preflight import check_tracking
 
@@ -162,7 +161,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "output_gradient": (
         "The gradient side of the loss: sigmoid + MSE vs sigmoid + cross-entropy",
         "Binary classification with one sigmoid output (breast_cancer): the training loss relative to its value "
-        "at step 0 (top) and the norm of the readout's weight gradient (bottom, grad/out/l2), median and "
+        "at step 0 (top) and the norm of the readout's weight gradient (bottom, grad/l2/out), median and "
         "interquartile band over runs of each run's rolling median over 5 logged steps, a column per hidden activation; dashed lines start from a larger "
         "init_gain, so the output starts saturated. With MSE on σ(z) the output delta is (σ − y)·σ′(z): "
         "when the unit saturates on the wrong side σ′ ≈ 0 and learning crawls (the learning slowdown); "
@@ -172,7 +171,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "GAN generator losses when the discriminator wins",
         "A GAN on a ring of Gaussians with the discriminator stepped several times per generator step, so it "
         "wins early (right: D(G(z)), the mean probability it gives to fakes, gan/d_fake). Left: the norm of the "
-        "generator's output-layer weight gradient (grad/out/l2), median and interquartile band over seeds "
+        "generator's output-layer weight gradient (grad/l2/out), median and interquartile band over seeds "
         "(each run smoothed by a rolling median over 5 logged steps). "
         "Goodfellow et al. (2014): the saturating loss log(1 − D(G(z))) has ∂/∂logit = −D(G(z)), which "
         "vanishes when D rejects the fakes confidently; the non-saturating −log D(G(z)) has −(1 − D(G(z))), "
@@ -191,18 +190,6 @@ table.runs th, table.runs td { padding: 2px 5px; border-bottom: 1px solid #eee; 
 table.runs th { position: sticky; top: 0; background: #fff; }
 .rule { background: #f6f6f6; padding: 0.6em 1em; }
 </style>"""
-
-
-# Where `mlflow ui` serves by default; a tracking server (MLFLOW_TRACKING_URI http…) is its own UI.
-DEFAULT_UI = "http://127.0.0.1:5000"
-
-
-def ui_base() -> str:
-    """The MLflow UI's address for links: the tracking server's (without credentials), else `mlflow ui`'s default."""
-    parts = urllib.parse.urlsplit(mlflow.get_tracking_uri())
-    if parts.scheme not in ("http", "https"):
-        return DEFAULT_UI
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
 
 
 class NoRuns(LookupError):
@@ -275,7 +262,7 @@ def _escaped(value: object) -> str:
 def ui_links(runs: pd.DataFrame, ui_base: str) -> dict[str, str]:
     """run id → its page in the MLflow UI at `ui_base` (hex run and experiment ids only: they come from a store)."""
     ok = runs["run_id"].astype(str).str.fullmatch(r"[0-9a-f]{32}") & runs["experiment_id"].astype(str).str.fullmatch(r"\d+")
-    return {r: f"{ui_base}/#/experiments/{e}/runs/{r}" for r, e in zip(runs.loc[ok, "run_id"], runs.loc[ok, "experiment_id"])}
+    return {r: f"{ui_base}/{run_link(e, r)}" for r, e in zip(runs.loc[ok, "run_id"], runs.loc[ok, "experiment_id"])}
 
 
 def _data_uri(png: Path) -> str:

@@ -1,6 +1,6 @@
 """Per-run summaries shared by the figures and the report: gains at initialization, verdicts, training outcomes.
 
-Conventions (see analysis/theory.py): backprop/<layer>/l2 at step 0 is ‖∂L/∂x_l‖ over the batch, hidden
+Conventions (see analysis/theory.py): backprop/l2/<layer> at step 0 is ‖∂L/∂x_l‖ over the batch, hidden
 layers L000… input side first. The measured per-layer gain is theory.measured_gain of those norms (the
 readout `out` is left out: its Wᵀ has another fan-in and no φ′); the prediction is the geometric mean of
 the per-layer factors theory gives for layers 1…depth−1, the same layers the measurement spans.

@@ -1,7 +1,7 @@
 """One run's gradient profile at a glance: a small PNG drawn from the recorder's own table (no MLflow read).
 
-Three panels over layer (0 = input side) × training step: log₁₀ ‖∂L/∂W‖ (grad/<layer>/l2), log₁₀ of the
-back-propagated ‖∂L/∂x‖ (backprop/<layer>/l2) and log₁₀ of the update ratio ‖ΔW‖/‖W‖ (update/<layer>/ratio).
+Three panels over layer (0 = input side) × training step: log₁₀ ‖∂L/∂W‖ (grad/l2/<layer>), log₁₀ of the
+back-propagated ‖∂L/∂x‖ (backprop/l2/<layer>) and log₁₀ of the update ratio ‖ΔW‖/‖W‖ (update/ratio/<layer>).
 A vanishing net is dark towards the input, an exploding one bright; the update panel shows which layers learn.
 """
 

@@ -1,10 +1,16 @@
 """The metric-key contract: every key is built here and parsed here (analysis imports this module).
 
-Per-layer keys are `<family>/<layer>/<stat>` (layers L000, L001, … input side first, then `out`);
-run-wide keys are `<family>/<stat>` (`train/loss`, `grad/global_l2`, …).
+Per-layer keys are `<family>/<stat>/<layer>` (layers L000, L001, … input side first, then `out`), so the
+MLflow UI, which groups a run's charts by everything before the last `/`, shows one section per statistic
+holding every layer (`grad/l2`: L000 … out); run-wide keys are `<family>/<stat>` (`train/loss`, `grad/global_l2`, …).
+`parse` also reads the previous per-layer form `<family>/<layer>/<stat>` (runs and tables written before the
+change; one release of compatibility): a layer id never looks like a stat name, so the two cannot be confused.
 """
 
 from __future__ import annotations
+
+import functools
+import re
 
 GRAD_STATS = ("l2", "rms", "absmax", "mean", "std", "nonfinite")
 ACT_STATS = ("mean", "std", "saturation")
@@ -23,21 +29,50 @@ VAL_METRICS = (VAL_LOSS, VAL_ACC, VAL_DICE, VAL_IOU, VAL_KNN_ACC, VAL_HIGH_QUALI
 # saw (both after the step's D updates); the last D loss (before its update); the generator loss = train/loss.
 GAN_D_REAL, GAN_D_FAKE, GAN_D_LOSS, GAN_G_LOSS = "gan/d_real", "gan/d_fake", "gan/d_loss", "gan/g_loss"
 ELAPSED = "time/elapsed"  # wall-clock seconds since training started, at each logging step
+# The MLflow UI orders a run's chart sections by name (JavaScript's sort, then localeCompare on updates) and
+# puts keys without a section last; a leading digit sorts first both ways. The headline keys (loss, accuracy,
+# global gradient norm) are also sent to MLflow (not to parquet) in this section, so a run's charts open on them.
+HEADLINE = "0-headline"
+HEADLINE_KEYS = (TRAIN_LOSS, *VAL_METRICS, GLOBAL_NORM)
+
+
+def headline_key(metric_key: str) -> str | None:
+    """The key's copy in the first chart section (`0-headline/val_acc`), or None if it is not a headline key."""
+    return f"{HEADLINE}/{metric_key.replace('/', '_')}" if metric_key in HEADLINE_KEYS else None
+
+
+# A layer id: models.base.layer_name (L000, L001, …) or its readout, `out`; no stat name has this form.
+LAYER_ID = re.compile(r"L\d{3,}|out")
+
+
+def is_layer(name: str) -> bool:
+    """Whether a key part names a layer (L000, …, out) rather than a statistic."""
+    return LAYER_ID.fullmatch(name) is not None
 
 
 def key(family: str, layer: str | None, stat: str) -> str:
     """Build a metric key; `layer=None` for a run-wide key."""
-    return f"{family}/{stat}" if layer is None else f"{family}/{layer}/{stat}"
+    return f"{family}/{stat}" if layer is None else f"{family}/{stat}/{layer}"
 
 
+@functools.cache  # the recorder asks for every key at every logging step; a run has a few hundred distinct keys
 def parse(metric_key: str) -> tuple[str, str, str]:
-    """(family, layer, stat) of a key; layer is '' for run-wide keys."""
+    """(family, layer, stat) of a key, new or previous per-layer form; layer is '' for run-wide keys."""
     parts = metric_key.split("/")
-    if len(parts) == 3:
-        return parts[0], parts[1], parts[2]
-    if len(parts) == 2:
+    if len(parts) == 2 and not is_layer(parts[1]):
         return parts[0], "", parts[1]
+    if len(parts) == 3:
+        family, middle, last = parts
+        if is_layer(last) and not is_layer(middle):
+            return family, last, middle
+        if is_layer(middle) and not is_layer(last):  # the previous form, `<family>/<layer>/<stat>`
+            return family, middle, last
     raise ValueError(f"not a metric key of the contract: {metric_key!r}")
+
+
+def per_layer(metric_key: str) -> bool:
+    """Whether a key holds one layer's statistic (False for a run-wide key)."""
+    return parse(metric_key)[1] != ""
 
 
 def time_stat(t: int) -> str:

@@ -10,8 +10,10 @@ are sent as they come, for live curves; the per-layer keys (hundreds per step on
 when the run ends: sending them during training cost the training thread up to 2× its step time
 (SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md). Downsampling (only when needed): of the R recorded
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
-Per-time-step BPTT norms go to the parquet table only (`keys.browsable`). The same thread refreshes the
-run's `heartbeat` tag every liveness.HEARTBEAT_SECONDS, the sign of life other hosts judge it by.
+Per-time-step BPTT norms go to the parquet table only (`keys.browsable`); the headline keys (loss, accuracy,
+global norm) also go to MLflow as copies under `keys.HEADLINE`, the UI's first chart section (not to parquet).
+The same thread refreshes the run's `heartbeat` tag every liveness.HEARTBEAT_SECONDS, the sign of life other
+hosts judge it by.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1,000 metrics per call
 # Live metrics leave at most this often (seconds): each log_batch is milliseconds of Python in the
 # tracking client, which at every step would take a core from training (benchmarks/README.md).
 SEND_INTERVAL = 1.0
+
+
+def with_headlines(metrics: list[Metric]) -> list[Metric]:
+    """The metrics and, for the headline keys, their copies in the UI's first chart section (keys.HEADLINE)."""
+    copies = [Metric(h, m.value, m.timestamp, m.step) for m in metrics if (h := K.headline_key(m.key)) is not None]
+    return metrics + copies
 
 
 class Recorder:
@@ -72,14 +80,14 @@ class Recorder:
         """Run-level scalars (validation metrics): kept in the table too, sent to MLflow as they are."""
         self._extra.append((step, list(metrics), [float(v) for v in metrics.values()]))
         now = int(time.time() * 1000)
-        self._queue.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._queue.put(with_headlines([Metric(k, float(v), now, step) for k, v in metrics.items()]))
 
     def _send(self, index: int) -> None:
         """Run-wide keys go to MLflow now (live curves); per-layer keys when the run ends (see module doc)."""
         now = int(time.time() * 1000)
         step = self._steps[index]
-        live = [Metric(k, v, now, step) for k, v in zip(self._keys[index], self._values[index]) if k.count("/") == 1]
-        self._queue.put(live)
+        live = [Metric(k, v, now, step) for k, v in zip(self._keys[index], self._values[index]) if not K.per_layer(k)]
+        self._queue.put(with_headlines(live))
         self._deferred.append((index, now))
         self._last_sent = index
 
@@ -88,7 +96,7 @@ class Recorder:
             Metric(k, v, now, self._steps[index])
             for index, now in self._deferred
             for k, v in zip(self._keys[index], self._values[index])
-            if k.count("/") == 2 and K.browsable(k)
+            if K.per_layer(k) and K.browsable(k)
         ]
 
     def _ship(self) -> None:

@@ -40,11 +40,13 @@ from pipelines import keys as K
 from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
+from pipelines.links import run_link, ui_base
 from pipelines.memory import check_fits
 from pipelines.preflight import check_tracking, sigterm_interrupts
 from pipelines.probe import GradientProbe
 from pipelines.recorder import Recorder
 from pipelines.startup import prepare_exit
+from pipelines.verdict import step0_gain, verdict
 
 # Lightning's start-up banners (accelerators, tips) would repeat for every trial of a study.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
@@ -301,15 +303,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    tables: list[Any] = []
     try:
         with sigterm_interrupts():
-            result = run(cfg)
+            result = run(cfg, on_recorded=lambda _, table: tables.append(table))
     except KeyboardInterrupt:
         print("interrupted: the statistics recorded so far are in the run (status KILLED)", file=sys.stderr)
         return 130
-    print(f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
-          + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))  # fmt: skip
+    gain = step0_gain(tables[0]) if tables else math.nan
+    print(result_line(result, cfg, gain, MlflowClient().get_run(result.run_id).info.experiment_id))
     return 0
+
+
+def result_line(result: RunResult, cfg: RunConfig, gain: float, experiment_id: str) -> str:
+    """The run's one line: outcome, last metrics, the gradient verdict at initialization, the link to the run."""
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
+    if cfg.loss.startswith("gan_"):  # a GAN's verdict is its loss's gradient, not depth (the report's gan figures)
+        judged = "verdict: see the report (GAN)"
+    elif math.isnan(gain):
+        judged = "verdict: none (needs two hidden layers with finite step-0 gradients)"
+    else:
+        judged = f"per-layer gradient gain at init {gain:.3g}: {verdict(gain)}"
+    return (f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
+            f"{metrics}; {judged}; {ui_base()}/{run_link(experiment_id, result.run_id)}")  # fmt: skip
 
 
 if __name__ == "__main__":

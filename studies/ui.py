@@ -28,6 +28,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from pipelines.links import run_link
 from studies.spec import StudySpec
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,6 @@ def experiment_named(client: MlflowClient, name: str) -> str:
         raise SystemExit(f"error: experiment {name!r} is deleted; restore it (mlflow experiments restore) or "
                          "set MLFLOW_EXPERIMENT_NAME")  # fmt: skip
     return found.experiment_id
-
-
-def run_link(experiment_id: str, run_id: str) -> str:
-    """The UI's address of a run, relative to the UI's root."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def own_run(client: MlflowClient, launcher: Run | None, experiment_id: str, run_name: str) -> str:

@@ -27,7 +27,7 @@ def test_file_based_study_trains_on_tiny_files(tracking: str, tmp_path: Path, sp
     for run in trials:
         assert run.data.params["dataset"] == dataset and run.data.params["data_dir"] == str(data_dir)
         assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
-        assert "grad/L000/l2" in run.data.metrics and "val/acc" in run.data.metrics
+        assert "grad/l2/L000" in run.data.metrics and "val/acc" in run.data.metrics
 
 
 @pytest.mark.parametrize("spec", ["mnist", "cifar10"])

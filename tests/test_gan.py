@@ -258,8 +258,8 @@ def test_probe_records_the_generator_step_as_autograd_computes_it(loss: str) -> 
     cfg = tiny(loss=loss, d_steps=2, clip="norm", clip_threshold=threshold)
     records, seen, lit = fit(cfg)
     assert sorted(records) == list(range(cfg.max_steps)) and len(seen.steps) == cfg.max_steps
-    assert {"grad/L000/l2", "grad/L001/l2", "grad/out/l2"} <= set(records[0])
-    assert not any(k.startswith("grad/L002") for k in records[0])  # the generator's layers, not D's three
+    assert {"grad/l2/L000", "grad/l2/L001", "grad/l2/out"} <= set(records[0])
+    assert not any(k.endswith("/L002") for k in records[0])  # the generator's layers, not D's three
     for step, snap in enumerate(seen.steps):
         net, disc = copy.deepcopy(lit.net).double(), copy.deepcopy(lit.disc).double()
         net.load_state_dict(snap["net"])
@@ -275,10 +275,10 @@ def test_probe_records_the_generator_step_as_autograd_computes_it(loss: str) -> 
         expected = {
             "train/loss": value.item(),
             "gan/g_loss": value.item(),
-            "grad/out/l2": by_id[id(net.readout.weight)].norm().item(),
-            "grad/L000/l2": by_id[id(net.layers[0].linear.weight)].norm().item(),
-            "grad/L001/l2": by_id[id(net.layers[1].linear.weight)].norm().item(),
-            "backprop/out/l2": grads[-1].norm().item(),
+            "grad/l2/out": by_id[id(net.readout.weight)].norm().item(),
+            "grad/l2/L000": by_id[id(net.layers[0].linear.weight)].norm().item(),
+            "grad/l2/L001": by_id[id(net.layers[1].linear.weight)].norm().item(),
+            "backprop/l2/out": grads[-1].norm().item(),
             "grad/global_l2": global_l2,
             "gan/d_fake": torch.sigmoid(logits).mean().item(),
             "gan/d_real": torch.sigmoid(disc(snap["x"].double())).mean().item(),
@@ -359,12 +359,12 @@ def test_saturating_generator_gradient_vanishes_when_the_discriminator_wins() ->
     assert sat["gan/d_fake"] == pytest.approx(nonsat["gan/d_fake"])  # the same D and noise for both
     assert sat["gan/d_fake"] < 0.01 and sat["gan/d_real"] > 0.99  # D wins
     # The output layer's gradient: −σ(l) against −(1 − σ(l)) per point, so ≲ 1 % of the other.
-    assert nonsat["grad/out/l2"] > 0.1
-    assert sat["grad/out/l2"] < 0.01 * nonsat["grad/out/l2"]
-    assert sat["backprop/out/l2"] < 0.01 * nonsat["backprop/out/l2"]
+    assert nonsat["grad/l2/out"] > 0.1
+    assert sat["grad/l2/out"] < 0.01 * nonsat["grad/l2/out"]
+    assert sat["backprop/l2/out"] < 0.01 * nonsat["backprop/l2/out"]
     # Against an undecided D (σ ≈ ½ at initialization) the two gradients are about the same.
     assert 0.3 < fresh["gan_saturating"]["gan/d_fake"] < 0.7
-    ratio = fresh["gan_saturating"]["grad/out/l2"] / fresh["gan_nonsaturating"]["grad/out/l2"]
+    ratio = fresh["gan_saturating"]["grad/l2/out"] / fresh["gan_nonsaturating"]["grad/l2/out"]
     assert 0.5 < ratio < 2
 
 
@@ -383,9 +383,9 @@ def test_gan_run_records_the_generator_and_the_gan_keys(tracking, tmp_path) -> N
     expected = {"train/loss", "grad/global_l2", "gan/d_real", "gan/d_fake", "gan/d_loss", "gan/g_loss",
                 "val/loss", "val/modes", "val/high_quality"}  # fmt: skip
     for layer in ("L000", "L001", "out"):
-        expected |= {f"grad/{layer}/l2", f"backprop/{layer}/l2", f"update/{layer}/ratio"}
+        expected |= {f"grad/l2/{layer}", f"backprop/l2/{layer}", f"update/ratio/{layer}"}
     assert expected <= set(metrics)
-    assert not any("/L002/" in k for k in metrics)
+    assert not any(k.endswith("/L002") for k in metrics)
     assert 0 <= metrics["gan/d_real"] <= 1 and 0 <= metrics["gan/d_fake"] <= 1
     assert 0 <= metrics["val/high_quality"] <= 1 and metrics["val/modes"] in range(9)
     df = pd.read_parquet(client.download_artifacts(result.run_id, STATS_ARTIFACT, str(tmp_path)))

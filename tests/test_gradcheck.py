@@ -93,7 +93,7 @@ def tanh_step() -> tuple:
     return (cfg, *gradcheck.probe_step(cfg))
 
 
-@pytest.mark.parametrize("key", ["grad/L000/l2", "grad/L001/mean", "backprop/L000/l2", "act/L001/std", "train/loss"])
+@pytest.mark.parametrize("key", ["grad/l2/L000", "grad/mean/L001", "backprop/l2/L000", "act/std/L001", "train/loss"])
 def test_the_probe_comparison_catches_one_wrong_statistic(key: str, tanh_step: tuple) -> None:
     cfg, records, net, batch = tanh_step
     assert gradcheck.compare_probe("tanh", cfg, records, net, batch).passed

@@ -43,7 +43,7 @@ def test_params_are_columns_typed_by_value(real: load.StudyData) -> None:
     assert set(runs["activation"]) <= {"relu", "tanh", "sigmoid"}
     diverged = runs[runs["outcome"] == "diverged"]
     assert pd.api.types.is_integer_dtype(runs["diverged_step"]) and diverged["diverged_step"].notna().all()
-    assert "metrics.val/loss" in runs and "metrics.grad/L000/l2" in runs
+    assert "metrics.val/loss" in runs and "metrics.grad/l2/L000" in runs
 
 
 @pytest.mark.slow

@@ -310,7 +310,7 @@ def test_every_pairing_trains_with_a_falling_loss(tracking, tmp_path: Path, name
     assert run.data.params == {k: str(v) for k, v in cfg.to_dict().items()}  # new fields logged too
     metrics = run.data.metrics
     assert {k for k in metrics if k.startswith("val/")} == VAL_KEYS[task]
-    assert {"grad/L000/l2", "grad/L001/l2", "grad/out/l2", "backprop/out/l2", "act/L000/saturation"} <= set(metrics)
+    assert {"grad/l2/L000", "grad/l2/L001", "grad/l2/out", "backprop/l2/out", "act/saturation/L000"} <= set(metrics)
     dst = tmp_path / "dl"
     dst.mkdir()
     df = pd.read_parquet(client.download_artifacts(result.run_id, STATS_ARTIFACT, str(dst)))

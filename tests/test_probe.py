@@ -122,15 +122,15 @@ def act_module(model: str, block: torch.nn.Module) -> torch.nn.Module:
     return block.branch.act if model == "resmlp" else block.act
 
 
-def weight_stats(prefix: str, g: torch.Tensor) -> dict[str, float]:
+def weight_stats(layer: str, g: torch.Tensor) -> dict[str, float]:
     g = g.detach().double()
     return {
-        f"{prefix}/l2": torch.linalg.norm(g.flatten()).item(),
-        f"{prefix}/rms": g.pow(2).mean().sqrt().item(),
-        f"{prefix}/absmax": g.abs().max().item(),
-        f"{prefix}/mean": g.mean().item(),
-        f"{prefix}/std": g.std(correction=0).item(),
-        f"{prefix}/nonfinite": 0.0,
+        f"grad/l2/{layer}": torch.linalg.norm(g.flatten()).item(),
+        f"grad/rms/{layer}": g.pow(2).mean().sqrt().item(),
+        f"grad/absmax/{layer}": g.abs().max().item(),
+        f"grad/mean/{layer}": g.mean().item(),
+        f"grad/std/{layer}": g.std(correction=0).item(),
+        f"grad/nonfinite/{layer}": 0.0,
     }
 
 
@@ -157,13 +157,13 @@ def reference_feedforward(cfg: RunConfig, net: torch.nn.Module, x: torch.Tensor,
         "grad/global_l2": torch.sqrt(sum(g.double().pow(2).sum() for g in g_params)).item(),
     }
     for name, w, g_out in zip(names, weights, g_outputs):
-        expected.update(weight_stats(f"grad/{name}", by_param[id(w)]))
-        expected[f"backprop/{name}/l2"] = torch.linalg.norm(g_out.flatten()).item()
+        expected.update(weight_stats(name, by_param[id(w)]))
+        expected[f"backprop/l2/{name}"] = torch.linalg.norm(g_out.flatten()).item()
     for name, (z, a) in zip(names, acts):
         a = a.detach().double()
-        expected[f"act/{name}/mean"] = a.mean().item()
-        expected[f"act/{name}/std"] = a.std(correction=0).item()
-        expected[f"act/{name}/saturation"] = saturation(cfg.activation, z.double())
+        expected[f"act/mean/{name}"] = a.mean().item()
+        expected[f"act/std/{name}"] = a.std(correction=0).item()
+        expected[f"act/saturation/{name}"] = saturation(cfg.activation, z.double())
     return expected
 
 
@@ -182,10 +182,10 @@ def assert_matches(got: dict[str, float], expected: dict[str, float], rel: float
 def contract_keys(n_hidden: int) -> set[str]:
     hidden = [f"L{i:03d}" for i in range(n_hidden)]
     keys = {"train/loss", "grad/global_l2", "grad/global_l2_clipped", "time/elapsed"}
-    keys |= {f"grad/{layer}/{s}" for layer in hidden + ["out"] for s in GRAD_STATS}
-    keys |= {f"backprop/{layer}/l2" for layer in hidden + ["out"]}
-    keys |= {f"update/{layer}/ratio" for layer in hidden + ["out"]}
-    keys |= {f"act/{layer}/{s}" for layer in hidden for s in ("mean", "std", "saturation")}
+    keys |= {f"grad/{s}/{layer}" for layer in hidden + ["out"] for s in GRAD_STATS}
+    keys |= {f"backprop/l2/{layer}" for layer in hidden + ["out"]}
+    keys |= {f"update/ratio/{layer}" for layer in hidden + ["out"]}
+    keys |= {f"act/{s}/{layer}" for layer in hidden for s in ("mean", "std", "saturation")}
     return keys
 
 
@@ -214,7 +214,7 @@ def test_every_step_of_an_mlp_matches_autograd() -> None:
         for i, name in enumerate(["L000", "L001", "L002", "out"]):
             w0 = net.layers[i].linear.weight if name != "out" else net.readout.weight
             w1 = after.layers[i].linear.weight if name != "out" else after.readout.weight
-            assert got[f"update/{name}/ratio"] == pytest.approx(update_ratio(w0, w1), rel=1e-4), (step, name)
+            assert got[f"update/ratio/{name}"] == pytest.approx(update_ratio(w0, w1), rel=1e-4), (step, name)
 
 
 class DoubleFirstWeight(pl.Callback):
@@ -230,7 +230,7 @@ def test_a_weight_changed_between_logging_steps_is_copied_again() -> None:
     """The copy taken at the end of step 1 is stale once the weight changes: step 2's ratio uses the new one."""
     fit = run_fit(callbacks=(DoubleFirstWeight(),), max_steps=4)
     before, after = 2 * fit.after[1]["layers.0.linear.weight"], fit.after[2]["layers.0.linear.weight"]
-    assert fit.records[2]["update/L000/ratio"] == pytest.approx(update_ratio(before, after), rel=1e-4)
+    assert fit.records[2]["update/ratio/L000"] == pytest.approx(update_ratio(before, after), rel=1e-4)
     assert update_ratio(fit.after[1]["layers.0.linear.weight"], after) > 0.5  # what a stale copy would give
 
 
@@ -244,7 +244,7 @@ def test_first_update_is_plain_sgd_and_its_ratio_is_lr_times_gradient_over_weigh
     w1 = fit.after[0]["layers.1.linear.weight"]
     torch.testing.assert_close(w1, w.detach() - 0.3 * g, rtol=1e-5, atol=1e-7)
     expected = 0.3 * torch.linalg.norm(g).item() / torch.linalg.norm(w.detach()).item()
-    assert fit.records[0]["update/L001/ratio"] == pytest.approx(expected, rel=1e-4)
+    assert fit.records[0]["update/ratio/L001"] == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ def test_logging_schedule_and_updates_between_logging_steps(log_every: int, max_
         x, y = batches[step]
         assert_matches(fit.records[step], reference_feedforward(fit.cfg, net, x, y))
         expected = update_ratio(net.layers[0].linear.weight, after.layers[0].linear.weight)
-        assert fit.records[step]["update/L000/ratio"] == pytest.approx(expected, rel=1e-4)
+        assert fit.records[step]["update/ratio/L000"] == pytest.approx(expected, rel=1e-4)
 
 
 # -- hand-written backprop (the seed formulas) ----------------------------------------------------
@@ -298,9 +298,9 @@ def test_mlp_matches_a_numpy_backprop_of_the_seed_formulas(activation: str) -> N
     got = fit.records[0]
     assert got["train/loss"] == pytest.approx(bp.loss, rel=1e-5)
     for name in names:
-        assert got[f"grad/{name}/l2"] == pytest.approx(np.linalg.norm(grad_w[name]), rel=1e-4), name
-        assert got[f"grad/{name}/absmax"] == pytest.approx(np.abs(grad_w[name]).max(), rel=1e-4), name
-        assert got[f"backprop/{name}/l2"] == pytest.approx(backprop[name], rel=1e-4), name
+        assert got[f"grad/l2/{name}"] == pytest.approx(np.linalg.norm(grad_w[name]), rel=1e-4), name
+        assert got[f"grad/absmax/{name}"] == pytest.approx(np.abs(grad_w[name]).max(), rel=1e-4), name
+        assert got[f"backprop/l2/{name}"] == pytest.approx(backprop[name], rel=1e-4), name
     global_l2 = np.sqrt(sum((g**2).sum() for g in [*bp.dW, *bp.db]))
     assert got["grad/global_l2"] == pytest.approx(global_l2, rel=1e-4)
     assert backprop["L000"] > 0 and grad_w["L000"].any()  # the case exercises every layer
@@ -326,11 +326,11 @@ def test_norm_clipping_records_the_norm_before_and_min_threshold_norm_after(thre
         assert got["grad/global_l2_clipped"] == pytest.approx(min(threshold, norm), rel=1e-4)
         # Per-layer gradients are recorded before clipping.
         g0 = grads[[n for n, _ in net.named_parameters()].index("layers.0.linear.weight")]
-        assert got["grad/L000/l2"] == pytest.approx(torch.linalg.norm(g0).item(), rel=1e-4)
+        assert got["grad/l2/L000"] == pytest.approx(torch.linalg.norm(g0).item(), rel=1e-4)
         # The step taken used the clipped gradient: ΔW = −lr · g · min(1, threshold / norm).
         w0 = net.layers[0].linear.weight.detach()
         expected = 0.1 * torch.linalg.norm(g0).item() * min(1.0, threshold / norm) / torch.linalg.norm(w0).item()
-        assert got["update/L000/ratio"] == pytest.approx(expected, rel=1e-3)
+        assert got["update/ratio/L000"] == pytest.approx(expected, rel=1e-3)
     if threshold < 1:
         assert all(r["grad/global_l2"] > threshold for r in fit.records.values())  # clipping really happened
 
@@ -347,8 +347,8 @@ def test_value_clipping_bounds_every_gradient_entry_by_the_threshold() -> None:
         assert got["grad/global_l2_clipped"] < got["grad/global_l2"]
         for i, name in enumerate(["L000", "L001", "L002"]):
             step_size = (after.layers[i].linear.weight - net.layers[i].linear.weight).abs().max().item() / lr
-            assert got[f"grad/{name}/absmax"] > threshold  # recorded before clipping
-            assert step_size == pytest.approx(min(threshold, got[f"grad/{name}/absmax"]), rel=1e-3)
+            assert got[f"grad/absmax/{name}"] > threshold  # recorded before clipping
+            assert step_size == pytest.approx(min(threshold, got[f"grad/absmax/{name}"]), rel=1e-3)
 
 
 # -- recurrent families ---------------------------------------------------------------------------
@@ -386,27 +386,27 @@ def reference_recurrent(cell: str, net: torch.nn.Module, x: torch.Tensor, y: tor
     g_states = grads[len(params) + len(layer_outputs) : -1]
     by_param = {id(p): g for p, g in zip(params, g_params)}
     T = x.shape[1]
-    expected = {"train/loss": loss.item(), "backprop/out/l2": torch.linalg.norm(grads[-1]).item()}
+    expected = {"train/loss": loss.item(), "backprop/l2/out": torch.linalg.norm(grads[-1]).item()}
     expected["grad/global_l2"] = torch.sqrt(sum(g.double().pow(2).sum() for g in g_params)).item()
-    expected.update(weight_stats("grad/out", by_param[id(net.readout.weight)]))
+    expected.update(weight_stats("out", by_param[id(net.readout.weight)]))
     for i, layer in enumerate(net.layers):
         name = f"L{i:03d}"
-        expected.update(weight_stats(f"grad/{name}", by_param[id(layer.rnn.weight_hh_l0)]))
-        expected[f"backprop/{name}/l2"] = torch.linalg.norm(g_layers[i]).item()
+        expected.update(weight_stats(name, by_param[id(layer.rnn.weight_hh_l0)]))
+        expected[f"backprop/l2/{name}"] = torch.linalg.norm(g_layers[i]).item()
         per_t = [torch.linalg.norm(g).item() for g in g_states[i * T : (i + 1) * T]]
         for t, value in enumerate(per_t):
-            expected[f"bptt/{name}/t{t:04d}"] = value
-        expected[f"bptt/{name}/first"], expected[f"bptt/{name}/last"] = per_t[0], per_t[-1]
-        expected[f"bptt/{name}/ratio"] = per_t[0] / per_t[-1]
+            expected[f"bptt/t{t:04d}/{name}"] = value
+        expected[f"bptt/first/{name}"], expected[f"bptt/last/{name}"] = per_t[0], per_t[-1]
+        expected[f"bptt/ratio/{name}"] = per_t[0] / per_t[-1]
         h = layer_outputs[i].detach().double()
-        expected[f"act/{name}/mean"] = h.mean().item()
-        expected[f"act/{name}/std"] = h.std(correction=0).item()
-        expected[f"act/{name}/saturation"] = ((1 - h**2) < SATURATION_SHARE).double().mean().item()  # tanh' = 1 − h²
+        expected[f"act/mean/{name}"] = h.mean().item()
+        expected[f"act/std/{name}"] = h.std(correction=0).item()
+        expected[f"act/saturation/{name}"] = ((1 - h**2) < SATURATION_SHARE).double().mean().item()  # tanh' = 1 − h²
         if gate_values[i] is not None:
             gate = {"lstm": "forget", "gru": "update"}[cell]
             z = gate_values[i].double()
-            expected[f"gate/{name}/{gate}_mean"] = torch.sigmoid(z).mean().item()
-            expected[f"gate/{name}/{gate}_saturation"] = saturation("sigmoid", z)
+            expected[f"gate/{gate}_mean/{name}"] = torch.sigmoid(z).mean().item()
+            expected[f"gate/{gate}_saturation/{name}"] = saturation("sigmoid", z)
     return expected
 
 
@@ -422,9 +422,9 @@ def test_recurrent_steps_and_bptt_match_autograd_through_time(cell: str) -> None
         got = fit.records[step]
         expected_keys = contract_keys(2) | {k for k in expected if k.startswith(("bptt/", "gate/"))}
         assert set(got) == expected_keys
-        assert {k for k in got if k.startswith("bptt/L001/t")} == {f"bptt/L001/t{t:04d}" for t in range(seq_len)}
+        assert {k for k in got if k.startswith("bptt/t") and k.endswith("/L001")} == {f"bptt/t{t:04d}/L001" for t in range(seq_len)}
         assert_matches(got, expected)
-        assert expected["bptt/L000/t0000"] != pytest.approx(expected["bptt/L000/t0007"], rel=1e-2)  # varies with t
+        assert expected["bptt/t0000/L000"] != pytest.approx(expected["bptt/t0007/L000"], rel=1e-2)  # varies with t
 
 
 def test_lstm_forget_gate_by_hand() -> None:
@@ -443,9 +443,9 @@ def test_lstm_forget_gate_by_hand() -> None:
     h0 = torch.sigmoid(x[:, 0] @ w_o.T) * torch.tanh(c0)
     f1 = torch.sigmoid(x[:, 1] @ w_f.T + h0 @ u_f.T + 0.7)
     gates = torch.stack([f0, f1])
-    assert fit.records[0]["gate/L000/forget_mean"] == pytest.approx(gates.mean().item(), rel=1e-5)
+    assert fit.records[0]["gate/forget_mean/L000"] == pytest.approx(gates.mean().item(), rel=1e-5)
     sat = ((gates * (1 - gates)) < SATURATION_SHARE * 0.25).float().mean().item()
-    assert fit.records[0]["gate/L000/forget_saturation"] == pytest.approx(sat, abs=1e-6)
+    assert fit.records[0]["gate/forget_saturation/L000"] == pytest.approx(sat, abs=1e-6)
 
 
 # -- divergence -----------------------------------------------------------------------------------
@@ -492,7 +492,7 @@ def test_a_sigmoid_mlp_of_depth_48_records_its_vanishing_backprop_norms() -> Non
     fit = run_fit(depth=48, width=256, activation="sigmoid", dataset="digits", batch_size=64, init="xavier_normal")
     x, y = fit.batches()[0]
     expected = _backprop_norms_in_float64(fit.net_at(0), x, y)
-    got = [fit.records[0][f"backprop/L{i:03d}/l2"] for i in range(48)]
+    got = [fit.records[0][f"backprop/l2/L{i:03d}"] for i in range(48)]
     assert expected[0] < 1e-19  # the regime where float32 squares underflow
     assert got[0] > 0
     # float32 autograd against float64 through 48 layers: rounding, not underflow, sets the tolerance.
@@ -509,7 +509,7 @@ def test_gradient_through_time_to_h0_at_init_is_recorded_as_it_is(cell: str) -> 
     net = copy.deepcopy(fit.net_at(0)).double()
     expected = reference_recurrent(cell, net, x.double(), y.double())
     got = fit.records[0]
-    assert 0 < expected["bptt/L000/t0000"] < 1e-22  # float32 squares of its entries are 0
+    assert 0 < expected["bptt/t0000/L000"] < 1e-22  # float32 squares of its entries are 0
     for t in (0, 1, 50, seq_len - 1):
-        key = f"bptt/L000/t{t:04d}"
+        key = f"bptt/t{t:04d}/L000"
         assert got[key] == pytest.approx(expected[key], rel=1e-3, abs=0), key

@@ -25,9 +25,12 @@ KEYS = [
     ("bptt", "L000", "ratio"),
 ]
 
+# The run-wide keys of KEYS that the UI's first chart section repeats, written out by hand.
+HEADLINES = {"train/loss": "0-headline/train_loss", "grad/global_l2": "0-headline/grad_global_l2"}
+
 
 def _key(family: str, layer: str, stat: str) -> str:
-    return f"{family}/{stat}" if not layer else f"{family}/{layer}/{stat}"
+    return f"{family}/{stat}" if not layer else f"{family}/{stat}/{layer}"
 
 
 def _value(step: int, index: int) -> float:
@@ -69,7 +72,7 @@ def test_parquet_artifact_holds_every_record(tracking, tmp_path) -> None:
 def test_all_points_reach_mlflow_when_not_downsampled(tracking) -> None:
     run_id, steps = _record_run(n_records=7, every=3, metric_points=0)
     client = MlflowClient()
-    history = client.get_metric_history(run_id, "grad/L000/l2")
+    history = client.get_metric_history(run_id, "grad/l2/L000")
     assert sorted((m.step, m.value) for m in history) == [(s, _value(s, 2)) for s in steps]
     assert [m.value for m in client.get_metric_history(run_id, "train/loss")] != []
 
@@ -93,7 +96,7 @@ def test_downsampling_keeps_first_and_last_and_at_most_metric_points(tracking, n
 def test_downsampling_when_fewer_records_arrive_than_expected(tracking) -> None:
     """A diverged run stops early: step 0 and its last step are still in MLflow."""
     run_id, steps = _record_run(n_records=13, every=1, metric_points=10, expected=101)
-    got = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "grad/L000/l2"))
+    got = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "grad/l2/L000"))
     assert got[0] == 0 and got[-1] == 12
 
 
@@ -101,7 +104,7 @@ def test_per_time_step_bptt_keys_are_parquet_only(tracking, tmp_path) -> None:
     run_id, _ = _record_run(n_records=3, every=1, metric_points=0)
     logged = set(MlflowClient().get_run(run_id).data.metrics)
     browsable = {_key(*k) for k in KEYS if not (k[0] == "bptt" and k[2].startswith("t"))}
-    assert logged == browsable
+    assert logged == browsable | set(HEADLINES.values())
     df = _parquet(run_id, tmp_path)
     per_t = df[(df.family == "bptt") & df.stat.astype(str).str.match(r"t\d{4}$")]
     assert sorted(set(per_t.stat.astype(str))) == ["t0000", "t0001", "t0002"]
@@ -117,6 +120,8 @@ def test_validation_metrics_are_sent_as_they_are_and_kept_in_the_table(tracking,
     recorder.close()
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/loss"))
     assert history == [(s, 1.0 / (s + 1)) for s in range(0, 50, 10)]
+    headline = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "0-headline/val_acc"))
+    assert headline == [(s, s / 100) for s in range(0, 50, 10)]  # the copy in the UI's first section
     df = _parquet(run_id, tmp_path)
     val = df[(df.family == "val") & (df.layer == "") & (df.stat == "acc")]
     assert list(zip(val.step, val.value)) == [(s, s / 100) for s in range(0, 50, 10)]
@@ -145,6 +150,18 @@ def test_live_metrics_leave_in_one_round_per_send_interval(tracking, monkeypatch
     history = MlflowClient().get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(30))  # nothing lost by gathering
     # the first step; then the rest of the live keys with the deferred per-layer keys, in chunks of 1,000
-    live_and_layers = 30 * len([k for k in KEYS if k[0] != "bptt" or not k[2].startswith("t")])
+    live_and_layers = 30 * (len([k for k in KEYS if k[0] != "bptt" or not k[2].startswith("t")]) + len(HEADLINES))
     assert sum(calls) == live_and_layers
     assert len(calls) <= 2 + live_and_layers // 1000
+
+
+def test_headline_keys_are_copied_to_mlflow_only(tracking, tmp_path) -> None:
+    """Loss and global norm also go to the UI's first chart section, with the same points; parquet has no copies."""
+    run_id, steps = _record_run(n_records=6, every=2, metric_points=3)
+    client = MlflowClient()
+    for original, copy in HEADLINES.items():
+        got = [(m.step, m.value) for m in client.get_metric_history(run_id, copy)]
+        want = [(m.step, m.value) for m in client.get_metric_history(run_id, original)]
+        assert sorted(got) == sorted(want) and len(got) < len(steps)  # downsampled alike
+    df = _parquet(run_id, tmp_path)
+    assert "0-headline" not in set(df.family.astype(str))

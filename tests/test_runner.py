@@ -87,7 +87,7 @@ def test_two_trials_of_every_shipped_spec(spec: str, tracking: str, tmp_path: Pa
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {
         "study/trials.csv", "study/summary.json"}  # fmt: skip
     metrics = client.get_run(trials[0].info.run_id).data.metrics
-    assert "grad/L000/l2" in metrics and "backprop/L000/l2" in metrics
+    assert "grad/l2/L000" in metrics and "backprop/l2/L000" in metrics
 
 
 def test_rerun_resumes_without_repeating_and_nests_the_worker(tracking: str, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_a_taken_name_gets_the_trial_number() -> None:
 
 
 def _table(values: np.ndarray) -> pd.DataFrame:
-    """A recorder table of grad/<layer>/l2 with values[layer, step] (steps 0, 2, 4, …)."""
+    """A recorder table of grad/l2/<layer> with values[layer, step] (steps 0, 2, 4, …)."""
     layers, steps = values.shape
     rows = [{"step": 2 * s, "layer": f"L{layer:03d}", "family": "grad", "stat": "l2", "value": values[layer, s]}
             for layer in range(layers) for s in range(steps)]  # fmt: skip

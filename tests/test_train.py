@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = ["L000", "L001", "L002", "out"]
 CONTRACT_METRICS = {
-    "grad/L000/l2", "backprop/L000/l2", "act/L000/saturation", "update/L000/ratio",
+    "grad/l2/L000", "backprop/l2/L000", "act/saturation/L000", "update/ratio/L000",
     "grad/global_l2", "grad/global_l2_clipped", "train/loss", "val/loss", "val/acc",
 }  # fmt: skip
 
@@ -60,9 +60,9 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
     metrics = run.data.metrics
     assert CONTRACT_METRICS <= set(metrics)
     for layer in LAYERS:
-        assert {f"grad/{layer}/l2", f"backprop/{layer}/l2", f"update/{layer}/ratio"} <= set(metrics)
+        assert {f"grad/l2/{layer}", f"backprop/l2/{layer}", f"update/ratio/{layer}"} <= set(metrics)
     assert 0 <= metrics["val/acc"] <= 1 and math.isfinite(metrics["val/loss"])
-    history = sorted(m.step for m in client.get_metric_history(result.run_id, "grad/L000/l2"))
+    history = sorted(m.step for m in client.get_metric_history(result.run_id, "grad/l2/L000"))
     assert history == list(range(tiny_cfg.max_steps))
     df = _parquet(client, result.run_id, tmp_path / "dl")
     assert list(df.columns) == ["step", "layer", "family", "stat", "value"]
@@ -72,7 +72,7 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
     step0 = df[df.step == 0]
     grad_l2 = step0[(step0.family == "grad") & (step0.layer == "L000") & (step0.stat == "l2")].value
     assert len(grad_l2) == 1
-    first = client.get_metric_history(result.run_id, "grad/L000/l2")
+    first = client.get_metric_history(result.run_id, "grad/l2/L000")
     assert next(m.value for m in first if m.step == 0) == pytest.approx(grad_l2.item(), rel=1e-6)
     # The last train/loss MLflow holds is the one the run reports.
     assert metrics["train/loss"] == pytest.approx(result.metrics["train/loss"], rel=1e-6)
@@ -117,7 +117,7 @@ def _check_diverged(client: MlflowClient, run_id: str, dst: Path, max_steps: int
         for s in range(step + 1)
     ]
     assert finite == [True] * step + [False]  # the first non-finite step is the one named
-    assert {m.step for m in client.get_metric_history(run_id, "grad/L000/l2")} == set(range(step + 1))
+    assert {m.step for m in client.get_metric_history(run_id, "grad/l2/L000")} == set(range(step + 1))
 
 
 def test_divergence_is_a_result(tracking, tiny_cfg, tmp_path) -> None:
@@ -244,5 +244,45 @@ def test_mlflow_run_train_entry_point(tmp_path, store_uri) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.tags["outcome"] == "completed"
     assert run.data.params["depth"] == "2" and run.data.params["max_steps"] == "3"
-    assert "grad/L001/l2" in run.data.metrics
+    assert "grad/l2/L001" in run.data.metrics
     assert set(os.listdir(ROOT)) == before  # nothing written into the project
+
+
+def _hand_gain(table: pd.DataFrame) -> float:
+    """(‖∂L/∂x‖ of L000 / of the last hidden layer)^(1/(n−1)) at step 0, straight from the parquet rows."""
+    rows = table[(table.family == "backprop") & (table.stat == "l2") & (table.step == 0) & (table.layer != "out")]
+    by_layer = dict(zip(rows.layer.astype(str), rows.value))
+    first, last = by_layer["L000"], by_layer[max(by_layer)]
+    return (first / last) ** (1 / (len(by_layer) - 1))
+
+
+@pytest.mark.parametrize("activation, depth", [("sigmoid", 6), ("relu", 1)])
+def test_the_result_line_names_outcome_and_verdict_and_links_the_run(tracking, tmp_path, capsys,
+                                                                     activation: str, depth: int) -> None:  # fmt: skip
+    cfg = RunConfig(depth=depth, width=16, max_steps=3, batch_size=32, activation=activation)
+    assert train.main(_flags(cfg)) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    client = MlflowClient()
+    (run,) = client.search_runs(["0"])
+    run_id = run.info.run_id
+    assert line.startswith(f"run {run_id}: {run.data.tags['outcome']} after 3 steps")
+    # A local store: the link is to `mlflow ui`'s default address, on the run's page.
+    assert line.endswith(f"; http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}")
+    if depth == 1:
+        assert "verdict: none (needs two hidden layers" in line
+        return
+    gain = _hand_gain(_parquet(client, run_id, tmp_path / "dl"))
+    printed = float(re.search(r"gain at init (\S+):", line).group(1))
+    assert printed == pytest.approx(gain, rel=1e-2)  # printed to 3 significant digits
+    expected = "vanishing" if gain < 0.95 else "exploding" if gain > 1.05 else "healthy"
+    assert f"gain at init {printed:.3g}: {expected};" in line
+    assert expected == "vanishing"  # six sigmoid layers at PyTorch's default init: σ′ ≤ 1/4 per layer
+
+
+def test_a_gan_run_is_not_judged_by_depth(tracking) -> None:
+    """A GAN's verdict is its loss's gradient (the report's rule), so its line does not name a depth verdict."""
+    cfg = RunConfig(dataset="gmm", loss="gan_saturating", depth=3)
+    result = train.RunResult(run_id="a" * 32, outcome="completed", steps=5, metrics={"train/loss": 0.5})
+    line = train.result_line(result, cfg, 0.5, "7")
+    assert "verdict: see the report (GAN)" in line and "vanishing" not in line
+    assert line.endswith(f"http://127.0.0.1:5000/#/experiments/7/runs/{'a' * 32}")

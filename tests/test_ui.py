@@ -38,7 +38,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 WAIT = 30_000  # ms: the UI fetches everything through the server's REST API after the page loads
 STUDY = "ui_study"
-KEY = "grad/L000/l2"
+KEY = "grad/l2/L000"
 SPEC = f"""
 name: {STUDY}
 fixed: {{dataset: digits, model: mlp, depth: 3, width: 16, batch_size: 32, max_steps: 12, log_every: 2, metric_points: 0}}
@@ -154,7 +154,7 @@ def test_a_trial_page_charts_a_per_layer_gradient_metric(served: Served, page: P
     page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{run_id}/model-metrics")
     expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible(timeout=WAIT)
     page.get_by_placeholder("Search metric charts").fill(KEY)
-    expect(page.get_by_text("grad/L000", exact=True)).to_be_visible(timeout=WAIT)  # the layer's section of charts
+    expect(page.get_by_text("grad/l2", exact=True)).to_be_visible(timeout=WAIT)  # the statistic's section of charts
     chart = page.locator(".js-plotly-plot")
     expect(chart).to_have_count(1, timeout=WAIT)
     expect(chart).to_contain_text("Step")  # the x axis
@@ -162,6 +162,33 @@ def test_a_trial_page_charts_a_per_layer_gradient_metric(served: Served, page: P
     # One marker per logged point: the chart plots the run's data, not an empty frame.
     expect(chart.locator(".scatterlayer .trace .points path")).to_have_count(len(history), timeout=WAIT)
     shot(page, tmp_path, "chart")
+
+
+def section_headers(page: Page) -> list[tuple[str, int]]:
+    """The chart sections of a run's Model metrics tab, top to bottom: (name, number of charts)."""
+    headers = page.get_by_test_id("experiment-view-compare-runs-section-header")
+    expect(headers.first).to_be_visible(timeout=WAIT)
+    texts = headers.evaluate_all("els => els.map(e => e.innerText)")
+    found = [re.match(r"\s*(.+?)\s*\((\d+)\)", text, re.S) for text in texts]
+    assert all(found), texts
+    return [(m.group(1), int(m.group(2))) for m in found]
+
+
+def test_chart_sections_follow_the_statistic_and_open_on_the_headline(served: Served, page: Page, tmp_path: Path) -> None:
+    run_id, name = sorted(served.trials.items())[0]
+    metrics = served.client.get_run(run_id).data.metrics
+    layers = sorted(k.rsplit("/", 1)[1] for k in metrics if k.startswith("grad/l2/"))
+    assert layers == ["L000", "L001", "L002", "out"]  # depth 3 and the readout
+    page.goto(f"{served.url}/#/experiments/{served.experiment_id}/runs/{run_id}/model-metrics")
+    expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible(timeout=WAIT)
+    sections = section_headers(page)
+    shot(page, tmp_path, "sections")
+    names = [s for s, _ in sections]
+    assert names[0] == "0-headline", names  # loss, accuracy and the global gradient norm first
+    headline = dict(sections)["0-headline"]
+    assert headline == len([k for k in metrics if k.startswith("0-headline/")]) >= 4  # train/val loss, val/acc, norm
+    assert dict(sections).get("grad/l2") == len(layers)  # every layer's l2 in one section
+    assert not [s for s in names if re.search(r"(^|/)(L\d{3}|out)$", s)]  # no section per layer
 
 
 def test_the_parent_run_lists_the_report_artifact_and_shows_it(served: Served, page: Page, tmp_path: Path) -> None:
