@@ -480,3 +480,30 @@ def test_a_bad_call_of_any_entry_point_is_one_line_exit_2_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: ") and not out.strip(), err
     assert _runs(tmp_path / "mlflow.db") == runs
     assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("entry", ["train", "study", "report"])
+def test_a_read_only_store_is_one_line_exit_2_and_stays_as_it_was(
+    entry: str, tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A store this process may not write: an immutable file (`chattr +i`), which even root cannot write."""
+    import subprocess
+
+    for name in MLFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = copy_store(empty_store, tmp_path)
+    db = tmp_path / "mlflow.db"
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and a file system that supports it)")
+    try:
+        before = _files(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        argv = {"train": ["--max-steps", "1"], "study": ["--set", "max_steps=2"], "report": ["--study", "default"]}[entry]
+        capsys.readouterr()
+        code = ENTRY_POINTS[entry](argv)
+        _, err = capsys.readouterr()
+        assert code == 2 and err.count("\n") == 1 and "is read-only" in err, err
+        assert _files(tmp_path) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)

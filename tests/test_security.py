@@ -358,3 +358,34 @@ def test_the_invariance_report_keeps_files_it_did_not_write(tmp_path: Path) -> N
     zoo, metrics = _measured_zoo(["mlp", "cnn_circ", "cnn_circ_stride2", "cnn_circ_bn"])
     index = invariance_report.write_report(pd.Series({"run_id": "invocation", "role": "parent"}), zoo, metrics, folder)
     assert (folder / "holiday.png").read_bytes() == b"not a figure" and "holiday" not in index.read_text()
+
+
+# -- a model artifact from the store (the invariance tests reload trained weights) ----------------------------
+
+
+class _RunsCode:
+    """What a hostile state_dict.pt holds: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_model_artifact_that_runs_code_is_refused_unrun(tracking: str, tmp_path: Path) -> None:
+    import torch
+
+    from pipelines import invariance
+
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted" / "state_dict.pt"
+    planted.parent.mkdir()
+    torch.save({"net.0.weight": _RunsCode(marker)}, planted)
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    client.log_artifact(run_id, str(planted), artifact_path=Path(invariance.MODEL_ARTIFACT).parent.as_posix())
+    cfg = RunConfig(model="mlp", depth=2, width=4, max_steps=1)
+    with pytest.raises(pickle.UnpicklingError):  # torch.load(weights_only=True): tensors and containers only
+        invariance.load_net(cfg, run_id)
+    assert not marker.exists()
