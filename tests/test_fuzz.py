@@ -489,6 +489,8 @@ def test_a_read_only_store_is_one_line_exit_2_and_stays_as_it_was(
     """A store this process may not write: an immutable file (`chattr +i`), which even root cannot write."""
     import subprocess
 
+    import mlflow
+
     for name in MLFLOW_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -496,9 +498,11 @@ def test_a_read_only_store_is_one_line_exit_2_and_stays_as_it_was(
     db = tmp_path / "mlflow.db"
     if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here (needs root and a file system that supports it)")
+    previous = mlflow.get_tracking_uri()
     try:
         before = _files(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)  # an earlier test's explicit URI would win over the variable
         argv = {"train": ["--max-steps", "1"], "study": ["--set", "max_steps=2"], "report": ["--study", "default"]}[entry]
         capsys.readouterr()
         code = ENTRY_POINTS[entry](argv)
@@ -506,4 +510,5 @@ def test_a_read_only_store_is_one_line_exit_2_and_stays_as_it_was(
         assert code == 2 and err.count("\n") == 1 and "is read-only" in err, err
         assert _files(tmp_path) == before
     finally:
+        mlflow.set_tracking_uri(previous)
         subprocess.run(["chattr", "-i", str(db)], check=True)
