@@ -44,7 +44,7 @@ VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.v
 CAPTIONS: dict[str, tuple[str, str]] = {
     "backprop_by_layer": (
         "Back-propagated gradient by layer at initialization",
-        "‖∂L/∂x_l‖ (backprop/&lt;layer&gt;/l2 at step 0, L2 norm over the batch) for each hidden layer, one solid "
+        "‖∂L/∂x_l‖ (backprop/l2/&lt;layer&gt; at step 0, L2 norm over the batch) for each hidden layer, one solid "
         "line per configuration (runs that differ only in optimizer or clipping share step 0, so one is drawn). "
         "Lines falling towards the input (left) are vanishing gradients, rising ones exploding. The dotted line "
         "of the same colour is the mean-field prediction, anchored at the last hidden layer's measurement and "
@@ -72,7 +72,7 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "gradient_heatmaps": (
         "Weight-gradient norm by layer and step",
-        "log₁₀ ‖∂L/∂W_l‖ (grad/&lt;layer&gt;/l2) for a few runs spread from the most vanishing to the most "
+        "log₁₀ ‖∂L/∂W_l‖ (grad/l2/&lt;layer&gt;) for a few runs spread from the most vanishing to the most "
         "exploding measured gain, one shared colour scale. A dark band at the bottom (input side) that stays "
         "dark is a vanishing gradient that training does not repair (Glorot &amp; Bengio 2010: for sigmoid the "
         "back-propagated signal shrinks while weight gradients can stay flatter); a bright bottom is explosion. "
@@ -97,14 +97,14 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "saturation": (
         "Saturation and dead units",
-        "Share of units whose derivative is below 5 % of its maximum (act/&lt;layer&gt;/saturation): sigmoid "
+        "Share of units whose derivative is below 5 % of its maximum (act/saturation/&lt;layer&gt;): sigmoid "
         "near 0/1, tanh near ±1, ReLU outputs exactly 0, at the start, middle and end of training, averaged "
         "over runs. Glorot &amp; Bengio (2010): the top sigmoid layers saturate early and slow learning. For ReLU "
         "about half the outputs are 0 at initialization by symmetry; a layer drifting towards 1 is dying.",
     ),
     "update_ratio": (
         "Weight-update ratio",
-        "‖ΔW‖/‖W‖ of each step (update/&lt;layer&gt;/ratio) by layer and over training, median and "
+        "‖ΔW‖/‖W‖ of each step (update/ratio/&lt;layer&gt;) by layer and over training, median and "
         "interquartile band over runs per optimizer. The common rule of thumb is about 10⁻³: much smaller and "
         "the layer barely learns (vanishing gradients show as low ratios near the input under SGD), much larger "
         "and training is unstable. Adam's update is scale-free, so its ratios are flat across layers.",
