@@ -47,6 +47,7 @@ TOKENS: dict[str, Callable[[RunConfig], str]] = {
     "weight_decay": lambda c: f"wd{number(c.weight_decay)}",
     "seed": lambda c: f"s{c.seed}",
     "seq_len": lambda c: f"T{c.seq_len}",
+    "forget_bias": lambda c: f"fb{number(c.forget_bias)}" if c.model == "lstm" else "",  # only an LSTM has a forget gate
 }
 
 

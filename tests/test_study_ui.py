@@ -44,6 +44,19 @@ def test_names_carry_every_varying_field_and_only_those(tmp_path: Path) -> None:
     assert naming.trial_name(spec, spec.config({"activation": "relu", "norm": "none", "lr": 0.01})) == "relu-lr0.01"
 
 
+def test_the_forget_bias_is_named_on_lstm_trials_only() -> None:
+    spec = load_spec("recurrent")  # the LSTM twice (forget bias 1 and 0) beside an RNN and a GRU
+    assert "forget_bias" in naming.varying_fields(spec)
+    params = {param.name: param for param in spec.space}
+
+    def point(cell: str) -> dict:  # the run-config fields the sampler's choices expand to, as a trial gets them
+        return {**params["cell"].expand(cell), **params["seq_len"].expand(100), **params["training"].expand("adam")}
+
+    names = {cell: naming.trial_name(spec, spec.config(point(cell))) for cell in ("rnn", "lstm", "lstm_fb0", "gru")}
+    assert names == {"rnn": "rnn-g1-adam0.01-noclip-T100", "lstm": "lstm-g1-adam0.01-noclip-fb1-T100",
+                     "lstm_fb0": "lstm-g1-adam0.01-noclip-fb0-T100", "gru": "gru-g1-adam0.01-noclip-T100"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("value", "text"), [(0.003, "3e-3"), (0.1, "0.1"), (32, "32"), (1.5e-5, "1.5e-5"), (0.177, "0.177")]
 )
