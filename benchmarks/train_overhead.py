@@ -1,4 +1,4 @@
-"""Training-step overhead of the gradient probe, side by side in one run (DESIGN.md section 5).
+"""Training-step overhead of the gradient probe, side by side in one run.
 
     python -m benchmarks.train_overhead                       # the reference workload (a 20×256 MLP)
     python -m benchmarks.train_overhead --workload lstm        # the per-time-step probe: LSTM, adding, T = 100

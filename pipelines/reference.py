@@ -1,6 +1,6 @@
 """NumPy references from first principles: gradient descent for linear regression, backprop of an MLP.
 
-Written straight from the seed formulas (/work/shared/seeds), in their notation, with no autodiff: the
+Written straight from the textbook formulas below, in their notation, with no autodiff: the
 oracles that the pipeline's gradients and statistics are checked against (`pipelines.gradcheck`, tests).
 
     a⁽⁰⁾ = x,  z⁽ˡ⁾ = W⁽ˡ⁾ a⁽ˡ⁻¹⁾ + b⁽ˡ⁾,  a⁽ˡ⁾ = φ(z⁽ˡ⁾) (hidden),  a⁽ᴸ⁾ = ŷ = softmax(z⁽ᴸ⁾) or z⁽ᴸ⁾

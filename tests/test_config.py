@@ -15,7 +15,7 @@ from models.registry import list_models
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import DATASETS
 
-# The allowed values DESIGN.md §4.1 names (at least).
+# The allowed values the README's run-config table names (at least).
 DESIGN_VALUES = {
     "dataset": {"digits", "mnist1d", "teacher", "adding", "mnist", "cifar10"},
     "model": {"mlp", "resmlp", "cnn", "rnn", "lstm", "gru"},
