@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import load
 from analysis.report import PAGE_STYLE, remove_own_outputs
-from pipelines import keys as K
+from gradprobe import keys as K
 from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError
 from pipelines.preflight import check_tracking

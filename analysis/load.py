@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipelines.keys import INVARIANCE, INVARIANCE_ARTIFACT, INVARIANCE_ZOO_ARTIFACT, time_of
-from pipelines.recorder import STATS_ARTIFACT
+from gradprobe.keys import INVARIANCE, INVARIANCE_ARTIFACT, INVARIANCE_ZOO_ARTIFACT, time_of
+from gradprobe.recorder import STATS_ARTIFACT
 
 READ_THREADS = 8
 
@@ -103,7 +103,7 @@ def _artifact_file(run_id: str, artifact_uri: str, artifact: str) -> Path | None
     return path
 
 
-STATS_FIELDS = ("step", "layer", "family", "stat", "value")  # the recorder's table (pipelines/recorder.py)
+STATS_FIELDS = ("step", "layer", "family", "stat", "value")  # the recorder's table (gradprobe/recorder.py)
 
 
 def _read_one(run_id: str, artifact_uri: str, artifact: str = STATS_ARTIFACT) -> tuple[pd.DataFrame, str | None]:

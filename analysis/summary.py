@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import theory
-from pipelines import keys
+from gradprobe import keys
 
 VERDICT_TOLERANCE = 0.05  # theory.verdict's default: a per-layer gain outside [0.95, 1.05] is pathological
 STALL_SHARE = 0.9  # a run whose final training loss is ≥ 90 % of its initial loss has not learned

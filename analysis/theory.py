@@ -15,7 +15,7 @@ from numpy.polynomial.hermite_e import hermegauss
 # Expectations are over z ~ N(0, 1); widths are taken to infinity and the backward pass uses
 # weights independent of the forward pass (the usual gradient-independence assumption).
 
-# Same slope as models/activations.py; duplicated so this module stays free of torch and the training code.
+# Same slope as gradprobe/activations.py; duplicated so this module stays free of torch and the training code.
 LEAKY_SLOPE = 0.01
 # 100 nodes integrate polynomials up to degree 199 exactly; an even count keeps z = 0 off the grid, so
 # the kinks of ReLU/leaky ReLU split the nodes symmetrically and their moments come out exact.
@@ -402,6 +402,6 @@ ADDING_BASELINE_MSE = 2.0 / 12.0
 # ----------------------------------------------------------------------------------- measurement
 
 
-# The gain measurement and the verdict live in pipelines/verdict.py (a training run prints its verdict; pipelines
+# The gain measurement and the verdict live in gradprobe/verdict.py (a training run prints its verdict; pipelines
 # may not import analysis); they stay importable from here.
-from pipelines.verdict import GainMeasurement, measure_gain, measured_gain, verdict  # noqa: E402, F401
+from gradprobe.verdict import GainMeasurement, measure_gain, measured_gain, verdict  # noqa: E402, F401

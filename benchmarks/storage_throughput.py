@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 import optuna  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipelines.keys import ELAPSED  # noqa: E402
+from gradprobe.keys import ELAPSED  # noqa: E402
 from studies.storage import open_storage  # noqa: E402
 from tests.servers import mlflow_server, postgres_missing, postgres_server  # noqa: E402
 

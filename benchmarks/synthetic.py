@@ -18,9 +18,10 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from analysis import summary
-from pipelines import keys as K
+from gradprobe import keys as K
 from pipelines.config import RunConfig
-from pipelines.recorder import Recorder
+from gradprobe.recorder import Recorder
+from pipelines import liveness
 
 ARCHS = {"plain": {"model": "mlp", "norm": "none"}, "batchnorm": {"model": "mlp", "norm": "batch"},
          "residual": {"model": "resmlp", "norm": "none", "res_scale": 0.177}}  # fmt: skip
@@ -146,7 +147,8 @@ def make_study(name: str, n_runs: int, *, client: MlflowClient | None = None, ex
         run_id = client.create_run(experiment_id, run_name=f"{name}-{index}", tags=tags).info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
-        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
+        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points,
+                            heartbeat=liveness.heartbeat(client, run_id), heartbeat_seconds=liveness.HEARTBEAT_SECONDS)
         outcome, diverged = _record_run(recorder, cfg, rng)
         recorder.close()
         end_tags = [RunTag("outcome", outcome)] + (

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from models.activations import make_activation
+from gradprobe.activations import make_activation
 from models.base import Family
 from models.norms import make_norm
 

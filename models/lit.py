@@ -12,7 +12,7 @@ from models.base import Family
 from models.losses import LOSSES
 from models.metrics import BATCH_METRICS, SET_METRICS
 from models.optim import make_optimizer, make_schedule
-from pipelines import keys as K
+from gradprobe import keys as K
 
 
 class LitModel(pl.LightningModule):

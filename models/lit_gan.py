@@ -18,7 +18,7 @@ from models.base import Family
 from models.gan import coverage, mode_counts
 from models.losses import LOSSES
 from models.optim import make_optimizer, make_schedule
-from pipelines import keys as K
+from gradprobe import keys as K
 
 VAL_NOISE_SEED = 0  # every validation draws the same noise, so its numbers are comparable over a run
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pipelines import keys as K
+from gradprobe import keys as K
 
 Metrics = Callable[[Tensor, Tensor], dict[str, Tensor]]  # (outputs, targets) -> {key: value}
 

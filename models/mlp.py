@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from models.activations import make_activation
+from gradprobe.activations import make_activation
 from models.base import Family
 from models.norms import make_norm
 

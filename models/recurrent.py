@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.activations import ACTIVATIONS, make_activation
+from gradprobe.activations import ACTIVATIONS, make_activation
 from models.base import Family
 from models.norms import make_norm
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning_fabric.utilities.seed import max_seed_value
 
-from models.activations import ACTIVATIONS
+from gradprobe.activations import ACTIVATIONS
 from models.init import INITS
 from models.losses import LOSSES, tasks_for
 from models.norms import NORMS

@@ -13,7 +13,7 @@ values, ≈ 0 for mnist1d, the blank paper of digits).
 The functions below are pure (they never change the network they are given); `main` is the entry point:
 it builds the zoo, trains what MLflow does not hold yet (one nested run per model, its weights logged as
 `model/state_dict.pt`), tests every model at initialization and trained, and logs the numbers to the
-model's run (keys in pipelines/keys.py and the README) and as `invariance/metrics.parquet`.
+model's run (keys in gradprobe/keys.py and the README) and as `invariance/metrics.parquet`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import Tensor, nn
 
-from pipelines import keys as K
+from gradprobe import keys as K
 from pipelines import liveness, train
 from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError, RunConfig

@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -57,6 +57,11 @@ def identity(pid: int | None = None) -> dict[str, str]:
 def beat() -> dict[str, str]:
     """The heartbeat tag for now."""
     return {HEARTBEAT: str(int(time.time()))}
+
+
+def heartbeat(client: MlflowClient, run_id: str) -> Callable[[], None]:
+    """What the recorder's thread calls every HEARTBEAT_SECONDS: refresh the run's heartbeat tag."""
+    return lambda: client.set_tag(run_id, HEARTBEAT, beat()[HEARTBEAT])
 
 
 def _pid_alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from pipelines import keys as K
+from gradprobe import keys as K
 from pipelines.config import ConfigError, RunConfig
 from pipelines.data import DATASETS
 

@@ -36,17 +36,17 @@ from models.lit import LitModel
 from models.lit_gan import LitGAN
 from models.recurrent import set_forget_bias
 from models.registry import create_model
-from pipelines import keys as K
+from gradprobe import keys as K
 from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
 from pipelines.links import run_link, ui_base
 from pipelines.memory import check_fits
 from pipelines.preflight import check_tracking, sigterm_interrupts
-from pipelines.probe import GradientProbe
-from pipelines.recorder import Recorder
+from gradprobe.probe import GradientProbe
+from gradprobe.recorder import Recorder
 from pipelines.startup import prepare_exit
-from pipelines.verdict import step0_gain, verdict
+from gradprobe.verdict import step0_gain, verdict
 
 # Lightning's start-up banners (accelerators, tips) would repeat for every trial of a study.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
@@ -201,7 +201,8 @@ def run(
             on_start(run_id)
         mlflow.log_params(cfg.to_dict())
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
-        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points)
+        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points,
+                            heartbeat=liveness.heartbeat(client, run_id), heartbeat_seconds=liveness.HEARTBEAT_SECONDS)
         probe = GradientProbe(recorder.record, activation=cfg.activation, log_every=cfg.log_every,
                               max_steps=cfg.max_steps)  # fmt: skip
         relay = ValidationRelay(recorder, on_validation)

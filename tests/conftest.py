@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # the project runs from its root, it is not insta
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipelines import fused  # noqa: E402
+from gradprobe import fused  # noqa: E402
 from pipelines.config import RunConfig  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def require_fused() -> None:
         return
     if not fused.compiler():
         pytest.skip("no C compiler: the fused statistics cannot be built here (the eager path is tested)")
-    pytest.fail("a C compiler exists but pipelines/fused.c did not build or load (see the RuntimeWarning)")
+    pytest.fail("a C compiler exists but gradprobe/fused.c did not build or load (see the RuntimeWarning)")
 
 
 @pytest.fixture(params=["fused", "eager"])

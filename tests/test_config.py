@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from models.activations import ACTIVATIONS
+from gradprobe.activations import ACTIVATIONS
 from models.init import INITS
 from models.losses import LOSSES
 from models.optim import OPTIMIZERS

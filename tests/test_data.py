@@ -365,7 +365,7 @@ def test_a_run_records_test_metrics_once_at_the_end(tracking: str) -> None:
     """test/acc and test/loss: one value each, at the last step, equal to an independent evaluation of the net."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines import keys as K
+    from gradprobe import keys as K
     from pipelines import train
 
     kept = {}
@@ -385,7 +385,7 @@ def test_a_run_records_test_metrics_once_at_the_end(tracking: str) -> None:
 
 
 def test_no_study_objective_reads_the_test_split() -> None:
-    from pipelines import keys as K
+    from gradprobe import keys as K
     from studies import list_specs
     from studies.spec import OBJECTIVE_METRICS, SpecError, load_spec, parse_spec
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from analysis import figures, summary
-from pipelines import keys
+from gradprobe import keys
 
 
 def run(run_id: str, **fields) -> dict:

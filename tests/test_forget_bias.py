@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
-from pipelines import keys as K
+from gradprobe import keys as K
 from studies.spec import load_spec
 
 

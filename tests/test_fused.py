@@ -1,4 +1,4 @@
-"""The fused kernels (pipelines/fused.c) against float64 computations, and stats.py's two paths against each other."""
+"""The fused kernels (gradprobe/fused.c) against float64 computations, and stats.py's two paths against each other."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import ROOT, require_fused
 
-from models.activations import ACTIVATIONS, make_activation
-from pipelines import fused, stats
+from gradprobe.activations import ACTIVATIONS, make_activation
+from gradprobe import fused, stats
 
 # Sizes around the vector width and the threading threshold (fused.c's PARALLEL_FROM = 32768 in all).
 SHAPES = [(1,), (7,), (33,), (256, 64), (1000, 3), (256, 256), (100_003,)]
@@ -174,7 +174,7 @@ def test_without_a_compiler_the_eager_path_runs_and_says_so(tmp_path) -> None:
     """CC that fails and a fresh cache: one RuntimeWarning, fused off, the statistics still computed (eager)."""
     script = (
         "import warnings, torch\n"
-        "from pipelines import fused, stats\n"
+        "from gradprobe import fused, stats\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    print(fused.enabled(), stats.norms([torch.ones(9)]).item())\n"
@@ -217,7 +217,7 @@ def test_a_read_only_cache_falls_back_to_a_fresh_private_temporary_folder(tmp_pa
 
 def test_workers_building_at_once_share_one_library(tmp_path) -> None:
     """Study workers start together on a fresh machine: each builds, each gets a whole library, one remains."""
-    script = "import sys; from pathlib import Path; from pipelines import fused; print(fused.build('serial', Path(sys.argv[1])))"
+    script = "import sys; from pathlib import Path; from gradprobe import fused; print(fused.build('serial', Path(sys.argv[1])))"
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for _ in range(3)]  # fmt: skip
     paths = {p.communicate(timeout=120)[0].strip() for p in procs}

@@ -24,10 +24,10 @@ from models.gan import (
 )
 from models.losses import LOSSES, tasks_for
 from pipelines import data as D
-from pipelines import stats, train
+from gradprobe import stats, train
 from pipelines.config import ConfigError, RunConfig
-from pipelines.probe import GradientProbe
-from pipelines.recorder import STATS_ARTIFACT
+from gradprobe.probe import GradientProbe
+from gradprobe.recorder import STATS_ARTIFACT
 from studies.spec import SpecError, load_spec, parse_spec
 
 GAN_LOSSES = ("gan_saturating", "gan_nonsaturating")

@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import load, summary
-from pipelines import keys as K
-from pipelines.recorder import Recorder
+from gradprobe import keys as K
+from gradprobe.recorder import Recorder
 
 LAYERS = ["L000", "L001", "L012", "L1234", "out"]
 STATS = [*K.GRAD_STATS, *K.ACT_STATS, *K.BPTT_SUMMARY, "ratio", "t0000", "t0417", "forget_mean", "update_saturation"]

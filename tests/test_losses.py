@@ -17,7 +17,7 @@ from models.losses import KL_SMOOTHING, LOSSES, MARGIN, SMOOTHING, TASKS, mine_t
 from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
-from pipelines.recorder import STATS_ARTIFACT
+from gradprobe.recorder import STATS_ARTIFACT
 
 # Losses of a model's outputs against targets. The adversarial task's generator losses take a
 # discriminator instead (models/gan.py) and are tested with the GAN.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.metrics import BATCH_METRICS, SET_METRICS, binary_accuracy, knn_accuracy, mask_overlap
-from pipelines import keys as K
+from gradprobe import keys as K
 
 
 def test_binary_accuracy_splits_at_logit_zero() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.activations import ACTIVATIONS
+from gradprobe.activations import ACTIVATIONS
 from models.norms import NORMS
 from models.recurrent import RecurrentLayer
 from models.registry import create_model, list_models

@@ -2,7 +2,7 @@
 
 A number printed without "≈" or "~" must be the code's value exactly; one printed with it, the code's value
 rounded to the digits shown. The code's saturation thresholds are found by bisection on its own rule
-(`models.activations.saturation`), not from a formula.
+(`gradprobe.activations.saturation`), not from a formula.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from analysis import theory
-from models.activations import ACTIVATIONS, LEAKY_SLOPE, SATURATION_SHARE, saturation
-from pipelines import stats
+from gradprobe.activations import ACTIVATIONS, LEAKY_SLOPE, SATURATION_SHARE, saturation
+from gradprobe import stats
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.recorder import STATS_ARTIFACT, Recorder
+from gradprobe.recorder import STATS_ARTIFACT, Recorder
 
 # (family, layer, stat); layer "" for run-wide keys.
 KEYS = [
@@ -129,7 +129,7 @@ def test_validation_metrics_are_sent_as_they_are_and_kept_in_the_table(tracking,
 
 def test_live_metrics_leave_in_one_round_per_send_interval(tracking, monkeypatch) -> None:
     """Within one SEND_INTERVAL the thread gathers every queued step into one log_batch round."""
-    import pipelines.recorder as recorder_module
+    import gradprobe.recorder as recorder_module
 
     monkeypatch.setattr(recorder_module, "SEND_INTERVAL", 3600.0)  # nothing is due before close()
     client = MlflowClient()

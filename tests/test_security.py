@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures, report
 from pipelines import data as D
-from pipelines import fused
+from gradprobe import fused
 from pipelines.config import ConfigError, RunConfig
 from pipelines.train import check_inputs
 
@@ -105,7 +105,7 @@ def _digest(library: Path) -> Path:
 def _load_in_a_fresh_process(cache: Path, marker: Path | None = None) -> tuple[str, list[str]]:
     """fused.enabled() in a new process with GPL_CACHE_DIR=cache: its answer and the warnings it gave;
     fails first if a planted library ran (created `marker`)."""
-    script = ("import warnings\nfrom pipelines import fused\n"
+    script = ("import warnings\nfrom gradprobe import fused\n"
               "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
               "    print(fused.enabled())\n"
               "for w in caught:\n    print(str(w.message).replace(chr(10), ' '))\n")  # fmt: skip

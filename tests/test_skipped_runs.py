@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import load, report
 from benchmarks.synthetic import Shape, make_study
-from pipelines.recorder import STATS_ARTIFACT
+from gradprobe.recorder import STATS_ARTIFACT
 
 
 def _stats_file(client: MlflowClient, run_id: str) -> Path:

@@ -1,4 +1,4 @@
-"""Every statistic of pipelines/stats.py against a direct computation (torch.linalg, autograd)."""
+"""Every statistic of gradprobe/stats.py against a direct computation (torch.linalg, autograd)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models.activations import ACTIVATIONS, make_activation
-from pipelines import stats
+from gradprobe.activations import ACTIVATIONS, make_activation
+from gradprobe import stats
 
 SATURATION_SHARE = 0.05  # the README's definition: φ' below 5 % of its largest value
 
@@ -144,7 +144,7 @@ def test_std_of_activations_is_exact_when_the_mean_dominates() -> None:
 
 
 def test_saturation_leaves_its_input_alone_unless_allowed() -> None:
-    from models.activations import saturation
+    from gradprobe.activations import saturation
 
     a = torch.relu(torch.randn(100, generator=torch.Generator().manual_seed(7)))
     before = a.clone()

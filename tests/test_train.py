@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import stats, train
+from gradprobe import stats, train
 from pipelines.config import RunConfig, choices, field_names
-from pipelines.recorder import STATS_ARTIFACT
+from gradprobe.recorder import STATS_ARTIFACT
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-TARGET = "pipelines.recorder"
+TARGET = "gradprobe.recorder"
 
 
 def _held(folder: Path) -> bool:

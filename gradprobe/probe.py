@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from models.base import READOUT
 from models.recurrent import GATE_NAME, RecurrentLayer
-from pipelines import keys as K
-from pipelines import stats
+from gradprobe import keys as K
+from gradprobe import stats
 
 
 def is_logging_step(step: int, log_every: int, max_steps: int) -> bool:

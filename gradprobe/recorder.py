@@ -12,8 +12,8 @@ when the run ends: sending them during training cost the training thread up to 2
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
 Per-time-step BPTT norms go to the parquet table only (`keys.browsable`); the headline keys (loss, accuracy,
 global norm) also go to MLflow as copies under `keys.HEADLINE`, the UI's first chart section (not to parquet).
-The same thread refreshes the run's `heartbeat` tag every liveness.HEARTBEAT_SECONDS, the sign of life other
-hosts judge it by.
+The same thread calls `heartbeat` (if given) every `heartbeat_seconds`: the lab refreshes its run's liveness
+tag there, the sign of life other hosts judge it by.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipelines import keys as K
-from pipelines import liveness
+from gradprobe import keys as K
 
 STATS_ARTIFACT = "stats/gradient_stats.parquet"
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1,000 metrics per call
@@ -50,10 +50,11 @@ class Recorder:
     """Collects (step, key, value) records for one run and ships them to MLflow and parquet."""
 
     def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int,
-                 heartbeat_seconds: float = liveness.HEARTBEAT_SECONDS) -> None:  # fmt: skip
+                 heartbeat: Callable[[], None] | None = None, heartbeat_seconds: float = 30.0) -> None:  # fmt: skip
         self.client, self.run_id = client, run_id
-        # The thread also refreshes the run's heartbeat tag (pipelines/liveness.py).
-        self.heartbeat_seconds = heartbeat_seconds
+        # The thread also calls `heartbeat` (the lab's liveness tag, pipelines/liveness.py) this often.
+        self.heartbeat = heartbeat
+        self.heartbeat_seconds = heartbeat_seconds if heartbeat is not None else math.inf
         self.stride = 1 if metric_points == 0 else max(1, math.ceil(expected_records / metric_points))
         self._steps: list[int] = []
         self._keys: list[list[str]] = []
@@ -119,7 +120,8 @@ class Recorder:
             else:
                 remaining = math.inf
             try:
-                item = self._queue.get(timeout=min(remaining, next_beat))
+                wait = min(remaining, next_beat)
+                item = self._queue.get(timeout=None if wait == math.inf else wait)
             except queue.Empty:
                 continue
             if item is None:
@@ -128,9 +130,9 @@ class Recorder:
             pending.extend(item)
 
     def _beat(self) -> None:
-        """Refresh the run's heartbeat tag: the sign of life that tells other hosts this run still trains."""
+        """Call the heartbeat: the sign of life that tells other hosts this run still trains."""
         try:
-            self.client.set_tag(self.run_id, liveness.HEARTBEAT, liveness.beat()[liveness.HEARTBEAT])
+            self.heartbeat()
         except Exception:  # a missed beat is no error: the next one may pass, and training goes on
             pass
 

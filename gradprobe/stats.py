@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from models.activations import ACTIVATIONS, SATURATION_SHARE, saturation
-from pipelines import fused
+from gradprobe.activations import ACTIVATIONS, SATURATION_SHARE, saturation
+from gradprobe import fused
 
 
 class Stacked:
@@ -74,7 +74,7 @@ def by_shape(tensors: list[Tensor], fn: Callable[[Tensor], Tensor], workspace: d
 SAFE_NORMS = (1e-15, 1e19)
 
 
-# The divergence guard's limit (pipelines/probe.py): the largest norm whose float32 sum of squares is finite,
+# The divergence guard's limit (gradprobe/probe.py): the largest norm whose float32 sum of squares is finite,
 # beyond which norm clipping's coefficient would be 0. The norms themselves are recorded as they are.
 LARGEST_NORM = float(torch.finfo(torch.float32).max) ** 0.5
 
