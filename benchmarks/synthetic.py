@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from analysis import summary
 from gradprobe import keys as K
-from pipelines.config import RunConfig
 from gradprobe.recorder import Recorder
 from pipelines import liveness
+from pipelines.config import RunConfig
 
 ARCHS = {"plain": {"model": "mlp", "norm": "none"}, "batchnorm": {"model": "mlp", "norm": "batch"},
          "residual": {"model": "resmlp", "norm": "none", "res_scale": 0.177}}  # fmt: skip

@@ -48,11 +48,12 @@ import torch
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import grad_norm
 
-from models.lit import LitModel
-from gradprobe import fused, train
+from gradprobe import fused
 from gradprobe import probe as probe_module
-from pipelines.config import RunConfig
 from gradprobe.recorder import Recorder
+from models.lit import LitModel
+from pipelines import train
+from pipelines.config import RunConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_overhead.json"  # train_overhead_lstm.json for lstm
 # Step-time ratio to (b), at most, per workload: the recurrent probe also records ‖∂L/∂h_t‖ for every t.

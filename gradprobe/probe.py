@@ -19,10 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from models.base import READOUT
-from models.recurrent import GATE_NAME, RecurrentLayer
 from gradprobe import keys as K
 from gradprobe import stats
+from models.base import READOUT
+from models.recurrent import GATE_NAME, RecurrentLayer
 
 
 def is_logging_step(step: int, log_every: int, max_steps: int) -> bool:

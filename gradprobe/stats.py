@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gradprobe.activations import ACTIVATIONS, SATURATION_SHARE, saturation
 from gradprobe import fused
+from gradprobe.activations import ACTIVATIONS, SATURATION_SHARE, saturation
 
 
 class Stacked:

@@ -8,11 +8,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from gradprobe import keys as K
 from models.base import Family
 from models.losses import LOSSES
 from models.metrics import BATCH_METRICS, SET_METRICS
 from models.optim import make_optimizer, make_schedule
-from gradprobe import keys as K
 
 
 class LitModel(pl.LightningModule):

@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from gradprobe import keys as K
 from models.base import Family
 from models.gan import coverage, mode_counts
 from models.losses import LOSSES
 from models.optim import make_optimizer, make_schedule
-from gradprobe import keys as K
 
 VAL_NOISE_SEED = 0  # every validation draws the same noise, so its numbers are comparable over a run
 

@@ -32,14 +32,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from gradprobe import keys as K
+from gradprobe.probe import GradientProbe
 from models.norms import NORMS
 from models.registry import ACCEPTS, LAYOUTS, create_model, list_models
-from gradprobe import keys as K
 from pipelines import reference as ref
 from pipelines import train
 from pipelines.cli import OneLineParser
 from pipelines.config import RunConfig
-from gradprobe.probe import GradientProbe
 
 SECTIONS = ("models", "probe", "reference")
 GRADCHECK_TOL = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}  # torch.autograd.gradcheck's defaults, stated

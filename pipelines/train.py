@@ -29,6 +29,10 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
+from gradprobe import keys as K
+from gradprobe.probe import GradientProbe
+from gradprobe.recorder import Recorder
+from gradprobe.verdict import step0_gain, verdict
 from models.base import Family
 from models.gan import make_discriminator
 from models.init import initialize
@@ -36,17 +40,13 @@ from models.lit import LitModel
 from models.lit_gan import LitGAN
 from models.recurrent import set_forget_bias
 from models.registry import create_model
-from gradprobe import keys as K
 from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
 from pipelines.links import run_link, ui_base
 from pipelines.memory import check_fits
 from pipelines.preflight import check_tracking, sigterm_interrupts
-from gradprobe.probe import GradientProbe
-from gradprobe.recorder import Recorder
 from pipelines.startup import prepare_exit
-from gradprobe.verdict import step0_gain, verdict
 
 # Lightning's start-up banners (accelerators, tips) would repeat for every trial of a study.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)

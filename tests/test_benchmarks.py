@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmarks import train_overhead as bench
-from pipelines.config import RunConfig
 from gradprobe.recorder import STATS_ARTIFACT
+from pipelines.config import RunConfig
 
 # Seven whole blocks and one step: block 4 is the first "on" block with two timed neighbours.
 STEPS = 7 * bench.BLOCK + 1

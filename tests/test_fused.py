@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import ROOT, require_fused
 
-from gradprobe.activations import ACTIVATIONS, make_activation
 from gradprobe import fused, stats
+from gradprobe.activations import ACTIVATIONS, make_activation
 
 # Sizes around the vector width and the threading threshold (fused.c's PARALLEL_FROM = 32768 in all).
 SHAPES = [(1,), (7,), (33,), (256, 64), (1000, 3), (256, 256), (100_003,)]

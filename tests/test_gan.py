@@ -14,6 +14,9 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
+from gradprobe import stats
+from gradprobe.probe import GradientProbe
+from gradprobe.recorder import STATS_ARTIFACT
 from models.gan import (
     MODE_SHARE,
     coverage,
@@ -24,10 +27,8 @@ from models.gan import (
 )
 from models.losses import LOSSES, tasks_for
 from pipelines import data as D
-from gradprobe import stats, train
+from pipelines import train
 from pipelines.config import ConfigError, RunConfig
-from gradprobe.probe import GradientProbe
-from gradprobe.recorder import STATS_ARTIFACT
 from studies.spec import SpecError, load_spec, parse_spec
 
 GAN_LOSSES = ("gan_saturating", "gan_nonsaturating")

@@ -16,9 +16,9 @@ from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
 from analysis import invariance_report, load
+from gradprobe import keys as K
 from models.registry import create_model
 from pipelines import invariance as inv
-from gradprobe import keys as K
 
 N_OUT = 10
 SHAPES = {"1d": ((1, 40), "signal"), "2d": ((1, 8, 8), "image")}

@@ -13,8 +13,8 @@ from pathlib import Path
 from hold import hold_env, wait_for_started
 from mlflow.tracking import MlflowClient
 
-from pipelines import liveness
 from gradprobe.recorder import Recorder
+from pipelines import liveness
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from gradprobe.recorder import STATS_ARTIFACT
 from models.losses import KL_SMOOTHING, LOSSES, MARGIN, SMOOTHING, TASKS, mine_triplets, tasks_for
 from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
-from gradprobe.recorder import STATS_ARTIFACT
 
 # Losses of a model's outputs against targets. The adversarial task's generator losses take a
 # discriminator instead (models/gan.py) and are tested with the GAN.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.metrics import BATCH_METRICS, SET_METRICS, binary_accuracy, knn_accuracy, mask_overlap
 from gradprobe import keys as K
+from models.metrics import BATCH_METRICS, SET_METRICS, binary_accuracy, knn_accuracy, mask_overlap
 
 
 def test_binary_accuracy_splits_at_logit_zero() -> None:

@@ -17,12 +17,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from gradprobe.activations import make_activation
 from gradprobe import stats
+from gradprobe.activations import make_activation
+from gradprobe.probe import GradientProbe
 from pipelines import reference, train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
-from gradprobe.probe import GradientProbe
 
 # Every test twice: the statistics through the fused kernels and through eager PyTorch, both against autograd.
 pytestmark = pytest.mark.usefixtures("statistics_path")

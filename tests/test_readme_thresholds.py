@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from analysis import theory
-from gradprobe.activations import ACTIVATIONS, LEAKY_SLOPE, SATURATION_SHARE, saturation
 from gradprobe import stats
+from gradprobe.activations import ACTIVATIONS, LEAKY_SLOPE, SATURATION_SHARE, saturation
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

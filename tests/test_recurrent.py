@@ -8,13 +8,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from gradprobe.keys import time_of
+from gradprobe.recorder import STATS_ARTIFACT
+from gradprobe.stats import gate_stats
 from models.recurrent import Recurrent
 from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.data import load_temporal_order, temporal_order
-from gradprobe.keys import time_of
-from gradprobe.recorder import STATS_ARTIFACT
-from gradprobe.stats import gate_stats
 
 
 def step0_bptt(run_id: str) -> np.ndarray:

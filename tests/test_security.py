@@ -28,8 +28,8 @@ from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
 from analysis import figures, report
-from pipelines import data as D
 from gradprobe import fused
+from pipelines import data as D
 from pipelines.config import ConfigError, RunConfig
 from pipelines.train import check_inputs
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from gradprobe.activations import ACTIVATIONS, make_activation
 from gradprobe import stats
+from gradprobe.activations import ACTIVATIONS, make_activation
 
 SATURATION_SHARE = 0.05  # the README's definition: φ' below 5 % of its largest value
 

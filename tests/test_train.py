@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradprobe import stats, train
-from pipelines.config import RunConfig, choices, field_names
+from gradprobe import stats
 from gradprobe.recorder import STATS_ARTIFACT
+from pipelines import train
+from pipelines.config import RunConfig, choices, field_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
