@@ -19,7 +19,9 @@ from analysis import theory
 from gradprobe import stats
 from gradprobe.activations import ACTIVATIONS, LEAKY_SLOPE, SATURATION_SHARE, saturation
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+# The README and the documentation it links (docs/): the user's whole statement of the thresholds.
+README = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 
 def _stated(pattern: str) -> tuple[str, ...]:
