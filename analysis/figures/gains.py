@@ -30,7 +30,7 @@ from analysis.figures.style import (
 )
 from analysis.summary import arch, label, select, value
 
-# ------------------------------------------------------------------------- 1. backprop by layer
+# ------------------------------------------------------------------------- backprop by layer
 
 # What the step-0 gradient depends on (not the optimizer or clipping): runs equal in these share one line.
 STEP0_CONFIG = ("dataset", "loss", "model", "norm", "activation", "init", "init_gain", "res_scale", "depth",
@@ -99,7 +99,7 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     return fig
 
 
-# ------------------------------------------------------------------ 2. measured vs predicted gain
+# ------------------------------------------------------------------ measured vs predicted gain
 
 
 @figure(
@@ -155,7 +155,7 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     return fig
 
 
-# ------------------------------------------------------------------ 3. layer × step heatmaps
+# ------------------------------------------------------------------ layer × step heatmaps
 
 
 def pick_runs(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> list[str]:

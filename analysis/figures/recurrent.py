@@ -18,7 +18,7 @@ from analysis.figures.style import (
 )
 from analysis.summary import RECURRENT, select, value
 
-# ----------------------------------------------------------------------------------- 9. BPTT
+# ----------------------------------------------------------------------------------- BPTT
 
 
 def _cells(runs: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +69,7 @@ def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     return fig
 
 
-# ------------------------------------------------------------------ 10. recurrent cells by length
+# ------------------------------------------------------------------ recurrent cells by length
 
 
 def _loss_rows(runs: pd.DataFrame, stats: pd.DataFrame) -> tuple[pd.DataFrame, str]:

@@ -27,7 +27,7 @@ from analysis.figures.style import (
 )
 from analysis.summary import RECURRENT, label, select, value
 
-# ---------------------------------------------------------------------------------- 5. clipping
+# ---------------------------------------------------------------------------------- clipping
 
 
 def _clipping_name(run: dict) -> str:
@@ -102,7 +102,7 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
     return fig
 
 
-# ------------------------------------------------------------------------------ 7. update ratio
+# ------------------------------------------------------------------------------ update ratio
 
 
 def _quartile_line(ax, rows: pd.DataFrame, x: str, color: object, dashes: tuple | str) -> None:
@@ -163,7 +163,7 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     return fig
 
 
-# --------------------------------------------------------------------------- 8. optimizer curves
+# --------------------------------------------------------------------------- optimizer curves
 
 
 def _elapsed_at(stats: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
@@ -339,7 +339,7 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     return fig
 
 
-# ------------------------------------------------------------------------ 11. clipping, paired
+# ------------------------------------------------------------------------ clipping, paired
 
 
 # Runs equal in every one of these but `clip`/`clip_threshold` form a pair: the same net trained with and without.

@@ -23,7 +23,7 @@ from analysis.figures.style import (
 )
 from analysis.summary import select
 
-# -------------------------------------------------------------------------------- 6. saturation
+# -------------------------------------------------------------------------------- saturation
 
 
 def _progress_phase(rows: pd.DataFrame) -> pd.DataFrame:
