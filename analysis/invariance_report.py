@@ -18,20 +18,21 @@ import html
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import load
-from analysis.report import PAGE_STYLE, remove_own_outputs
+from analysis.figures import style
+from analysis.figures.style import PAGE_STYLE, save_figure, styled
+from analysis.report import remove_own_outputs
 from gradprobe import keys as K
 from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError
@@ -81,34 +82,9 @@ def _datasets(table: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ figures
-# Built on matplotlib's Figure with the Agg canvas, never pyplot (nothing global changes, works headless),
-# like analysis/figures.py; its helpers are not imported because that module is being reworked.
-
-DPI = 110
-
-
-def styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
-    """Draw inside the report's seaborn style (a context: global rcParams stay untouched)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs) -> Figure | None:
-        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 5.0, height: float = 3.8, **subplots):
-    """A constrained-layout Figure on the Agg canvas and a 2-D array of axes, each about width × height inches."""
-    fig = Figure(figsize=(width * ncols + 2.2, height * nrows), layout="constrained")  # + room for the legend
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplots)
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Write `fig` as a PNG and return its path."""
-    fig.savefig(path, dpi=DPI)
-    return path
+# Built with the report's style helpers (analysis/figures/style.py): the Agg canvas, never pyplot. Each figure
+# is as wide as its panels plus room for the legend beside them.
+new_figure = functools.partial(style.new_figure, min_width=0.0, legend_room=2.2)
 
 
 @styled

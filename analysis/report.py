@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis import figures, load, summary
+from analysis.figures.style import PAGE_STYLE
 from analysis.load import StudyData
 from pipelines import liveness
 from pipelines.cli import OneLineParser
@@ -39,158 +40,6 @@ VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.v
                 f"factor ∂L_G/∂logit, D(G(z)) for the saturating loss and 1 − D(G(z)) for the non-saturating one "
                 f"(gan/d_fake, median over logged steps), is vanishing below {summary.GAN_VANISHING:g} (an order of "
                 f"magnitude below its maximum 1), healthy otherwise")  # fmt: skip
-
-# name → (title, caption). Captions say what to look for and what theory predicts.
-CAPTIONS: dict[str, tuple[str, str]] = {
-    "backprop_by_layer": (
-        "Back-propagated gradient by layer at initialization",
-        "‖∂L/∂x_l‖ (backprop/l2/&lt;layer&gt; at step 0, L2 norm over the batch) for each hidden layer, one solid "
-        "line per configuration (runs that differ only in optimizer or clipping share step 0, so one is drawn). "
-        "Lines falling towards the input (left) are vanishing gradients, rising ones exploding. The dotted line "
-        "of the same colour is the mean-field prediction, anchored at the last hidden layer's measurement and "
-        "multiplied inwards by theory's per-layer factor: √χ₁(q_l) = √(σ_w²·E[φ′(h)²]) along the forward "
-        "variance trajectory for plain networks (flat for ReLU with He init; about ¼ per layer for sigmoid), "
-        "√rate of Yang et al. (2019) for batch norm (explodes towards the input: ≈ √(π/(π−1)) per layer for "
-        "ReLU), √(1+α²χ₁) per residual block. No dotted line where theory has no closed form (tanh/sigmoid "
-        "residual nets, layer norm, CNNs). Residual ReLU blocks x + α·relu(Wx) at α = 1 grow faster than their "
-        "dotted line (about 1.6 per block at width 64 against √2): mean field assumes the backward pass meets "
-        "weights independent of the forward pass (gradient independence), but here the stream accumulates a "
-        "positive mean, so which units are on is set largely by W's own row sums, and the backward factor "
-        "I + α·Wᵀ·D meets W through the mask D it chose. Replacing W by an independent copy in the backward "
-        "pass recovers √2. At α ≈ 1/√depth the excess per block is small but compounds: tens of percent over 48 "
-        "blocks, mostly on the input side where the stream's mean is largest.",
-    ),
-    "gain_scatter": (
-        "Measured vs predicted per-layer gain",
-        "Each point is one run: the measured per-layer gain (geometric mean of ‖∂L/∂x_{l−1}‖/‖∂L/∂x_l‖ over the "
-        "hidden layers at step 0, theory.measured_gain) against theory's prediction for the same layers "
-        "(marker = which closed form). Points on the dashed y = x line agree with mean-field theory; the green "
-        "band is the healthy range of the verdict. Expect agreement within a few percent for wide plain "
-        "networks; batch-norm predictions assume infinite width and are looser at width 32–64, and residual ReLU "
-        "nets at α = 1 measure above their prediction (see the previous figure: gradient independence fails). "
-        "Runs without a closed-form prediction (NaN) are counted in the legend but not drawn.",
-    ),
-    "gradient_heatmaps": (
-        "Weight-gradient norm by layer and step",
-        "log₁₀ ‖∂L/∂W_l‖ (grad/l2/&lt;layer&gt;) for a few runs spread from the most vanishing to the most "
-        "exploding measured gain, one shared colour scale. A dark band at the bottom (input side) that stays "
-        "dark is a vanishing gradient that training does not repair (Glorot &amp; Bengio 2010: for sigmoid the "
-        "back-propagated signal shrinks while weight gradients can stay flatter); a bright bottom is explosion. "
-        "Grey cells are non-finite values (a diverged step).",
-    ),
-    "phase_diagram": (
-        "Trainability phase diagram",
-        "Cells are depth × activation/init, one panel per architecture; the colour is the outcome of the best "
-        "run in the cell, the number its objective (and k/n = how many of n runs trained, when there are "
-        "several); light grey cells are combinations no run sampled. Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
-        "or ReLU with a too-small or too-large init) fail more often as depth grows, that batch norm without "
-        "skips explodes with depth, and that residual connections with a small α keep deep nets trainable.",
-    ),
-    "clipping": (
-        "Gradient clipping",
-        "Left: the global gradient norm before (solid, grad/global_l2) and after clipping (dashed, "
-        "grad/global_l2_clipped), dotted lines at norm-clipping thresholds. Right: the share of logged steps at "
-        "which clipping changed the gradient, by threshold and optimizer. Pascanu et al. (2013): norm clipping "
-        "caps the step taken on a cliff of the loss without changing its direction; a threshold that clips "
-        "every step acts as a smaller, normalized learning rate, one that never clips does nothing. Adaptive "
-        "optimizers (Adam) rescale the gradient anyway, so clipping matters less to them.",
-    ),
-    "saturation": (
-        "Saturation and dead units",
-        "Share of units whose derivative is below 5 % of its maximum (act/saturation/&lt;layer&gt;): sigmoid "
-        "near 0/1, tanh near ±1, ReLU outputs exactly 0, at the start, middle and end of training, averaged "
-        "over runs. Glorot &amp; Bengio (2010): the top sigmoid layers saturate early and slow learning. For ReLU "
-        "about half the outputs are 0 at initialization by symmetry; a layer drifting towards 1 is dying.",
-    ),
-    "update_ratio": (
-        "Weight-update ratio",
-        "‖ΔW‖/‖W‖ of each step (update/ratio/&lt;layer&gt;) by layer and over training, median and "
-        "interquartile band over runs per optimizer. The common rule of thumb is about 10⁻³: much smaller and "
-        "the layer barely learns (vanishing gradients show as low ratios near the input under SGD), much larger "
-        "and training is unstable. Adam's update is scale-free, so its ratios are flat across layers.",
-    ),
-    "optimizer_curves": (
-        "Optimizers: loss against steps and time",
-        "Training loss (every logged step) and validation loss against step and against wall-clock seconds "
-        "(time/elapsed, the median clock of the runs at each step), the median and interquartile band over the "
-        "runs of each optimizer setting (colour = optimizer, black = full-batch GD, grey = SGD with batch 1, "
-        "dashes = learning-rate schedule), each run interpolated inside its own range and a point drawn only where at least "
-        "half the runs have data. Compare per step for sample efficiency and per second for cost; diverged runs "
-        "drop out where their loss stopped being finite.",
-    ),
-    "optimizer_results": (
-        "Optimizers: final result and cost",
-        "The final validation accuracy (validation loss where there is no accuracy) of every run, by optimizer "
-        "setting (dots = runs, e.g. seeds; bars = their mean; the panel title says how many runs each bar holds), and the wall-clock milliseconds per training step "
-        "(time/elapsed at the last step over the steps). Full-batch gradient descent is SGD whose batch holds the "
-        "whole training set (tag n_train): each step costs the most and is the least noisy; SGD with batch 1 is "
-        "the cheapest and noisiest step. Adaptive methods (RMSprop, Adagrad, Adam, AdamW) reach a low loss "
-        "with little tuning; schedules (step, cosine, one-cycle) trade early speed for a better end point.",
-    ),
-    "bptt": (
-        "Gradients through time (recurrent nets)",
-        "‖∂L/∂h_t‖ against the time step t for each RNN/LSTM/GRU run (first recurrent layer), at initialization "
-        "and at the last logged step, log scale. The loss reads the last step, so the curve is the gradient "
-        "travelling back in time: Pascanu et al. (2013) bound its decay per step by λ·γ (largest singular "
-        "value of W_hh times sup|φ′|), so a tanh RNN's curve falls exponentially towards t = 0, while the "
-        "LSTM's and GRU's additive memory keeps it flat enough to learn the adding problem's long lags "
-        "(Hochreiter &amp; Schmidhuber 1997).",
-    ),
-    "recurrent_curves": (
-        "Recurrent cells by sequence length",
-        "The loss of every RNN/LSTM/GRU run against the training step, one panel per sequence length "
-        "(validation loss when every run was validated at least three times, else training loss); solid lines "
-        "trained without clipping, dashed with it, × where a run diverged. On the adding problem the dotted line "
-        "is the trivial baseline, always predicting the mean: MSE = Var(U₁ + U₂) = 1/6. Hochreiter &amp; "
-        "Schmidhuber (1997): a tanh RNN stays at the baseline once the lag is long (its gradient through time "
-        "vanishes, see the figure above), while the LSTM and GRU fall far below it; at short lengths all three "
-        "learn.",
-    ),
-    "clipping_effect": (
-        "Clipping, paired runs",
-        "Runs that differ only in gradient clipping, paired. Left: the global gradient norm before clipping "
-        "(grad/global_l2) of the (up to four) pairs whose unclipped run reached the largest norm, unclipped solid, "
-        "clipped dashed, × where a run diverged; whether that norm explodes is read off the axis, not assumed. "
-        "Right: each pair's objective without (x) and with clipping (y), on the side of the diagonal the title "
-        "names where clipping helped (log axes for a loss, linear for a score such as accuracy); × on the edge "
-        "marks a run that diverged. Pascanu et al. "
-        "(2013): an RNN with spectral radius above 1 under plain SGD meets gradient cliffs; an unclipped step "
-        "there throws the weights far away (often to non-finite values), a norm-clipped step keeps the "
-        "direction and caps the length, so the same run trains.",
-    ),
-    "output_gradient": (
-        "The gradient side of the loss: sigmoid + MSE vs sigmoid + cross-entropy",
-        "Binary classification with one sigmoid output (breast_cancer): the training loss relative to its value "
-        "at step 0 (top) and the norm of the readout's weight gradient (bottom, grad/l2/out), median and "
-        "interquartile band over runs of each run's rolling median over 5 logged steps, a column per hidden activation; dashed lines start from a larger "
-        "init_gain, so the output starts saturated. With MSE on σ(z) the output delta is (σ − y)·σ′(z): "
-        "when the unit saturates on the wrong side σ′ ≈ 0 and learning crawls (the learning slowdown); "
-        "cross-entropy cancels σ′, its delta is σ − y, largest exactly when the output is most wrong.",
-    ),
-    "gan_gradient": (
-        "GAN generator losses when the discriminator wins",
-        "A GAN on a ring of Gaussians with the discriminator stepped several times per generator step, so it "
-        "wins early (right: D(G(z)), the mean probability it gives to fakes, gan/d_fake). Left: the norm of the "
-        "generator's output-layer weight gradient (grad/l2/out), median and interquartile band over seeds "
-        "(each run smoothed by a rolling median over 5 logged steps). "
-        "Goodfellow et al. (2014): the saturating loss log(1 − D(G(z))) has ∂/∂logit = −D(G(z)), which "
-        "vanishes when D rejects the fakes confidently; the non-saturating −log D(G(z)) has −(1 − D(G(z))), "
-        "largest exactly then.",
-    ),
-}
-# The page style, shared with the invariance report.
-PAGE_STYLE = """<style>
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; }
-section.fig { display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0;
-  border-top: 1px solid #ddd; padding-top: 1em; }
-section.fig img { max-width: 68%; height: auto; }
-section.fig p { line-height: 1.45; }
-table.runs { border-collapse: collapse; font-size: 0.75em; display: block; max-width: 100%; overflow-x: auto; }
-table.runs th, table.runs td { padding: 2px 5px; border-bottom: 1px solid #eee; text-align: right; }
-table.runs th { position: sticky; top: 0; background: #fff; }
-.rule { background: #f6f6f6; padding: 0.6em 1em; }
-</style>"""
-
 
 class NoRuns(LookupError):
     """No MLflow run carries the tag study=<name>."""
@@ -228,20 +77,19 @@ def summary_table(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val
 
 
 def draw_one(name: str, data: StudyData, folder: Path, objective: tuple[str, str]) -> Path | str:
-    """Draw one figure of FIGURES into folder/<name>.png; or why not (figures.NEEDS unmet, or no data)."""
-    needs = figures.NEEDS[name]
-    reason = figures.unmet(needs, data.runs)
+    """Draw one registered figure into folder/<name>.png; or why not (its needs unmet, or no data)."""
+    entry = figures.REGISTRY[name]
+    reason = figures.unmet(entry.needs, data.runs)
     if reason is not None:
         return reason
-    takes_objective = name in ("phase_diagram", "clipping_effect")
-    extra = {"objective": objective[0], "direction": objective[1]} if takes_objective else {}
-    fig = figures.FIGURES[name](data.runs, data.stats, **extra)
-    return figures.lacks(needs) if fig is None else figures.save_figure(fig, folder / f"{name}.png")
+    extra = {"objective": objective[0], "direction": objective[1]} if entry.takes_objective else {}
+    fig = entry.draw(data.runs, data.stats, **extra)
+    return figures.lacks(entry.needs) if fig is None else figures.save_figure(fig, folder / f"{name}.png")
 
 
 def render_figures(data: StudyData, folder: Path, objective: tuple[str, str]) -> dict[str, Path | str]:
     """Draw every figure that can say something into `folder`; name → PNG path, or the reason it is not drawn."""
-    return {name: draw_one(name, data, folder, objective) for name in figures.FIGURES}
+    return {name: draw_one(name, data, folder, objective) for name in figures.REGISTRY}
 
 
 def _table_html(table: pd.DataFrame, links: dict[str, str] | None = None) -> str:
@@ -294,8 +142,8 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
     sections, missing = [], []
     for name, png in written.items():
-        title, caption = CAPTIONS[name]
-        caption = caption.replace("{rule}", html.escape(summary.OUTCOME_RULE))
+        title = figures.REGISTRY[name].title
+        caption = figures.REGISTRY[name].caption.replace("{rule}", html.escape(summary.OUTCOME_RULE))
         if not isinstance(png, Path):
             missing.append(f"<li>{title}: {html.escape(png, quote=False)}.</li>")
             continue
@@ -341,7 +189,7 @@ def _skipped_html(skipped: dict[str, str]) -> str:
 def write_report(data: StudyData, folder: Path) -> Path:
     """Figures, summary.csv and index.html of one study into `folder` (what an earlier build wrote removed first)."""
     folder.mkdir(parents=True, exist_ok=True)
-    remove_own_outputs(folder, figures.FIGURES)  # index.html must list exactly the figures this build drew
+    remove_own_outputs(folder, figures.REGISTRY)  # index.html must list exactly the figures this build drew
     objective = objective_of(data)
     data = dataclasses.replace(data, runs=summary.annotate(data.runs, data.stats))  # gains computed once
     table = summary_table(data.runs, data.stats, objective[0])

@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.figures import HEATMAP_CMAP
+from analysis.figures.style import HEATMAP_CMAP
 from analysis.load import layer_index
 
 ARTIFACT = "figures/gradient_profile.png"

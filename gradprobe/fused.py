@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from gradprobe.activations import ACTIVATIONS
+
 ENV = "GPL_FUSED"  # "0": eager statistics only
 SOURCE = Path(__file__).with_name("fused.c")
 # No -ffast-math: -fno-math-errno/-fno-trapping-math are enough for the reductions to vectorize, and NaN
@@ -44,8 +46,9 @@ SOURCE = Path(__file__).with_name("fused.c")
 # a torch whose OpenMP runtime is not the libgomp.so.1 that the library would load (`_openmp_runtimes`).
 FLAGS = ("-O3", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math")
 THREADING = {"openmp": ("-fopenmp",), "serial": ("-fopenmp-simd",)}
-# Saturation as fused.c's `kind` argument; an activation missing here (GELU: φ' needs z) is eager only.
-KINDS = {"linear": 0, "relu": 1, "leaky_relu": 1, "sigmoid": 2, "tanh": 3}
+# Saturation as fused.c's `kind` argument, from the activation registry; an activation without a kind
+# (GELU: φ' needs z) is eager only.
+KINDS = {name: act.fused_kind for name, act in ACTIVATIONS.items() if act.fused_kind is not None}
 
 _P = ctypes.c_void_p
 _SIGNATURES = {  # name: (argument types, result type)

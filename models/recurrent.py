@@ -20,9 +20,9 @@ from gradprobe.activations import ACTIVATIONS, make_activation
 from models.base import Family
 from models.norms import make_norm
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}  # the recurrent model names' one home
 FUSED_RNN_ACTIVATIONS = ("tanh", "relu")  # the nonlinearities nn.RNN implements itself
-RNN_ACTIVATIONS = ("tanh", "relu", "sigmoid", "leaky_relu", "linear")
+RNN_ACTIVATIONS = tuple(name for name, act in ACTIVATIONS.items() if act.rnn)
 GATE_NAME = {"lstm": "forget", "gru": "update"}
 
 

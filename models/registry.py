@@ -7,7 +7,7 @@ from collections.abc import Callable
 from models.base import Family
 from models.cnn import CNN
 from models.mlp import MLP
-from models.recurrent import Recurrent
+from models.recurrent import CELLS, Recurrent
 from models.resmlp import ResMLP
 
 # Input layouts a dataset can have: image (C, H, W), signal (C, L), sequence (T, F), vector (F,).
@@ -67,7 +67,7 @@ def _recurrent(cell: str) -> Builder:
     return build
 
 
-for _cell in ("rnn", "lstm", "gru"):
+for _cell in CELLS:
     register(_cell, accepts=("signal", "sequence"))(_recurrent(_cell))
 
 

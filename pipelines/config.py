@@ -18,11 +18,11 @@ from models.init import INITS
 from models.losses import LOSSES, tasks_for
 from models.norms import NORMS
 from models.optim import OPTIMIZERS, SCHEDULES
-from models.recurrent import RNN_ACTIVATIONS
+from models.recurrent import CELLS, RNN_ACTIVATIONS
 from models.registry import ACCEPTS, MODELS
 from pipelines.data import DATASETS
 
-RECURRENT = ("rnn", "lstm", "gru")
+RECURRENT = tuple(CELLS)
 FLOAT32_MAX = 3.4028234663852886e38  # parameters and updates are float32: a larger number cannot be held
 SEED_MAX = max_seed_value  # what Lightning's seed_everything accepts (numpy's uint32 range)
 

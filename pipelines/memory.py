@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from gradprobe import keys as K
-from pipelines.config import ConfigError, RunConfig
+from pipelines.config import RECURRENT, ConfigError, RunConfig
 from pipelines.data import DATASETS
 
 LIMIT_SHARE = 0.5  # of this machine's memory (or of the cgroup's limit): the rest is the OS, MLflow, other work
@@ -134,7 +134,7 @@ def _cnn(cfg: RunConfig, in_shape: tuple[int, ...], layout: str, n_outputs: int)
     return params + readout, acts + (n_outputs * positions if cfg.head == "dense" else 0)
 
 
-@estimator("rnn", "lstm", "gru")
+@estimator(*RECURRENT)
 def _recurrent(cfg: RunConfig, in_shape: tuple[int, ...], layout: str, n_outputs: int) -> tuple[int, int]:
     features, steps = (in_shape[0], in_shape[1]) if layout == "signal" else (in_shape[1], in_shape[0])
     w, g = cfg.width, GATES[cfg.model]
