@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 
 from gradprobe import keys as K
+from gradprobe import theory
 from gradprobe import verdict as V
+from gradprobe.stats import LARGEST_NORM
 
 DIAGNOSIS_ARTIFACT = "diagnosis.md"
 COLUMNS = ["step", "layer", "family", "stat", "value"]
@@ -58,8 +60,7 @@ def mean_field_from_params(params: Mapping[str, Any]) -> MeanField | None:
     Params come from a shared store: every value is checked against the theory's own lists and parsed as a
     number, never evaluated.
     """
-    theory = _theory()
-    if theory is None or params.get("model", "mlp") != "mlp" or params.get("norm", "none") != "none":
+    if params.get("model", "mlp") != "mlp" or params.get("norm", "none") != "none":
         return None
     activation, init = str(params.get("activation", "")), str(params.get("init", ""))
     if activation not in theory.ACTIVATIONS or init not in theory.INITS:
@@ -73,24 +74,14 @@ def mean_field_from_params(params: Mapping[str, Any]) -> MeanField | None:
     return MeanField(activation, init, width, depth, gain)
 
 
-def _theory() -> Any:
-    """gradprobe.theory (the mean-field maps), or None where this version of the package lacks it."""
-    try:
-        from gradprobe import theory
-    except ImportError:
-        return None
-    return theory
-
-
 def predicted_chain_gains(arch: MeanField, first_m2: float) -> np.ndarray:
     """Predicted ‖∂L/∂x_{l−1}‖/‖∂L/∂x_l‖ for hidden layers l = 1…depth−1 at initialization (input side first).
 
     `first_m2` is the measured E[x₀²] of the first layer's output at step 0: the data's statistics are not
     recorded, so the length map starts from what the first layer produced.
     """
-    theory = _theory()
     n = arch.depth - 1
-    if theory is None or n < 1 or not math.isfinite(first_m2):
+    if n < 1 or not math.isfinite(first_m2):
         return np.full(max(n, 0), np.nan)
     sw2 = theory.sigma_w2(arch.init, arch.width, arch.width, arch.gain)
     q1 = sw2 * first_m2 + theory.bias_variance(arch.init, arch.width)
@@ -114,7 +105,7 @@ class LayerEvidence:
     inactive_start: float  # share of entries passing (almost) no gradient: dead (ReLU-like) or saturated
     inactive_end: float
     update_ratio: float  # median ‖ΔW‖/‖W‖ per step
-    nonfinite: float  # NaN/inf gradient entries over the run
+    nonfinite: float  # logged steps where its gradient had NaN/inf entries or a norm past the probe's guard
     notes: tuple[str, ...] = ()
 
 
@@ -193,8 +184,12 @@ class Diagnosis:
         sentences += self._gain_sentences()
         advice = V.learning_rate_advice(self.update_ratio)
         if advice:
+            # Tiny updates behind a blocked gradient are its consequence: raising the learning rate cures neither.
+            blocked = self.update_ratio < V.UPDATE_RATIO_LOW and any(
+                self.named(v) for v in ("vanishing", "dead units", "saturated"))
+            why = "; fix the gradient flow first, the small updates follow from it" if blocked else ""
             sentences.append(f"The median update ratio ‖ΔW‖/‖W‖ is {self.update_ratio:.2g} per step against the usual "
-                             f"1e-3: {advice}.")  # fmt: skip
+                             f"1e-3: {advice}{why}.")  # fmt: skip
         if not sentences:
             sentences.append("Nothing in the gradients looks pathological: every layer passes the gradient on "
                              "without shrinking or growing it much, few units are dead or saturated and the updates "
@@ -290,8 +285,11 @@ def _at(wide: pd.DataFrame, step: int | None) -> pd.Series:
 
 
 def _ratios(norms: pd.Series) -> list[float]:
+    """‖∂L/∂x_l‖/‖∂L/∂x_{l+1}‖ per layer (NaN for the last): 0 where no gradient gets past layer l+1."""
     values = norms.to_numpy(dtype=float)
-    return [V.measured_gain(values[i : i + 2]) for i in range(len(values) - 1)] + [math.nan]
+    ahead, here = values[1:], values[:-1]
+    usable = np.isfinite(ahead) & (ahead > 0) & np.isfinite(here) & (here >= 0)
+    return [float(h / a) if ok else math.nan for h, a, ok in zip(here, ahead, usable)] + [math.nan]
 
 
 def _activation_kinds(layers: list[str], activations: str | Mapping[str, str] | None) -> dict[str, str | None]:
@@ -300,13 +298,13 @@ def _activation_kinds(layers: list[str], activations: str | Mapping[str, str] | 
     return {layer: (activations or {}).get(layer) for layer in layers}
 
 
-def _diverged_step(table: pd.DataFrame, nonfinite: pd.DataFrame) -> int | None:
-    """The first step with a non-finite gradient entry, gradient norm or training loss."""
-    fam, stat = table["family"].astype(str), table["stat"].astype(str)
-    bad = table[((fam == "grad") & (stat == "nonfinite") & (table["value"] > 0))
-                | ((fam == "grad") & (stat == "l2") & ~np.isfinite(table["value"]))
-                | ((fam + "/" + stat == K.TRAIN_LOSS) & ~np.isfinite(table["value"]))]  # fmt: skip
-    return int(bad["step"].min()) if len(bad) else None
+def _nonfinite_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows that show a diverged step: NaN/inf gradient entries, a gradient norm past the probe's guard
+    (stats.LARGEST_NORM: beyond it norm clipping cannot work), or a non-finite training loss."""
+    fam, stat, value = table["family"].astype(str), table["stat"].astype(str), table["value"]
+    return table[((fam == "grad") & (stat == "nonfinite") & (value > 0))
+                 | ((fam == "grad") & (stat == "l2") & ~(value <= LARGEST_NORM))
+                 | ((fam + "/" + stat == K.TRAIN_LOSS) & ~np.isfinite(value))]  # fmt: skip
 
 
 def diagnose(
@@ -327,9 +325,8 @@ def diagnose(
         activations = activations if activations is not None else params.get("activation")
         architecture = architecture if architecture is not None else mean_field_from_params(params)
     layers = layer_order(table[table["layer"].astype(str) != ""])
-    wide = {(f, s): _wide(table, f, s, layers) for f, s in
-            [("backprop", "l2"), ("act", "saturation"), ("act", "mean"), ("act", "std"), ("update", "ratio"),
-             ("grad", "nonfinite"), ("grad", "l2")]}  # fmt: skip
+    wide = {(f, s): _wide(table, f, s, layers)
+            for f, s in [("backprop", "l2"), ("act", "saturation"), ("act", "mean"), ("act", "std"), ("update", "ratio")]}
     backprop = wide["backprop", "l2"].dropna(how="all")
     steps = sorted(set(table["step"].astype(int))) or [0]
     first = int(backprop.index.min()) if len(backprop) else steps[0]
@@ -342,7 +339,8 @@ def diagnose(
     sat_start, sat_end = _at(saturation, first), _at(saturation, int(saturation.index.max()) if len(saturation) else None)
     mean_end, std_end = _at(wide["act", "mean"], last), _at(wide["act", "std"], last)
     updates = wide["update", "ratio"].where(np.isfinite(wide["update", "ratio"])).median()
-    nonfinite = wide["grad", "nonfinite"].fillna(0).sum() + (~np.isfinite(wide["grad", "l2"])).sum()
+    bad = _nonfinite_rows(table)
+    nonfinite = bad[bad["layer"].astype(str) != ""].groupby(bad["layer"].astype(str), observed=True)["step"].nunique()
     evidence = []
     for i, layer in enumerate(layers):
         judged = i < len(layers) - 2  # the ratio into the last layer (the readout) depends on the task's width
@@ -368,7 +366,7 @@ def diagnose(
         gain_end=measure(end),
         predicted_gain=float(np.exp(np.log(per_layer_predicted).mean())) if per_layer_predicted.size else math.nan,
         theory="plain chain, Poole et al. 2016 / Schoenholz et al. 2017" if per_layer_predicted.size else NO_THEORY,
-        diverged_step=_diverged_step(table, wide["grad", "nonfinite"]),
+        diverged_step=int(bad["step"].min()) if len(bad) else None,
         update_ratio=float(np.nanmedian(updates)) if np.isfinite(updates).any() else math.nan,
     )
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from gradprobe.activations import ACTIVATIONS
+
 HIDDEN_LAYER = re.compile(r"L\d{3,}")  # models.base.layer_name; the readout `out` is not a hidden layer
 
 
@@ -106,14 +108,14 @@ SATURATED_SHARE = 0.5
 # The update ratio ‖ΔW‖/‖W‖ per step: around 1e-3 is the usual rule of thumb (Karpathy's "CS231n" notes);
 # two orders of magnitude around it are tolerated before the learning rate is called too low or too high.
 UPDATE_RATIO_LOW, UPDATE_RATIO_HIGH = 1e-4, 1e-2
-RELU_LIKE = ("relu", "leaky_relu")  # saturation = units that are off (φ' = 0, or the leak's 1 %): dead units
 
 VERDICTS = ("diverged", "dead units", "saturated", "exploding", "vanishing", "healthy")  # most telling first
 
 
 def gain_verdict(ratio: float) -> str:
-    """'vanishing' below 1/LAYER_GAIN_BAND, 'exploding' above LAYER_GAIN_BAND, else (and for NaN) 'healthy'."""
-    if not math.isfinite(ratio) or ratio <= 0:
+    """'vanishing' below 1/LAYER_GAIN_BAND (0: no gradient gets through), 'exploding' above LAYER_GAIN_BAND, else
+    (and for NaN) 'healthy'."""
+    if not math.isfinite(ratio) or ratio < 0:
         return "healthy"  # no evidence either way: the ratio is shown as it is
     if ratio < 1.0 / LAYER_GAIN_BAND:
         return "vanishing"
@@ -123,15 +125,16 @@ def gain_verdict(ratio: float) -> str:
 def saturation_verdict(share: float, kind: str | None, act_mean: float = math.nan, act_std: float = math.nan) -> str:
     """'dead units' / 'saturated' / 'healthy' from the share of entries passing (almost) no gradient.
 
-    The activation `kind` tells the two apart (ReLU-like: dead units at DEAD_SHARE; others, sigmoid/tanh's flat
-    tails: saturated at SATURATED_SHARE); without it, a layer whose outputs are all zero (mean and std 0) has
-    dead units and any other layer over SATURATED_SHARE is saturated.
+    The registry's entry for the activation `kind` tells the two apart: a saturating φ (sigmoid, tanh) is
+    saturated at SATURATED_SHARE, any other (ReLU-like: φ' is 0 where a unit is off) has dead units at
+    DEAD_SHARE. For a kind it does not know, a layer whose outputs are all zero (mean and std 0) has dead units
+    and any other layer over SATURATED_SHARE is saturated.
     """
     if not math.isfinite(share):
         return "healthy"
-    if kind in RELU_LIKE:
+    if kind in ACTIVATIONS and not ACTIVATIONS[kind].saturating:
         return "dead units" if share >= DEAD_SHARE else "healthy"
-    if kind is None and share >= DEAD_SHARE and act_mean == 0 and act_std == 0:
+    if kind not in ACTIVATIONS and share >= DEAD_SHARE and act_mean == 0 and act_std == 0:
         return "dead units"
     return "saturated" if share >= SATURATED_SHARE else "healthy"
 
