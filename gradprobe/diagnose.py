@@ -257,10 +257,8 @@ def _share(value: float) -> str:
 
 def _escape(text: str, *, code: bool = False) -> str:
     """Text from a run (layer names are untrusted) made inert in markdown: no table break, no HTML, no code end."""
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    if code:
-        return text.replace("`", "'")
-    return text.replace("<", "&lt;").replace(">", "&gt;")
+    text = " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("`", "'") if code else text
 
 
 # -- from the table to the verdicts ------------------------------------------------------------------
@@ -285,11 +283,11 @@ def _at(wide: pd.DataFrame, step: int | None) -> pd.Series:
 
 
 def _ratios(norms: pd.Series) -> list[float]:
-    """‖∂L/∂x_l‖/‖∂L/∂x_{l+1}‖ per layer (NaN for the last): 0 where no gradient gets past layer l+1."""
+    """‖∂L/∂x_l‖/‖∂L/∂x_{l+1}‖ per layer (NaN for the last): 0 where no gradient reaches layer l at all."""
     values = norms.to_numpy(dtype=float)
-    ahead, here = values[1:], values[:-1]
-    usable = np.isfinite(ahead) & (ahead > 0) & np.isfinite(here) & (here >= 0)
-    return [float(h / a) if ok else math.nan for h, a, ok in zip(here, ahead, usable)] + [math.nan]
+    ratios = [0.0 if h == 0 and math.isfinite(a) else h / a if math.isfinite(h) and a > 0 and math.isfinite(a) and h >= 0
+              else math.nan for h, a in zip(values[:-1], values[1:])]  # fmt: skip
+    return [float(r) for r in ratios] + [math.nan]
 
 
 def _activation_kinds(layers: list[str], activations: str | Mapping[str, str] | None) -> dict[str, str | None]:
@@ -457,8 +455,10 @@ def _per_layer_or_loss(metric_key: str) -> bool:
 
 @contextlib.contextmanager
 def _impatient() -> Iterator[None]:
-    """MLflow's HTTP client without retries and with a short timeout: a bad URI is an answer in seconds."""
-    tight = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    """MLflow's HTTP client without retries and with a short timeout (a bad URI is an answer in seconds), and
+    no download progress bar on stderr."""
+    tight = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
     saved = {name: os.environ.get(name) for name in tight}
     os.environ.update(tight)
     try:

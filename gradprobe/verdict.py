@@ -127,15 +127,17 @@ def saturation_verdict(share: float, kind: str | None, act_mean: float = math.na
 
     The registry's entry for the activation `kind` tells the two apart: a saturating φ (sigmoid, tanh) is
     saturated at SATURATED_SHARE, any other (ReLU-like: φ' is 0 where a unit is off) has dead units at
-    DEAD_SHARE. For a kind it does not know, a layer whose outputs are all zero (mean and std 0) has dead units
-    and any other layer over SATURATED_SHARE is saturated.
+    DEAD_SHARE. For a kind it does not know, DEAD_SHARE is the bar for both (half the entries of a healthy ReLU
+    layer are off): a layer whose outputs are all zero (mean and std 0) has dead units, any other is saturated.
     """
     if not math.isfinite(share):
         return "healthy"
     if kind in ACTIVATIONS and not ACTIVATIONS[kind].saturating:
         return "dead units" if share >= DEAD_SHARE else "healthy"
-    if kind not in ACTIVATIONS and share >= DEAD_SHARE and act_mean == 0 and act_std == 0:
-        return "dead units"
+    if kind not in ACTIVATIONS:
+        if share < DEAD_SHARE:
+            return "healthy"
+        return "dead units" if act_mean == 0 and act_std == 0 else "saturated"
     return "saturated" if share >= SATURATED_SHARE else "healthy"
 
 
