@@ -14,14 +14,13 @@ as `diagnosis.md`. MLflow is needed only to read or log a run, and is imported t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,22 +452,13 @@ def _per_layer_or_loss(metric_key: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _impatient() -> Iterator[None]:
+def _impatient() -> Any:
     """MLflow's HTTP client without retries and with a short timeout (a bad URI is an answer in seconds), and
-    no download progress bar on stderr."""
-    tight = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
-    saved = {name: os.environ.get(name) for name in tight}
-    os.environ.update(tight)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    no download progress bar on stderr; the environment as it was after the block."""
+    from unittest import mock  # patch.dict restores os.environ on exit, whatever happens in the block
+
+    return mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})  # fmt: skip
 
 
 def _check_sqlite(uri: str) -> None:
