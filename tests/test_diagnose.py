@@ -287,3 +287,14 @@ def test_verdict_rules_at_their_thresholds() -> None:
     assert V.learning_rate_advice(V.UPDATE_RATIO_HIGH * 2) == "learning rate likely too high"
     assert V.learning_rate_advice(1e-3) == ""
     assert V.worst(["healthy", "vanishing", "dead units"]) == "dead units"
+
+
+def test_without_mlflow_the_package_diagnoses_and_the_command_says_what_is_missing() -> None:
+    code = ("import sys; sys.modules['mlflow'] = None; import pandas as pd; from gradprobe import diagnose as D; "
+            "rows = [(0, n, 'backprop', 'l2', 1.0) for n in ('a', 'b', 'c')]; "
+            "print(D.diagnose(pd.DataFrame(rows, columns=D.COLUMNS)).verdict); sys.exit(D.main(['--run-id', 'x']))")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "healthy"  # the diagnosis itself needs no MLflow
+    assert done.returncode == 2 and done.stderr.startswith("error: mlflow=") and len(done.stderr.splitlines()) == 1
