@@ -298,3 +298,14 @@ def test_without_mlflow_the_package_diagnoses_and_the_command_says_what_is_missi
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert done.stdout.strip() == "healthy"  # the diagnosis itself needs no MLflow
     assert done.returncode == 2 and done.stderr.startswith("error: mlflow=") and len(done.stderr.splitlines()) == 1
+
+
+def test_log_diagnosis_through_lightnings_mlflow_logger(runs, tmp_path) -> None:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    uri, _ = runs
+    d, table = _diagnosis(runs, "healthy", tmp_path)
+    logger = MLFlowLogger(experiment_name="diagnosis", tracking_uri=uri, artifact_location=str(tmp_path / "art"))
+    assert D.log_diagnosis(table, logger, params=CONFIGS["healthy"].to_dict()) is not None
+    logged = MlflowClient(uri).download_artifacts(logger.run_id, D.DIAGNOSIS_ARTIFACT, str(tmp_path / "dl"))
+    assert Path(logged).read_text(encoding="utf-8") == d.markdown()
