@@ -284,9 +284,15 @@ def _at(wide: pd.DataFrame, step: int | None) -> pd.Series:
 def _ratios(norms: pd.Series) -> list[float]:
     """‖∂L/∂x_l‖/‖∂L/∂x_{l+1}‖ per layer (NaN for the last): 0 where no gradient reaches layer l at all."""
     values = norms.to_numpy(dtype=float)
-    ratios = [0.0 if h == 0 and math.isfinite(a) else h / a if math.isfinite(h) and a > 0 and math.isfinite(a) and h >= 0
-              else math.nan for h, a in zip(values[:-1], values[1:])]  # fmt: skip
-    return [float(r) for r in ratios] + [math.nan]
+    ratios = []
+    for here, ahead in zip(values[:-1], values[1:]):
+        if not (math.isfinite(here) and math.isfinite(ahead) and here >= 0):
+            ratios.append(math.nan)
+        elif here == 0:
+            ratios.append(0.0)  # nothing gets back to this layer
+        else:
+            ratios.append(float(here / ahead) if ahead > 0 else math.nan)
+    return ratios + [math.nan]
 
 
 def _activation_kinds(layers: list[str], activations: str | Mapping[str, str] | None) -> dict[str, str | None]:
@@ -322,26 +328,56 @@ def diagnose(
         activations = activations if activations is not None else params.get("activation")
         architecture = architecture if architecture is not None else mean_field_from_params(params)
     layers = layer_order(table[table["layer"].astype(str) != ""])
-    wide = {(f, s): _wide(table, f, s, layers)
-            for f, s in [("backprop", "l2"), ("act", "saturation"), ("act", "mean"), ("act", "std"), ("update", "ratio")]}
+    wide = {(f, s): _wide(table, f, s, layers) for f, s in PER_LAYER}
     backprop = wide["backprop", "l2"].dropna(how="all")
     steps = sorted(set(table["step"].astype(int))) or [0]
     first = int(backprop.index.min()) if len(backprop) else steps[0]
     last = int(backprop.index.max()) if len(backprop) else steps[-1]
     start, end = _at(backprop, first), _at(backprop, last)
-    gains_start, gains_end = _ratios(start), _ratios(end)
-    predicted = _predicted(layers, architecture, wide["act", "mean"], wide["act", "std"], first)
-    kinds = _activation_kinds(layers, activations)
-    saturation = wide["act", "saturation"]
-    sat_start, sat_end = _at(saturation, first), _at(saturation, int(saturation.index.max()) if len(saturation) else None)
-    mean_end, std_end = _at(wide["act", "mean"], last), _at(wide["act", "std"], last)
-    updates = wide["update", "ratio"].where(np.isfinite(wide["update", "ratio"])).median()
     bad = _nonfinite_rows(table)
-    nonfinite = bad[bad["layer"].astype(str) != ""].groupby(bad["layer"].astype(str), observed=True)["step"].nunique()
-    evidence = []
+    predicted_by_layer = _predicted(layers, architecture, wide["act", "mean"], wide["act", "std"], first)
+    evidence = _evidence(layers, wide, (first, last), _activation_kinds(layers, activations), predicted_by_layer, bad)
+    body = layers[:-1]  # the network's gain leaves the readout out, as the lab's verdict does
+
+    def network_gain(norms: pd.Series) -> V.GainMeasurement | None:
+        return V.measure_gain(norms[body].to_numpy(dtype=float)) if len(body) >= 2 else None
+
+    predicted = np.asarray([e.predicted for e in evidence if math.isfinite(e.predicted) and e.predicted > 0])
+    updates = np.asarray([e.update_ratio for e in evidence if math.isfinite(e.update_ratio)])
+    return Diagnosis(
+        layers=evidence,
+        first_step=first,
+        last_step=last,
+        gain_start=network_gain(start),
+        gain_end=network_gain(end),
+        predicted_gain=float(np.exp(np.log(predicted).mean())) if predicted.size else math.nan,
+        theory="plain chain, Poole et al. 2016 / Schoenholz et al. 2017" if predicted.size else NO_THEORY,
+        diverged_step=int(bad["step"].min()) if len(bad) else None,
+        update_ratio=float(np.median(updates)) if updates.size else math.nan,
+    )
+
+
+PER_LAYER = [("backprop", "l2"), ("act", "saturation"), ("act", "mean"), ("act", "std"), ("update", "ratio")]
+
+
+def _evidence(layers: list[str], wide: dict[tuple[str, str], pd.DataFrame], span: tuple[int, int],
+              kinds: dict[str, str | None], predicted: list[float], bad: pd.DataFrame) -> tuple[LayerEvidence, ...]:
+    """Each layer's evidence at the first and the last step with back-propagated norms (`span`), and its verdict."""
+    first, last = span
+    backprop, saturation = wide["backprop", "l2"], wide["act", "saturation"]
+    gains_start, gains_end = _ratios(_at(backprop, first)), _ratios(_at(backprop, last))
+    sat_start = _at(saturation, first)
+    sat_end = _at(saturation, int(saturation.index.max()) if len(saturation) else None)
+    mean_end, std_end = _at(wide["act", "mean"], last), _at(wide["act", "std"], last)
+    ratios = wide["update", "ratio"]
+    updates = ratios.where(np.isfinite(ratios)).median()
+    named = bad[bad["layer"].astype(str) != ""]
+    nonfinite = named.groupby(named["layer"].astype(str), observed=True)["step"].nunique()
+    out = []
     for i, layer in enumerate(layers):
         judged = i < len(layers) - 2  # the ratio into the last layer (the readout) depends on the task's width
-        inactive = np.nanmax([sat_start[layer], sat_end[layer]]) if np.isfinite([sat_start[layer], sat_end[layer]]).any() else math.nan
+        shares = np.asarray([sat_start[layer], sat_end[layer]], dtype=float)
+        inactive = float(np.nanmax(shares)) if np.isfinite(shares).any() else math.nan
         found = [V.saturation_verdict(inactive, kinds[layer], mean_end[layer], std_end[layer])]
         if judged:
             found += [V.gain_verdict(gains_start[i]), V.gain_verdict(gains_end[i])]
@@ -349,23 +385,9 @@ def diagnose(
             found.append("diverged")
         update = float(updates.get(layer, math.nan))
         notes = tuple(note for note in [V.learning_rate_advice(update)] if note)
-        evidence.append(LayerEvidence(layer, V.worst(found), gains_start[i], gains_end[i], predicted[i], judged,
-                                      kinds[layer], float(sat_start[layer]), float(sat_end[layer]), update,
-                                      float(nonfinite.get(layer, 0.0)), notes))  # fmt: skip
-    body = layers[:-1]  # the network's gain leaves the readout out, as the lab's verdict does
-    measure = (lambda norms: V.measure_gain(norms[body].to_numpy(dtype=float))) if len(body) >= 2 else (lambda _: None)
-    per_layer_predicted = np.asarray([p for p in predicted if math.isfinite(p) and p > 0])
-    return Diagnosis(
-        layers=tuple(evidence),
-        first_step=first,
-        last_step=last,
-        gain_start=measure(start),
-        gain_end=measure(end),
-        predicted_gain=float(np.exp(np.log(per_layer_predicted).mean())) if per_layer_predicted.size else math.nan,
-        theory="plain chain, Poole et al. 2016 / Schoenholz et al. 2017" if per_layer_predicted.size else NO_THEORY,
-        diverged_step=int(bad["step"].min()) if len(bad) else None,
-        update_ratio=float(np.nanmedian(updates)) if np.isfinite(updates).any() else math.nan,
-    )
+        out.append(LayerEvidence(layer, V.worst(found), gains_start[i], gains_end[i], predicted[i], judged,
+                                 kinds[layer], *shares, update, float(nonfinite.get(layer, 0)), notes))  # fmt: skip
+    return tuple(out)
 
 
 def _predicted(layers: list[str], arch: MeanField | None, act_mean: pd.DataFrame, act_std: pd.DataFrame,
@@ -480,14 +502,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USAGE = "--run-id RUN [--tracking-uri URI] [--out FILE] [--log]"
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = make_parser()
     try:
         args, extra = parser.parse_known_args(argv)
     except argparse.ArgumentError as exc:
-        raise UsageError(exc.argument_name or "argument", None, "--run-id RUN [--tracking-uri URI] [--out FILE] [--log]") from None
+        raise UsageError(exc.argument_name or "argument", None, USAGE) from None
     if extra:
-        raise UsageError("argument", extra[0], "--run-id RUN [--tracking-uri URI] [--out FILE] [--log]")
+        raise UsageError("argument", extra[0], USAGE)
     if not args.run_id:
         raise UsageError("--run-id", args.run_id, "an MLflow run id")
     if args.out is not None and not Path(args.out).resolve().parent.is_dir():

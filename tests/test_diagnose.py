@@ -250,7 +250,8 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, case) -> None:
         "missing run": ["--run-id", "0" * 32, "--tracking-uri", uri],
         "no store": ["--run-id", results["healthy"].run_id, "--tracking-uri", f"sqlite:///{absent}"],
         "bad flag": ["--run-id", results["healthy"].run_id, "--tracking-uri", uri, "--colour", "red"],
-        "bad out": ["--run-id", results["healthy"].run_id, "--tracking-uri", uri, "--out", str(tmp_path / "no" / "x.md")],
+        "bad out": ["--run-id", results["healthy"].run_id, "--tracking-uri", uri,
+                    "--out", str(tmp_path / "no" / "x.md")],
     }[case]
     done = _cli(*args)
     assert done.returncode == 2 and done.stdout == ""
