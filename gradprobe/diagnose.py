@@ -35,8 +35,9 @@ from gradprobe.stats import LARGEST_NORM
 
 DIAGNOSIS_ARTIFACT = "diagnosis.md"
 COLUMNS = ["step", "layer", "family", "stat", "value"]
-# Lab runs name their readout `out` (models.base.READOUT); in any model the last layer is its head.
 NO_THEORY = "no mean-field theory for this architecture"
+# Verdicts under which a layer's updates are small because its gradient is: no learning-rate advice then.
+BLOCKED = ("vanishing", "dead units", "saturated")
 
 
 # -- the architecture mean-field theory covers ---------------------------------------------------------
@@ -184,8 +185,7 @@ class Diagnosis:
         advice = V.learning_rate_advice(self.update_ratio)
         if advice:
             # Tiny updates behind a blocked gradient are its consequence: raising the learning rate cures neither.
-            blocked = self.update_ratio < V.UPDATE_RATIO_LOW and any(
-                self.named(v) for v in ("vanishing", "dead units", "saturated"))
+            blocked = self.update_ratio < V.UPDATE_RATIO_LOW and any(self.named(v) for v in BLOCKED)
             why = "; fix the gradient flow first, the small updates follow from it" if blocked else ""
             sentences.append(f"The median update ratio ‖ΔW‖/‖W‖ is {self.update_ratio:.2g} per step against the usual "
                              f"1e-3: {advice}{why}.")  # fmt: skip
@@ -383,9 +383,12 @@ def _evidence(layers: list[str], wide: dict[tuple[str, str], pd.DataFrame], span
             found += [V.gain_verdict(gains_start[i]), V.gain_verdict(gains_end[i])]
         if nonfinite.get(layer, 0) > 0:
             found.append("diverged")
-        update = float(updates.get(layer, math.nan))
-        notes = tuple(note for note in [V.learning_rate_advice(update)] if note)
-        out.append(LayerEvidence(layer, V.worst(found), gains_start[i], gains_end[i], predicted[i], judged,
+        update, verdict = float(updates.get(layer, math.nan)), V.worst(found)
+        advice = V.learning_rate_advice(update)
+        if advice and update < V.UPDATE_RATIO_LOW and verdict in BLOCKED:
+            advice = f"tiny updates: they follow from the {verdict} gradient"
+        notes = (advice,) if advice else ()
+        out.append(LayerEvidence(layer, verdict, gains_start[i], gains_end[i], predicted[i], judged,
                                  kinds[layer], *shares, update, float(nonfinite.get(layer, 0)), notes))  # fmt: skip
     return tuple(out)
 
