@@ -85,6 +85,7 @@ def _hidden(d: D.Diagnosis) -> list[D.LayerEvidence]:
 # -- the verdicts ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deep_sigmoid_vanishes_and_the_gains_are_the_norms_quotients(runs, tmp_path) -> None:
     d, table = _diagnosis(runs, "vanishing", tmp_path)
     assert [e.layer for e in d.layers] == [f"L{i:03d}" for i in range(20)] + ["out"]  # forward order
@@ -99,6 +100,7 @@ def test_deep_sigmoid_vanishes_and_the_gains_are_the_norms_quotients(runs, tmp_p
     assert "vanishing" in d.summary() and "Why won't my network train?" in d.markdown()
 
 
+@pytest.mark.slow
 def test_relu_with_a_large_init_explodes(runs, tmp_path) -> None:
     d, _ = _diagnosis(runs, "exploding", tmp_path)
     assert runs[1]["exploding"].outcome == "completed"
@@ -106,6 +108,7 @@ def test_relu_with_a_large_init_explodes(runs, tmp_path) -> None:
     assert d.gain_start.gain > V.LAYER_GAIN_BAND
 
 
+@pytest.mark.slow
 def test_a_large_negative_bias_kills_the_units_and_the_gradient_behind_them(runs, tmp_path) -> None:
     d, table = _diagnosis(runs, "dead", tmp_path)
     by_layer = {e.layer: e for e in d.layers}
@@ -121,12 +124,14 @@ def test_a_large_negative_bias_kills_the_units_and_the_gradient_behind_them(runs
     assert d.named("dead units")[0] == dead
 
 
+@pytest.mark.slow
 def test_a_healthy_kaiming_relu_net_is_healthy(runs, tmp_path) -> None:
     d, _ = _diagnosis(runs, "healthy", tmp_path)
     assert {e.verdict for e in d.layers} == {"healthy"} and d.verdict == "healthy"
     assert d.summary().startswith("healthy")
 
 
+@pytest.mark.slow
 def test_a_diverged_run_says_so_at_the_step_the_lab_recorded(runs, tmp_path) -> None:
     d, _ = _diagnosis(runs, "diverged", tmp_path)
     result = runs[1]["diverged"]
@@ -138,6 +143,7 @@ def test_a_diverged_run_says_so_at_the_step_the_lab_recorded(runs, tmp_path) -> 
 # -- the mean-field prediction ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_prediction_is_the_analysis_one_and_the_closed_form(runs, tmp_path) -> None:
     d, table = _diagnosis(runs, "vanishing", tmp_path)
     first = table[(table.family == "act") & (table.layer == "L000") & (table.step == 0)].set_index("stat").value
@@ -171,6 +177,7 @@ def test_no_prediction_outside_the_plain_chain() -> None:
 # -- reports, histories, the command line ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_lab_run_logs_its_diagnosis(runs, tmp_path) -> None:
     uri, results = runs
     d, _ = _diagnosis(runs, "dead", tmp_path)
@@ -178,6 +185,7 @@ def test_every_lab_run_logs_its_diagnosis(runs, tmp_path) -> None:
     assert Path(path).read_text(encoding="utf-8") == d.markdown()
 
 
+@pytest.mark.slow
 def test_a_failing_diagnosis_only_warns_and_the_run_finishes(tracking, tiny_cfg, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("broken diagnosis")
@@ -206,6 +214,7 @@ def _metrics_only_run(uri: str, table: pd.DataFrame) -> str:
     return run_id
 
 
+@pytest.mark.slow
 def test_a_run_with_metric_histories_only_gives_the_same_verdicts(runs, tmp_path) -> None:
     uri, _ = runs
     d, table = _diagnosis(runs, "dead", tmp_path)
@@ -224,6 +233,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300, cwd=ROOT)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_command_prints_writes_and_logs_the_report(runs, tmp_path) -> None:
     uri, results = runs
     run_id = results["vanishing"].run_id
@@ -237,6 +247,7 @@ def test_the_command_prints_writes_and_logs_the_report(runs, tmp_path) -> None:
     assert Path(logged).read_text(encoding="utf-8").strip() == d.markdown().strip()
 
 
+@pytest.mark.slow
 def test_the_command_reads_a_run_without_parquet(runs, tmp_path) -> None:
     uri, _ = runs
     _, table = _diagnosis(runs, "healthy", tmp_path)
@@ -245,6 +256,7 @@ def test_the_command_reads_a_run_without_parquet(runs, tmp_path) -> None:
     assert "| `L000` | healthy |" in done.stdout and "| `out` |" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing run", "no store", "bad flag", "bad out"])
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, case) -> None:
     uri, results = runs
@@ -304,6 +316,7 @@ def test_without_mlflow_the_package_diagnoses_and_the_command_says_what_is_missi
     assert done.returncode == 2 and done.stderr.startswith("error: mlflow=") and len(done.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_log_diagnosis_through_lightnings_mlflow_logger(runs, tmp_path) -> None:
     from pytorch_lightning.loggers import MLFlowLogger
 
