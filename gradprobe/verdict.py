@@ -10,11 +10,14 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gradprobe.activations import ACTIVATIONS
+
+if TYPE_CHECKING:  # pandas is the parquet extra's: the rules need only numpy
+    import pandas as pd
 
 HIDDEN_LAYER = re.compile(r"L\d{3,}")  # models.base.layer_name; the readout `out` is not a hidden layer
 
