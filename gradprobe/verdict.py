@@ -10,9 +10,14 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+from gradprobe.activations import ACTIVATIONS
+
+if TYPE_CHECKING:  # pandas is the parquet extra's: the rules need only numpy
+    import pandas as pd
 
 HIDDEN_LAYER = re.compile(r"L\d{3,}")  # models.base.layer_name; the readout `out` is not a hidden layer
 
@@ -88,3 +93,66 @@ def step0_gain(table: pd.DataFrame) -> float:
     hidden = {str(layer): value for layer, value in zip(rows["layer"], rows["value"]) if HIDDEN_LAYER.fullmatch(str(layer))}
     norms = [hidden[layer] for layer in sorted(hidden, key=lambda name: int(name[1:]))]  # input side first
     return measured_gain(norms) if len(norms) >= 2 else math.nan
+
+
+# -- one layer's verdict (the diagnosis, gradprobe/diagnose.py) -------------------------------------------
+# Each threshold is a named constant so the report and docs/diagnosis.md quote the same numbers.
+
+# One layer's ratio ‖∂L/∂x_l‖/‖∂L/∂x_{l+1}‖ fluctuates by about 1/√width around its mean-field value (±10 % at
+# width 100), so a single layer needs a wider band than the network's geometric mean (`verdict`, ±5 %): outside
+# [0.8, 1.25] (symmetric in log) the gradient shrinks or grows by 10× within about ten such layers.
+LAYER_GAIN_BAND = 1.25
+# A ReLU-like layer at a symmetric initialization passes gradient through about half of its (unit, example)
+# entries; when 90 % pass none, most of the layer no longer learns (its units are dead for almost every input).
+DEAD_SHARE = 0.9
+# A sigmoid/tanh layer is saturated when at least half of its entries pass back less than
+# activations.SATURATION_SHARE of the largest gradient its nonlinearity can pass.
+SATURATED_SHARE = 0.5
+# The update ratio ‖ΔW‖/‖W‖ per step: around 1e-3 is the usual rule of thumb (Karpathy's "CS231n" notes);
+# two orders of magnitude around it are tolerated before the learning rate is called too low or too high.
+UPDATE_RATIO_LOW, UPDATE_RATIO_HIGH = 1e-4, 1e-2
+
+VERDICTS = ("diverged", "dead units", "saturated", "exploding", "vanishing", "healthy")  # most telling first
+
+
+def gain_verdict(ratio: float) -> str:
+    """'vanishing' below 1/LAYER_GAIN_BAND (0: no gradient gets through), 'exploding' above LAYER_GAIN_BAND, else
+    (and for NaN) 'healthy'."""
+    if not math.isfinite(ratio) or ratio < 0:
+        return "healthy"  # no evidence either way: the ratio is shown as it is
+    if ratio < 1.0 / LAYER_GAIN_BAND:
+        return "vanishing"
+    return "exploding" if ratio > LAYER_GAIN_BAND else "healthy"
+
+
+def saturation_verdict(share: float, kind: str | None, act_mean: float = math.nan, act_std: float = math.nan) -> str:
+    """'dead units' / 'saturated' / 'healthy' from the share of entries passing (almost) no gradient.
+
+    The registry's entry for the activation `kind` tells the two apart: a saturating φ (sigmoid, tanh) is
+    saturated at SATURATED_SHARE, any other (ReLU-like: φ' is 0 where a unit is off) has dead units at
+    DEAD_SHARE. For a kind it does not know, DEAD_SHARE is the bar for both (half the entries of a healthy ReLU
+    layer are off): a layer whose outputs are all zero (mean and std 0) has dead units, any other is saturated.
+    """
+    if not math.isfinite(share):
+        return "healthy"
+    if kind in ACTIVATIONS and not ACTIVATIONS[kind].saturating:
+        return "dead units" if share >= DEAD_SHARE else "healthy"
+    if kind not in ACTIVATIONS:
+        if share < DEAD_SHARE:
+            return "healthy"
+        return "dead units" if act_mean == 0 and act_std == 0 else "saturated"
+    return "saturated" if share >= SATURATED_SHARE else "healthy"
+
+
+def learning_rate_advice(update_ratio: float) -> str:
+    """'learning rate likely too low' / '… too high' from a typical ‖ΔW‖/‖W‖ per step, or '' near 1e-3."""
+    if not math.isfinite(update_ratio):
+        return ""
+    if update_ratio < UPDATE_RATIO_LOW:
+        return "learning rate likely too low"
+    return "learning rate likely too high" if update_ratio > UPDATE_RATIO_HIGH else ""
+
+
+def worst(verdicts: Sequence[str]) -> str:
+    """The most telling of several verdicts of one layer (VERDICTS order: a cause before its symptom)."""
+    return min(verdicts, key=VERDICTS.index, default="healthy")

@@ -30,6 +30,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gradprobe import keys as K
+from gradprobe.diagnose import log_diagnosis
 from gradprobe.probe import GradientProbe
 from gradprobe.recorder import Recorder
 from gradprobe.verdict import step0_gain, verdict
@@ -218,8 +219,11 @@ def run(
             signal.signal(signal.SIGINT, signal.default_int_handler)
         finally:
             recorder.close()
-        if on_recorded is not None and not interrupted:
-            on_recorded(run_id, recorder.table())
+        if not interrupted:
+            table = recorder.table()
+            if on_recorded is not None:
+                on_recorded(run_id, table)
+            log_diagnosis(table, client, run_id, params=cfg.to_dict())  # diagnosis.md; a failure only warns
         outcome = "diverged" if probe.diverged_step is not None else "pruned" if relay.pruned else "completed"
         end_tags = {"outcome": outcome if not interrupted else "interrupted"}
         if probe.diverged_step is not None:
