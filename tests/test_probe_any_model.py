@@ -387,3 +387,226 @@ def test_a_two_layer_lstm_is_probed_without_replaying_through_time() -> None:
     seq = at(model0, run.states[0]).rnn(x)[0].detach().double()  # the top layer's h: tanh-bounded
     expected.update(act_stats("rnn", seq, ((1 - seq**2) < SATURATION_SHARE).double().mean().item()))
     assert_matches(got, expected)
+
+
+# -- which layers, in which order -----------------------------------------------------------------
+
+
+class Reordered(nn.Module):
+    """Modules declared in another order than they run: the readout first, the activation last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 2)
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8))
+        self.stem = nn.Linear(4, 6)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.body(torch.relu(self.stem(x)))))
+
+
+def test_layer_ids_are_qualified_names_in_forward_order() -> None:
+    torch.manual_seed(0)
+    model = Reordered()
+    model0 = copy.deepcopy(model)
+    probe = Probe(model)
+    assert [layer.id for layer in probe.layers] == ["head", "body.0", "body.1", "stem"]  # module order, until a step ran
+    batches = batches_for(model, randn(16, 4), n=2)
+    run = plain_loop(model, batches)
+    specs = [Spec("stem", "stem.weight", "stem", "output"), Spec("body.0", "body.0.weight", "body.0", "output"),
+             Spec("body.1", "body.1.weight", "body.1", "act"), Spec("head", "head.weight", "head", None)]  # fmt: skip
+    assert [layer.id for layer in run.probe.layers] == [s.id for s in specs]
+    for step in run.order:  # every block of the record lists the layers in forward order
+        assert [k.rsplit("/", 1)[1] for k in run.order[step] if k.startswith("grad/l2/")] == [s.id for s in specs]
+        assert [k.rsplit("/", 1)[1] for k in run.order[step] if k.startswith("act/std/")] == [s.id for s in specs[:3]]
+    check_steps(model0, run, batches, specs)
+
+
+def test_a_filter_an_explicit_list_and_aliases_choose_the_layers_and_their_ids() -> None:
+    torch.manual_seed(0)
+    model = Reordered()
+    model0 = copy.deepcopy(model)
+    batches = batches_for(model, randn(16, 4), n=1)
+    only_linear = plain_loop(copy.deepcopy(model), batches, layers=lambda name, module: isinstance(module, nn.Linear))
+    assert [layer.id for layer in only_linear.probe.layers] == ["stem", "body.0", "head"]
+    # a user module chosen as one layer: its first layer's weight, its output, the activation after it
+    chosen = plain_loop(model, batches, layers=[model.body, "stem"], names={"body": "B", "stem": "S"})
+    specs = [Spec("S", "stem.weight", "stem", "output"), Spec("B", "body.0.weight", "body", "act")]
+    assert [layer.id for layer in chosen.probe.layers] == ["S", "B"]
+    check_steps(model0, chosen, batches, specs)
+    with pytest.raises(ValueError, match="'nope' is not a module"):
+        Probe(model, layers=["nope"])
+
+
+# -- Lightning, on modules the lab did not write ------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """A 2-layer Transformer encoder over token embeddings, mean-pooled into a regression head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+class ResNet(nn.Module):
+    """A torchvision-free small ResNet with batch norm on CIFAR-shaped input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(Residual(8), Residual(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class UserModule(pl.LightningModule):
+    """An ordinary LightningModule: a network, MSE, SGD; no `net`, no `last_loss`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.mse_loss(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class Before(pl.Callback):
+    """The model's weights at the start of every training step."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.states.append(copy.deepcopy(pl_module.model.state_dict()))
+
+
+WORKLOADS = {
+    "transformer": (Encoder, lambda gen: torch.randint(0, 20, (8, 10), generator=gen)),
+    "resnet": (ResNet, randn(8, 3, 12, 12)),
+}
+
+
+def fit_lightning(make, batches, clip: float, **probe_args) -> tuple[dict[int, dict[str, float]], list, nn.Module]:
+    torch.manual_seed(0)
+    lit = UserModule(make())
+    model0 = copy.deepcopy(lit.model)
+    records: dict[int, dict[str, float]] = {}
+    probe = gradprobe.GradientProbe(log_every=1, sink=lambda s, k, v: records.__setitem__(s, dict(zip(k, v))), **probe_args)
+    before = Before()
+    trainer = pl.Trainer(max_steps=len(batches), callbacks=[probe, before], gradient_clip_val=clip, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(lit, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lit.modules())
+    return records, before.states, model0
+
+
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+def test_the_callback_on_a_users_lightning_module_records_norms_before_and_after_clipping(workload: str) -> None:
+    make, make_x = WORKLOADS[workload]
+    torch.manual_seed(0)
+    batches = batches_for(make(), make_x, n=3)
+    clip = 0.05
+    records, states, model0 = fit_lightning(make, batches, clip)
+    assert sorted(records) == [0, 1, 2]
+    for step, (x, y) in enumerate(batches):
+        net = at(model0, states[step])
+        loss = F.mse_loss(net(x), y)
+        loss.backward()
+        params = [p for p in net.parameters() if p.grad is not None]
+        by_name = {n: p.grad.clone() for n, p in net.named_parameters()}
+        norm = nn.utils.clip_grad_norm_(params, clip).item()  # returns the norm before clipping, then clips
+        clipped = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in params))
+        got = records[step]
+        assert got["train/loss"] == pytest.approx(loss.item(), rel=1e-5)
+        assert got["grad/global_l2"] == pytest.approx(norm, rel=1e-4)
+        assert got["grad/global_l2_clipped"] == pytest.approx(clipped, rel=1e-4)
+        assert clipped < 0.9 * norm  # clipping bit
+        checked = 0
+        for name, g in by_name.items():  # per-layer gradients are recorded before clipping
+            layer = name.rsplit(".", 1)[0]
+            if name.endswith(".weight") and f"grad/l2/model.{layer}" in got:
+                assert got[f"grad/l2/model.{layer}"] == pytest.approx(torch.linalg.norm(g).item(), rel=1e-4), name
+                checked += 1
+        assert checked >= 8
+    layers = {key.rsplit("/", 1)[1] for key in records[0] if key.startswith("grad/l2/")}
+    if workload == "transformer":
+        assert {"model.encoder.layers.1.self_attn.in_proj", "model.encoder.layers.1.self_attn.out_proj",
+                "model.encoder.layers.0.linear2", "model.encoder.layers.0.norm1", "model.embed"} <= layers  # fmt: skip
+        assert got["grad/l2/model.encoder.layers.0.self_attn.in_proj"] == pytest.approx(
+            torch.linalg.norm(by_name["encoder.layers.0.self_attn.in_proj_weight"]).item(), rel=1e-4)  # fmt: skip
+    else:
+        assert {"model.stem.0", "model.stem.1", "model.blocks.1.bn2", "model.head"} <= layers
+
+
+def test_the_plain_loop_gives_the_callbacks_numbers_on_the_same_seed() -> None:
+    make, make_x = WORKLOADS["transformer"]
+    torch.manual_seed(0)
+    batches = batches_for(make(), make_x, n=3)
+    records, _, model0 = fit_lightning(make, batches, clip=0.05)
+    model = copy.deepcopy(model0)
+    run = plain_loop(_Wrapped(model), batches, lr=0.05, clip=0.05)
+    assert sorted(run.records) == sorted(records)
+    for step in records:
+        assert set(run.records[step]) == set(records[step])
+        for key, value in records[step].items():
+            if key != "time/elapsed":
+                assert run.records[step][key] == pytest.approx(value, rel=1e-5, abs=1e-9, nan_ok=True), (step, key)
+
+
+class _Wrapped(nn.Module):
+    """The plain model under the same attribute name as in the LightningModule, so the layer ids agree."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+# -- divergence, import ---------------------------------------------------------------------------------
+
+
+def test_by_default_a_diverged_step_is_recorded_with_one_warning_and_training_goes_on() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    batches = batches_for(model, randn(16, 4), n=6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = plain_loop(model, batches, lr=1e18, log_every=100)
+    assert len([w for w in caught if "non-finite" in str(w.message)]) == 1
+    diverged = run.probe.diverged_step
+    assert diverged is not None and sorted(run.records) == sorted({0, diverged, 5})  # schedule + the diverged step
+    assert not math.isfinite(run.records[diverged]["grad/global_l2"]) or run.records[diverged]["grad/global_l2"] > 1e19
+    assert len(run.states) == 7 and not torch.equal(run.states[diverged]["0.weight"], run.states[diverged + 1]["0.weight"])
+
+
+def test_importing_gradprobe_does_not_import_lightning() -> None:
+    code = "import sys, gradprobe; assert 'pytorch_lightning' not in sys.modules; gradprobe.GradientProbe; assert 'pytorch_lightning' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
