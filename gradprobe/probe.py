@@ -8,10 +8,12 @@ A training loop tells it four moments of a step (gradprobe/lightning.py does it 
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
-        probe.gradients(loss)                             # before clipping: gradient statistics, divergence guard
+        if probe.gradients(loss):                         # before clipping: statistics, divergence guard
+            break                                         # diverged (stop_on_divergence=True): no step taken
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         probe.end()                                       # after the step: clipped norm, update ratio, record
+    probe.close()                                         # records a step left unfinished, removes the hooks
 
 On a logging step it hooks every layer (its output for ‖∂loss/∂output‖ through a tensor hook, the activation
 module after it), replays recurrent modules for ∂loss/∂h_t (gradprobe/recurrent.py), reads the weight
@@ -426,7 +428,9 @@ class Probe:
         self._hooks.clear()
 
     def close(self) -> None:
-        """Remove every hook the probe placed (forward, tensor hooks die with their step; optimizer hooks)."""
+        """Record a step left unfinished (a loop that stopped at a diverged step), remove every hook the probe placed."""
+        if self._active:
+            self.end()
         self._detach()
         for handle in self._optimizer_hooks:
             handle.remove()

@@ -23,6 +23,7 @@ from torch import nn
 
 import gradprobe
 from gradprobe import Probe
+from tests.grad_oracle import weight_stats
 
 SATURATION_SHARE = 0.05  # φ' below 5 % of its largest value
 
@@ -41,18 +42,6 @@ def saturation(module: nn.Module, z: torch.Tensor) -> float:
     """Share of units whose φ'(z) is below 5 % of the largest φ' (found on a grid)."""
     peak = derivative(module, torch.linspace(-10, 10, 200_001)).max().item()
     return (derivative(module, z) < SATURATION_SHARE * peak).double().mean().item()
-
-
-def weight_stats(layer: str, g: torch.Tensor) -> dict[str, float]:
-    g = g.detach().double()
-    return {
-        f"grad/l2/{layer}": torch.linalg.norm(g.flatten()).item(),
-        f"grad/rms/{layer}": g.pow(2).mean().sqrt().item(),
-        f"grad/absmax/{layer}": g.abs().max().item(),
-        f"grad/mean/{layer}": g.mean().item(),
-        f"grad/std/{layer}": g.std(correction=0).item(),
-        f"grad/nonfinite/{layer}": 0.0,
-    }
 
 
 def act_stats(layer: str, a: torch.Tensor, sat: float) -> dict[str, float]:
