@@ -93,7 +93,7 @@ class Probe:
         self._holds: dict[int, bool] = {}  # id(optimizer) → whether it steps the probed parameters
         self._ordered = False  # forward order known (after the first logging step's forward pass)
         self._call_order: dict[int, int] = {}
-        self._active = self._recording = self._diverged_now = self._stepped = False
+        self._active = self._recording = self._diverged_now = self._stepped = self._read = False
         self._workspace: dict = {}  # the activation statistics' scratch copies, reused at every logging step
         self._arrange()
 
@@ -151,7 +151,7 @@ class Probe:
             self._started = time.perf_counter()
         self.step, self._loss = step, None
         self._active = self.record and is_logging_step(step, self.log_every, self.max_steps)
-        self._diverged_now = self._stepped = False
+        self._diverged_now = self._stepped = self._read = False
         if self._active:
             self._reset()
             if not self._hooks:
@@ -268,6 +268,7 @@ class Probe:
         """
         if self._active and not self._ordered:
             self._finish_order()
+        self._read = True
         self._loss = None if loss is None else loss.detach()
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
@@ -337,8 +338,9 @@ class Probe:
         (`{key: scalar tensor}`) that join the record.
         """
         self._stopped = time.perf_counter()
-        if not self._active:
-            return
+        self._recording = False
+        if not self._active or not self._read:
+            return  # nothing to record, or no optimizer step yet (gradient accumulation: the step goes on)
         self._after_step()  # without a watched optimizer: the gradients and weights as the step left them
         self._active = self._recording = False
         if self._diverged_now or not is_logging_step(self.step + 1, self.log_every, self.max_steps):
@@ -427,9 +429,9 @@ class Probe:
             handle.remove()
         self._hooks.clear()
 
-    def close(self) -> None:
-        """Record a step left unfinished (a loop that stopped at a diverged step), remove every hook the probe placed."""
-        if self._active:
+    def close(self, finish: bool = True) -> None:
+        """Record a step left unfinished (a loop that stopped at a diverged step) if `finish`; remove every hook."""
+        if finish and self._active and self._read:
             self.end()
         self._detach()
         for handle in self._optimizer_hooks:

@@ -599,3 +599,27 @@ def test_by_default_a_diverged_step_is_recorded_with_one_warning_and_training_go
 def test_importing_gradprobe_does_not_import_lightning() -> None:
     code = "import sys, gradprobe; assert 'pytorch_lightning' not in sys.modules; gradprobe.GradientProbe; assert 'pytorch_lightning' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_with_gradient_accumulation_a_record_holds_the_accumulated_gradients() -> None:
+    """accumulate_grad_batches=2: one record per optimizer step, its norm that of the summed micro-batch gradients."""
+    make, make_x = WORKLOADS["resnet"]
+    torch.manual_seed(0)
+    batches = batches_for(make(), make_x, n=4)
+    torch.manual_seed(0)
+    lit = UserModule(make())
+    model0 = copy.deepcopy(lit.model)
+    records: dict[int, dict[str, float]] = {}
+    probe = gradprobe.GradientProbe(log_every=1, sink=lambda s, k, v: records.__setitem__(s, dict(zip(k, v))))
+    before = Before()
+    trainer = pl.Trainer(max_steps=2, callbacks=[probe, before], accumulate_grad_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(lit, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert sorted(records) == [0, 1]
+    for step in (0, 1):
+        net = at(model0, before.states[2 * step])
+        for x, y in batches[2 * step : 2 * step + 2]:
+            (F.mse_loss(net(x), y) / 2).backward()  # Lightning scales each micro-batch's loss
+        norm = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in net.parameters()))
+        assert records[step]["grad/global_l2"] == pytest.approx(norm, rel=1e-4)
+        assert records[step]["grad/l2/model.head"] == pytest.approx(torch.linalg.norm(net.head.weight.grad).item(), rel=1e-4)
