@@ -347,7 +347,7 @@ class Probe:
             self._detach()
         loss = self._loss if loss is None else torch.as_tensor(loss).detach()
         keys, parts = self._collect(loss, dict(extra or {}))
-        values = torch.cat([p.reshape(-1).float().cpu() for p in parts]).tolist()  # the one host copy
+        values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host copy
         keys, values = [*keys, K.ELAPSED], [*values, self._stopped - self._started]
         self.history.append((self.step, keys, values))
         if self.sink is not None:
