@@ -123,3 +123,16 @@ def test_activation_modules_are_recognised_with_their_settings() -> None:
     assert activation_name(nn.LeakyReLU(0.01)) == "leaky_relu"
     assert activation_name(nn.LeakyReLU(0.2)) is None  # another slope: its saturation would be wrong
     assert activation_name(nn.GELU(approximate="tanh")) is None and activation_name(nn.Dropout()) is None
+
+
+@pytest.mark.parametrize("layer", ["encoder.layers.0.self_attn.out_proj", "0", "features.3", "L000", "out", "model.head"])
+def test_keys_of_qualified_layer_names_parse_back(layer: str) -> None:
+    for family, stat in [("grad", "l2"), ("act", "saturation"), ("bptt", "t0012"), ("gate", "forget_mean")]:
+        built = K.key(family, layer, stat)
+        assert built == f"{family}/{stat}/{layer}" and K.parse(built) == (family, layer, stat)
+
+
+@pytest.mark.parametrize("bad", ["grad/l2/", "grad/l2/a b", "grad/l2/rms", "grad/l2/t0001", "grad//x"])
+def test_a_stat_name_or_nothing_is_not_a_layer(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a metric key"):
+        K.parse(bad)
