@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from gradprobe import stats
 from gradprobe.activations import make_activation
-from gradprobe.probe import GradientProbe
 from pipelines import reference, train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
+from tests.grad_oracle import weight_stats
 
 # Every test twice: the statistics through the fused kernels and through eager PyTorch, both against autograd.
 pytestmark = pytest.mark.usefixtures("statistics_path")
@@ -86,7 +86,7 @@ def run_fit(callbacks: tuple[pl.Callback, ...] = (), **overrides) -> Fit:
         assert step not in fit.records and len(keys) == len(values) == len(set(keys))
         fit.records[step] = dict(zip(keys, values))
 
-    probe = GradientProbe(record, activation=cfg.activation, log_every=cfg.log_every, max_steps=cfg.max_steps)
+    probe = train.make_probe(cfg, lit, record)
     trainer = train.make_trainer(cfg, [probe, Snapshots(fit), *callbacks], progress_bar=False)
     trainer.fit(lit, datamodule=data)
     assert len(fit.after) == (cfg.max_steps if probe.diverged_step is None else probe.diverged_step + 1)
@@ -121,18 +121,6 @@ def main_weight(model: str, block: torch.nn.Module) -> torch.nn.Parameter:
 
 def act_module(model: str, block: torch.nn.Module) -> torch.nn.Module:
     return block.branch.act if model == "resmlp" else block.act
-
-
-def weight_stats(layer: str, g: torch.Tensor) -> dict[str, float]:
-    g = g.detach().double()
-    return {
-        f"grad/l2/{layer}": torch.linalg.norm(g.flatten()).item(),
-        f"grad/rms/{layer}": g.pow(2).mean().sqrt().item(),
-        f"grad/absmax/{layer}": g.abs().max().item(),
-        f"grad/mean/{layer}": g.mean().item(),
-        f"grad/std/{layer}": g.std(correction=0).item(),
-        f"grad/nonfinite/{layer}": 0.0,
-    }
 
 
 def reference_feedforward(cfg: RunConfig, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
