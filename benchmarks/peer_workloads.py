@@ -6,8 +6,8 @@ weights, and holds one fixed set of batches, so every row sees the same data in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
