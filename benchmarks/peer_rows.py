@@ -77,6 +77,10 @@ class Row:
     needs: tuple[str, ...]
     run: Callable[[Workload, Plan], Outcome]
     setting: str = ""  # the comparable probe row for a peer: "probe1" (every step) or "probe10"
+    # A row whose step costs ~100× Lightning's (Cockpit's per-sample gradients) is timed on fewer steps, in the
+    # first round only: a drift of the machine cannot change its verdict, and the full run stays ~10 min.
+    max_steps: int | None = None
+    max_rounds: int | None = None
 
     def missing(self) -> list[str]:
         """The modules this row needs that are not importable here."""

@@ -49,7 +49,8 @@ ROWS = [
     R.Row("plain", "plain PyTorch loop", (), R.plain),
     R.Row("lightning", "Lightning, no probe", (), R.lightning),
     R.Row("backpack", "BackPACK Variance+SumGradSquared, every step", ("backpack",), R.backpack_row, "probe1"),
-    R.Row("cockpit", "Cockpit economy, every step", ("cockpit", "backpack"), R.cockpit_row, "probe1"),
+    R.Row("cockpit", "Cockpit economy, every step", ("cockpit", "backpack"), R.cockpit_row, "probe1",
+          max_steps=10, max_rounds=1),
     R.Row("wandb", "wandb.watch(log=all, log_freq=10), offline", ("wandb",), R.wandb_row, "probe10"),
     R.Row("tensorboard", "TensorBoard histograms every 10 steps", ("tensorboard",), R.tensorboard_row, "probe10"),
     R.Row("grad_norm", "grad_norm + MLFlowLogger, every step", ("mlflow",), R.grad_norm_row, "probe1"),
@@ -75,20 +76,21 @@ def run_workload(workload: W.Workload, rows: list[R.Row], args: argparse.Namespa
             cannot[row.key] = f"not installed: {', '.join(row.missing())} (benchmarks/requirements-peers.txt)"
     for r in range(args.rounds):
         for row in rows:
-            if row.key in cannot:
+            if row.key in cannot or r >= (row.max_rounds or args.rounds):
                 continue
             print(f"{workload.name} round {r + 1}/{args.rounds}: {row.label} ...", file=sys.stderr, flush=True)
             torch.set_num_threads(args.threads)
             gc.collect()
             try:
-                runs[row.key].append(row.run(workload, plan))
+                steps = min(plan.steps, row.max_steps or plan.steps)
+                runs[row.key].append(row.run(workload, R.Plan(plan.warmup, steps, plan.tmp)))
             except R.CannotRun as e:
                 cannot[row.key] = str(e)
-    return summarize(workload, rows, runs, cannot, plan)
+    return summarize(workload, rows, runs, cannot, plan, args.rounds)
 
 
 def summarize(workload: W.Workload, rows: list[R.Row], runs: dict[str, list[R.Outcome]], cannot: dict[str, str],
-              plan: R.Plan) -> dict[str, Any]:  # fmt: skip
+              plan: R.Plan, rounds: int) -> dict[str, Any]:  # fmt: skip
     """Medians over rounds, paired ratios to Lightning, numbers recorded per step."""
     base = [o.step_s for o in runs.get("lightning", [])]
     table: dict[str, Any] = {}
@@ -97,12 +99,13 @@ def summarize(workload: W.Workload, rows: list[R.Row], runs: dict[str, list[R.Ou
             table[row.key] = {"label": row.label, "cannot_run": cannot[row.key]}
             continue
         ms = [1e3 * o.step_s for o in runs[row.key]]
-        paired = [o.step_s / b for o, b in zip(runs[row.key], base)] if len(base) == len(ms) else []
+        paired = [o.step_s / b for o, b in zip(runs[row.key], base)] if base else []  # round by round
         table[row.key] = {"label": row.label, "step_ms": statistics.median(ms), "step_ms_rounds": ms,
+                          "timed_steps": min(plan.steps, row.max_steps or plan.steps),
                           "ratio": statistics.median(paired) if paired else math.nan, "ratio_rounds": paired,
                           **runs[row.key][0].per_step()}  # fmt: skip
     return {"workload": workload.name, "describe": workload.describe, "warmup": plan.warmup, "steps": plan.steps,
-            "rows": table}  # fmt: skip
+            "rounds": rounds, "rows": table}  # fmt: skip
 
 
 def comparisons(result: dict[str, Any], rows: list[R.Row]) -> list[str]:
@@ -128,15 +131,18 @@ def print_table(result: dict[str, Any], rows: list[R.Row]) -> None:
     """One workload's table."""
     print(f"\n{result['workload']}: {result['describe']}; {result['warmup']} warm-up steps, "
           f"{result['steps']} timed steps per run")  # fmt: skip
-    head = f"{'row':<48} {'ms/step':>8} {'×Lightning':>10} {'layer scalars/step':>18} " \
+    head = f"{'row':<60} {'ms/step':>8} {'×Lightning':>10} {'layer scalars/step':>18} " \
            f"{'layer hists/step':>16} {'global/step':>11}"  # fmt: skip
     print(head)
     print("-" * len(head))
     for row in result["rows"].values():
         if "cannot_run" in row:
-            print(f"{row['label']:<48} cannot run: {row['cannot_run']}")
+            print(f"{row['label']:<60} cannot run: {row['cannot_run']}")
             continue
-        print(f"{row['label']:<48} {row['step_ms']:>8.1f} {row['ratio']:>10.2f} {row['layer_scalars']:>18.1f} "
+        label = row["label"]
+        if row["timed_steps"] != result["steps"] or len(row["step_ms_rounds"]) != result["rounds"]:
+            label += f" [{row['timed_steps']} steps, {len(row['step_ms_rounds'])} round]"
+        print(f"{label:<60} {row['step_ms']:>8.1f} {row['ratio']:>10.2f} {row['layer_scalars']:>18.1f} "
               f"{row['layer_histograms']:>16.1f} {row['global_numbers']:>11.1f}")  # fmt: skip
     for line in comparisons(result, rows):
         print("  " + line)
