@@ -60,6 +60,7 @@ class Outcome:
     step_s: float
     counts: Counts = field(default_factory=Counts)
     steps: int = 0
+    keys: list[str] | None = None  # the probe's first record's keys (for the tests)
 
     def per_step(self) -> dict[str, float]:
         """The counts divided by the number of steps the run took."""

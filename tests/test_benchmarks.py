@@ -50,20 +50,45 @@ def test_peers_quick_runs_the_installed_rows_and_names_the_missing_peers(tmp_pat
 
     rows = {row.key: row for row in peers.all_rows()}
     missing = [k for k in PEER_KEYS if rows[k].missing()]  # installed peers are left out: no network, no minutes
+    ran = ["plain", "lightning", "probe1", "probe10", "probe10_mlflow"]
     out = tmp_path / "peers.json"
-    assert peers.main(["--quick", "--rows", "plain", "lightning", "probe1", "probe10", *missing, "--out", str(out)]) == 0
+    assert peers.main(["--quick", "--rows", *ran, *missing, "--out", str(out)]) == 0
 
     report = json.loads(out.read_text())
     assert [w["workload"] for w in report["workloads"]] == ["mlp", "transformer", "resnet"]
+    steps = 2 + 10 + 1  # --quick: 2 warm-up steps, 10 timed, and the step whose start stops the clock
+    logged_every_10 = sum(s % 10 == 0 or s == steps - 1 for s in range(steps))  # step 0, every 10th, the last
     for workload in report["workloads"]:
         table = workload["rows"]
-        for key in ("plain", "lightning", "probe1", "probe10"):
+        for key in ran:
             assert "cannot_run" not in table[key], (workload["workload"], key, table[key])
             assert math.isfinite(table[key]["step_ms"]) and table[key]["step_ms"] > 0
         assert table["lightning"]["ratio"] == 1.0
+        # The probe records the same values at every logging step: log_every=10 records a share of log_every=1's.
+        every_step = table["probe1"]["layer_scalars"]
+        assert every_step > 0
+        assert table["probe10"]["layer_scalars"] == pytest.approx(every_step * logged_every_10 / steps)
+        assert table["probe10_mlflow"]["layer_scalars"] == table["probe10"]["layer_scalars"]
         for key in missing:
             assert table[key]["cannot_run"].startswith("not installed: ")
             assert all(m in table[key]["cannot_run"] for m in rows[key].missing())
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer", "resnet"])
+def test_peers_probe_row_records_every_layer_of_an_ordinary_network(name: str, tmp_path: Path) -> None:
+    from torch import nn
+
+    from benchmarks import peer_probe, peer_rows, peer_workloads
+    from gradprobe import keys
+
+    workload = peer_workloads.make(name, quick=True)
+    outcome = peer_probe.probe_row(1)(workload, peer_rows.Plan(warmup=1, steps=2, tmp=tmp_path))
+
+    kinds = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.Embedding, nn.LayerNorm)
+    modules = list(workload.model().named_modules())
+    expected = {f"net.{n}" for n, m in modules if isinstance(m, kinds)}
+    expected |= {f"net.{n}.in_proj" for n, m in modules if isinstance(m, nn.MultiheadAttention)}
+    assert {keys.parse(k)[1] for k in outcome.keys if keys.per_layer(k)} == expected
 
 
 def test_peers_bad_input_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
