@@ -1,4 +1,5 @@
-"""The interleaved overhead measurement: the probe runs in the "on" blocks only, exactly as its ratio assumes."""
+"""The benchmarks: the interleaved overhead measurement probes the "on" blocks only, exactly as its ratio assumes;
+benchmarks.peers runs the rows whose packages are installed, names the missing ones, and counts what each records."""
 
 from __future__ import annotations
 
