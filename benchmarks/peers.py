@@ -22,6 +22,7 @@ never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,21 @@ ROWS = [
 ]
 
 
-def quiet() -> None:
-    """Silence the tools' progress output, which would otherwise bury the table."""
-    for name in ("mlflow", "alembic", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "wandb"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ["WANDB_MODE"] = "offline"  # never the network
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the tools' progress output, which would otherwise bury the table; restored afterwards."""
+    loggers = [logging.getLogger(name) for name in
+               ("mlflow", "alembic", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "wandb")]  # fmt: skip
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def run_workload(workload: W.Workload, rows: list[R.Row], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -197,11 +207,10 @@ def all_rows() -> list[R.Row]:
 
 def main(argv: list[str] | None = None) -> int:  # noqa: D103
     args = parse_args(argv)
-    quiet()
     rows = [row for row in all_rows() if args.rows is None or row.key in args.rows]
     started, load_before = time.perf_counter(), os.getloadavg()
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+    with quiet(), tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for name in args.workloads:
             results.append(run_workload(W.make(name, args.quick), rows, args, Path(tmp)))
     elapsed, load_after = time.perf_counter() - started, os.getloadavg()
