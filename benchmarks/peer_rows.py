@@ -178,9 +178,9 @@ def _extend(net: nn.Module) -> nn.Module:
 
 
 def _backpack_error(error: Exception) -> CannotRun:
-    """BackPACK's (or Cockpit's) own words, first line."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return CannotRun(f"{type(error).__name__}: {text}"[:160])
+    """BackPACK's (or Cockpit's) own words: the first sentence."""
+    text = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else ""
+    return CannotRun(f"{type(error).__name__}: {text}"[:200])
 
 
 class BackpackLit(Lit):
