@@ -46,12 +46,24 @@ dashboard: $(VENV)/.installed  ## live Optuna view of the studies in the default
 lint: $(VENV)/.installed
 	$(RUN) ruff check .
 
-bench: $(VENV)/.installed  ## the performance suite (prints ratios; minutes)
+# The peers of benchmarks/peers.py (BackPACK, Cockpit, W&B) in their own venv, which also sees .venv's packages
+# through a .pth file: installing them into .venv would change its pins (setuptools, torch; see the list's header).
+BENCH := .venv-bench
+BENCH_BIN := $(CURDIR)/$(BENCH)/bin
+$(BENCH)/.installed: benchmarks/requirements-peers.txt | $(VENV)/.installed
+	$(BIN)/python -m venv $(BENCH)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(BENCH_BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/lab-venv.pth"
+	$(BENCH_BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench: $(VENV)/.installed $(BENCH)/.installed  ## the performance suite (prints ratios; minutes)
 	$(RUN) python -m benchmarks.train_overhead
+	$(BENCH_BIN)/python -m benchmarks.peers
 	$(RUN) python -m benchmarks.report_time
 	$(RUN) python -m benchmarks.study_throughput
 	$(RUN) python -m benchmarks.storage_throughput
 	$(RUN) python -m benchmarks.trial_figure
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH)
