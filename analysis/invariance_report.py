@@ -3,7 +3,7 @@
     python -m analysis.invariance_report [--run-id RUN] [--out-dir reports]
     mlflow run . -e invariance_report --env-manager local
 
-Reads what `python -m pipelines.invariance` logged (no training, no recomputation): the zoo table of one
+Reads what `python -m experiments.invariance` logged (no training, no recomputation): the zoo table of one
 invocation (by default the newest) and each zoo run's `invariance/metrics.parquet`, through analysis.load.
 Writes reports/invariance/index.html with the PNGs and summary.csv beside it, and logs the folder as the
 artifacts `report/` of the invariance parent run.
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build the report; exit code 2 when there is nothing to report."""
     parser = OneLineParser(prog="python -m analysis.invariance_report", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--run-id", default="", help="an invocation run of pipelines.invariance (default: the newest)")
+    parser.add_argument("--run-id", default="", help="an invocation run of experiments.invariance (default: the newest)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives invariance/index.html")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -67,7 +67,7 @@ def _serve(pipe: Connection) -> None:
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
         with imports_without_gc():
-            from studies.runner import work_in_subprocess  # the slow part, done while the parent sets up
+            from studies.trials import work_in_subprocess  # the slow part, done while the parent sets up
 
         job = pipe.recv()
     except (EOFError, KeyboardInterrupt):

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 from torch import Tensor, nn
 
 from models.registry import list_models
-from pipelines import gradcheck
-from pipelines import reference as ref
+from oracles import gradcheck
+from oracles import reference as ref
 from pipelines.config import RunConfig
 
 

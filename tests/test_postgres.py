@@ -23,7 +23,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from studies.runner import DUPLICATE, PARENT_ATTR
+from studies.objective import DUPLICATE
+from studies.tree import PARENT_ATTR
 from tests.hold import hold_env, wait_for_started
 from tests.servers import PG_PASSWORD, Postgres, mlflow_server, postgres_missing, postgres_server
 
