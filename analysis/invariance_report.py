@@ -32,10 +32,10 @@ from mlflow.tracking import MlflowClient
 
 from analysis import load
 from analysis.report import PAGE_STYLE, remove_own_outputs
+from common.cli import OneLineParser
+from common.errors import ConfigError
+from common.preflight import check_tracking
 from gradprobe import keys as K
-from pipelines.cli import OneLineParser
-from pipelines.config import ConfigError
-from pipelines.preflight import check_tracking
 
 ARTIFACT_PATH = "report"
 FOLDER = K.INVARIANCE  # reports/<FOLDER>/index.html

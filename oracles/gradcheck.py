@@ -32,13 +32,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from common.cli import OneLineParser
 from gradprobe import keys as K
 from gradprobe.probe import GradientProbe
 from models.norms import NORMS
 from models.registry import ACCEPTS, LAYOUTS, create_model, list_models
 from oracles import reference as ref
 from pipelines import train
-from pipelines.cli import OneLineParser
 from pipelines.config import RunConfig
 
 SECTIONS = ("models", "probe", "reference")

@@ -1,7 +1,7 @@
 """The Optuna objective of a study: one trial = one nested MLflow training run; twins of a point are skipped.
 
 A trial draws its point, is pruned at once when another trial has that point (`skip_duplicate`), names
-itself, tags who runs it (pipelines/liveness.py) and trains through pipelines.train.run with the study's
+itself, tags who runs it (common/liveness.py) and trains through pipelines.train.run with the study's
 trial tags (studies/tree.py); divergence and pruning are results (a pruned trial), a Ctrl-C ends the
 trial cleanly and stops the study.
 """
@@ -16,7 +16,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipelines import liveness, train
+from common import liveness
+from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.train import RunResult
 from studies import naming, tree, ui

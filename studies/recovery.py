@@ -12,7 +12,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipelines import liveness
+from common import liveness
 from studies.objective import retried_trials
 from studies.spec import StudySpec
 from studies.storage import is_rdb, open_storage, retry
@@ -24,7 +24,7 @@ def recover(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowCl
 
     RDB storages detect dead workers by heartbeat: Optuna fails (and retries) a trial whose heartbeat is
     older than the grace period when a worker starts a trial, and here. For the journal file, the rule
-    is pipelines/liveness.py's: a RUNNING trial started on this host by a process that no longer exists
+    is common/liveness.py's: a RUNNING trial started on this host by a process that no longer exists
     (or a reused pid) is dead (a worker on another host cannot be checked from here; use an RDB storage
     for many machines). A trial
     interrupted by Ctrl-C is retried once, whatever `retries` says. Retries are Optuna's own
@@ -65,7 +65,7 @@ def close_orphans(study: optuna.Study, client: MlflowClient) -> list[str]:
     trial ended is an orphan. Runs are listed before trials and checked again, so that a worker on another
     machine starting or ending a trial meanwhile is never mistaken for a dead one. Any other run of the
     study (an invocation's own run, a trial run whose trial Optuna has not failed yet): when its process
-    is dead (pipelines/liveness.py).
+    is dead (common/liveness.py).
     """
     experiment, where = study.user_attrs.get(EXPERIMENT_ATTR, "0"), f"tags.study = '{study.study_name}'"
     candidates = client.search_runs([experiment], f"{where} and tags.role = 'trial' and attributes.status = 'RUNNING'")

@@ -22,7 +22,7 @@ import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
 
-from pipelines.links import DEFAULT_UI
+from common.links import DEFAULT_UI
 from studies import ui
 from studies.progress import finished_trials
 from studies.recovery import close_orphans, recover

@@ -22,11 +22,11 @@ from typing import Any
 import optuna
 import yaml
 
+from common.names import STUDY_NAME_RULE, valid_study_name
 from gradprobe.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_IOU, VAL_KNN_ACC, VAL_LOSS, VAL_MODES
 from pipelines.config import ConfigError, RunConfig, field_names
 from pipelines.data import unreadable
 from pipelines.memory import check_fits
-from pipelines.names import STUDY_NAME_RULE, valid_study_name
 from studies import SPEC_DIR, list_specs  # noqa: F401 (list_specs: re-exported)
 
 TOP_LEVEL = ("name", "description", "fixed", "space", "sampler", "pruner", "objective", "n_trials", "retries")

@@ -2,9 +2,9 @@
 
 Shared by the study runner (studies/runner.py, the parent found through the Optuna study) and the
 experiments on top of the lab (experiments/invariance, the parent found through its tags), so that every
-tree carries the same tags: `study`, `role` (parent, worker, trial), who runs it (pipelines/liveness.py)
+tree carries the same tags: `study`, `role` (parent, worker, trial), who runs it (common/liveness.py)
 and, when the end of an invocation fails, `failure` with the reason. Dead runs of a tree are closed as
-KILLED by the rule of pipelines/liveness.py.
+KILLED by the rule of common/liveness.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import optuna
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from pipelines import liveness
+from common import liveness
 from studies import ui
 from studies.spec import StudySpec
 from studies.storage import mask

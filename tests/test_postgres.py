@@ -244,7 +244,7 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
 
 def test_dead_runs_are_closed_through_the_tracking_server(tracking_server: str) -> None:
     """The liveness rule on a PostgreSQL-backed server: another host's run with a stale heartbeat is closed, a fresh one kept."""
-    from pipelines import liveness
+    from common import liveness
 
     client = MlflowClient(tracking_server)
     experiment = client.create_experiment("liveness")

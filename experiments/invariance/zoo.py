@@ -32,13 +32,13 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from common.cli import OneLineParser
+from common.preflight import check_tracking, sigterm_interrupts
 from experiments.invariance.measures import LossFn, background, equivariance_rows, gradient_rows, shift_metrics
 from gradprobe import keys as K
 from pipelines import train
-from pipelines.cli import OneLineParser
 from pipelines.config import ConfigError, RunConfig
 from pipelines.memory import check_fits
-from pipelines.preflight import check_tracking, sigterm_interrupts
 from studies import tree
 
 STUDY, ZOO_TAG, ZOO_ARTIFACT = K.INVARIANCE, K.INVARIANCE_ZOO_TAG, K.INVARIANCE_ZOO_ARTIFACT

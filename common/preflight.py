@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError
+from common.errors import ConfigError
 
 PREFLIGHT_TIMEOUT = 10  # seconds for the one pre-flight request (a server that answers answers in far less)
 TRACKING_ENV, RUN_ENV, EXPERIMENT_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"
