@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +18,12 @@ from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
 from analysis import invariance_report, load
+from common import liveness
 from experiments.invariance import measures
 from experiments.invariance import zoo as experiment
 from gradprobe import keys as K
 from models.registry import create_model
+from studies import tree
 
 N_OUT = 10
 SHAPES = {"1d": ((1, 40), "signal"), "2d": ((1, 8, 8), "image")}
@@ -299,3 +303,32 @@ def test_entry_point_trains_logs_reuses_and_reports(tracking: str, tmp_path: Pat
     # The report regenerates from MLflow alone, for a chosen invocation.
     assert invariance_report.main(["--run-id", invocation["run_id"], "--out-dir", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "invariance" / "gradient_checks.png").exists()
+
+
+# -- the run tree is the studies' (studies/tree.py) -------------------------------------------------
+
+
+def test_an_invocation_that_fails_ends_failed_with_the_reason(tracking: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(cfg, run_id):  # the measurement fails after the model trained
+        raise RuntimeError("measurement broke")
+
+    monkeypatch.setattr(experiment, "measure", broken)
+    with pytest.raises(RuntimeError, match="measurement broke"):
+        experiment.main(["--models", "mlp", *TINY[2:]])
+    parent = load.runs(K.INVARIANCE, role="parent")
+    run = MlflowClient().get_run(parent["run_id"].item())
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tree.FAILURE_TAG] == "RuntimeError: measurement broke"
+
+
+def test_runs_of_the_tree_left_by_a_dead_process_are_closed(tracking: str) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client = MlflowClient()
+    orphan = client.create_run("0", tags={"study": K.INVARIANCE, "role": tree.WORKER,
+                                          **liveness.identity(int(dead.stdout))}).info.run_id  # fmt: skip
+    other = client.create_run("0", tags={"study": "another", **liveness.identity(int(dead.stdout))}).info.run_id
+    parent, own, _ = experiment.attach(client)
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(orphan).data.tags["outcome"] == liveness.KILLED_OUTCOME
+    assert client.get_run(other).info.status == "RUNNING"  # another study's run is not this tree's
+    assert parent == own and client.get_run(own).data.tags["role"] == tree.PARENT
