@@ -183,7 +183,7 @@ class _FirstBatch(pl.Callback):
 
     batch: tuple[Tensor, Tensor]
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batch = batch
 
 

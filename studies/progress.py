@@ -55,7 +55,7 @@ class StudyProgress:
             self.bar.set_postfix_str(f"best {best.value:.4g} (trial {best.number})", refresh=False)
         self.bar.refresh()
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         self.bar.close()
 
 

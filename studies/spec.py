@@ -27,7 +27,7 @@ from gradprobe.keys import TRAIN_LOSS, VAL_ACC, VAL_DICE, VAL_HIGH_QUALITY, VAL_
 from pipelines.config import ConfigError, RunConfig, field_names
 from pipelines.data import unreadable
 from pipelines.memory import check_fits
-from studies import SPEC_DIR, list_specs  # noqa: F401 (list_specs: re-exported)
+from studies import SPEC_DIR, list_specs  # list_specs: also imported from here
 
 TOP_LEVEL = ("name", "description", "fixed", "space", "sampler", "pruner", "objective", "n_trials", "retries")
 SAMPLERS = ("grid", "tpe", "random")
@@ -400,7 +400,7 @@ class _Loader(yaml.SafeLoader):
     refused before any Python object is built: validating or printing it would take exponential time.
     """
 
-    def construct_document(self, node: yaml.Node) -> Any:  # noqa: D102
+    def construct_document(self, node: yaml.Node) -> Any:
         _check_expanded_size(node)
         return super().construct_document(node)
 
@@ -452,7 +452,7 @@ def load_spec(name_or_path: str, overrides: dict[str, Any] | None = None) -> Stu
     if not path.exists():
         raise SpecError(str(path), "spec", f"no such file; shipped specs: {', '.join(list_specs())}")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader subclass
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:  # also: not UTF-8 text, a folder
         raise SpecError(str(path), "yaml", " ".join(str(exc).split())) from None
     if overrides and isinstance(raw, dict) and isinstance(raw.get("fixed") or {}, dict):
@@ -468,7 +468,7 @@ def parse_overrides(items: list[str], source: str = "--set") -> dict[str, Any]:
         if not sep or not name:
             raise SpecError(source, item or repr(item), "expected field=value")
         try:
-            overrides[name.strip()] = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            overrides[name.strip()] = yaml.load(value, Loader=_Loader)  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise SpecError(source, item, f"the value is not YAML: {exc}") from None
     return overrides
