@@ -3,8 +3,12 @@
 The study's parent MLflow run is found through the study itself (user attribute
 `mlflow_parent_run_id`): the first invocation's run becomes the parent; a later one (a resume, another
 worker, another machine) nests its own run under it with `role=worker`, and all trials nest under the
-parent, so a study is one tree in the MLflow UI. `n_trials` is the study's total: running the same
-command again resumes it and runs only what is missing.
+parent, so a study is one tree in the MLflow UI (studies/tree.py). `n_trials` is the study's total:
+running the same command again resumes it and runs only what is missing.
+
+Here: one invocation from start to end. Its parts: the tree (studies/tree.py), dead-worker recovery
+(studies/recovery.py), one worker's trials (studies/trials.py, with the objective of studies/objective.py
+and the count of studies/progress.py), the summary on the parent (studies/results.py).
 """
 
 from __future__ import annotations
