@@ -3,7 +3,7 @@
     python -m analysis.invariance_report [--run-id RUN] [--out-dir reports]
     mlflow run . -e invariance_report --env-manager local
 
-Reads what `python -m pipelines.invariance` logged (no training, no recomputation): the zoo table of one
+Reads what `python -m experiments.invariance` logged (no training, no recomputation): the zoo table of one
 invocation (by default the newest) and each zoo run's `invariance/metrics.parquet`, through analysis.load.
 Writes reports/invariance/index.html with the PNGs and summary.csv beside it, and logs the folder as the
 artifacts `report/` of the invariance parent run.
@@ -33,10 +33,10 @@ from analysis import load
 from analysis.figures import style
 from analysis.figures.style import PAGE_STYLE, save_figure, styled
 from analysis.report import remove_own_outputs
+from common.cli import OneLineParser
+from common.errors import ConfigError
+from common.preflight import check_tracking
 from gradprobe import keys as K
-from pipelines.cli import OneLineParser
-from pipelines.config import ConfigError
-from pipelines.preflight import check_tracking
 
 ARTIFACT_PATH = "report"
 FOLDER = K.INVARIANCE  # reports/<FOLDER>/index.html
@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build the report; exit code 2 when there is nothing to report."""
     parser = OneLineParser(prog="python -m analysis.invariance_report", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--run-id", default="", help="an invocation run of pipelines.invariance (default: the newest)")
+    parser.add_argument("--run-id", default="", help="an invocation run of experiments.invariance (default: the newest)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives invariance/index.html")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -200,11 +200,11 @@ def bptt_by_time(table: pd.DataFrame) -> pd.DataFrame:
     return rows.dropna(subset=["t"]).astype({"t": int})
 
 
-# -- invariance tests (pipelines/invariance.py) ---------------------------------------------------
+# -- invariance tests (experiments/invariance) ----------------------------------------------------
 
 
 def invariance_invocation(run_id: str | None = None) -> tuple[pd.Series, pd.DataFrame]:
-    """(the invocation run's row, its zoo table) of `python -m pipelines.invariance`: run `run_id`, or the newest
+    """(the invocation run's row, its zoo table) of `python -m experiments.invariance`: run `run_id`, or the newest
     invocation (study=invariance, role parent or worker) that logged a zoo table. LookupError when there is none.
 
     The zoo table has one row per tested model: dataset, model, run_id, reused, … (INVARIANCE_ZOO_ARTIFACT).

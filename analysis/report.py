@@ -25,12 +25,12 @@ from mlflow.tracking import MlflowClient
 from analysis import figures, load, summary
 from analysis.figures.style import PAGE_STYLE
 from analysis.load import StudyData
-from pipelines import liveness
-from pipelines.cli import OneLineParser
-from pipelines.config import ConfigError
-from pipelines.links import DEFAULT_UI, run_link, ui_base  # noqa: F401 (DEFAULT_UI: part of this module's API)
-from pipelines.names import STUDY_NAME_RULE, valid_study_name
-from pipelines.preflight import check_tracking
+from common import liveness
+from common.cli import OneLineParser
+from common.errors import ConfigError
+from common.links import DEFAULT_UI, run_link, ui_base  # noqa: F401 (DEFAULT_UI: part of this module's API)
+from common.names import STUDY_NAME_RULE, valid_study_name
+from common.preflight import check_tracking
 
 ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE

@@ -18,9 +18,9 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from analysis import summary
+from common import liveness
 from gradprobe import keys as K
 from gradprobe.recorder import Recorder
-from pipelines import liveness
 from pipelines.config import RunConfig
 
 ARCHS = {"plain": {"model": "mlp", "norm": "none"}, "batchnorm": {"model": "mlp", "norm": "batch"},

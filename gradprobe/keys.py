@@ -111,7 +111,7 @@ def browsable(metric_key: str) -> bool:
     return not (family == "bptt" and time_of(stat) is not None)
 
 
-# -- invariance tests (pipelines/invariance.py) ---------------------------------------------------
+# -- invariance tests (experiments/invariance) ---------------------------------------------------
 # Keys of a zoo run, under `invariance/<state>/…` with state `init` (the same seed, untrained) or
 # `trained`; the parquet artifact INVARIANCE_ARTIFACT holds every value with its key (long format).
 

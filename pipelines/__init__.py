@@ -1,1 +1,1 @@
-"""Run config, data, gradient probe, recorder and the train entry point."""
+"""One training run: its config, data, memory check and the train entry point (python -m pipelines.train)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning_fabric.utilities.seed import max_seed_value
 
+from common.errors import ConfigError
 from gradprobe.activations import ACTIVATIONS
 from models.init import INITS
 from models.losses import LOSSES, tasks_for
@@ -25,15 +26,6 @@ from pipelines.data import DATASETS
 RECURRENT = tuple(CELLS)
 FLOAT32_MAX = 3.4028234663852886e38  # parameters and updates are float32: a larger number cannot be held
 SEED_MAX = max_seed_value  # what Lightning's seed_everything accepts (numpy's uint32 range)
-
-
-class ConfigError(ValueError):
-    """A config value that is not allowed: names the field, the value and what is allowed."""
-
-    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
-        self.field, self.value, self.allowed = field_name, value, allowed
-        shown = field_name if str(field_name).isidentifier() else repr(field_name)  # a stray name stays one line
-        super().__init__(f"{shown}={value!r} is not allowed; allowed: {allowed}")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

@@ -29,6 +29,10 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
+from common import liveness
+from common.links import run_link, ui_base
+from common.preflight import check_tracking, sigterm_interrupts
+from common.startup import prepare_exit
 from gradprobe import keys as K
 from gradprobe.diagnose import log_diagnosis
 from gradprobe.lightning import GradientProbe
@@ -41,13 +45,9 @@ from models.lit import LitModel
 from models.lit_gan import LitGAN
 from models.recurrent import set_forget_bias
 from models.registry import create_model
-from pipelines import liveness
 from pipelines.config import ConfigError, RunConfig, choices, field_names
 from pipelines.data import GMM_STD, TaskData, gmm_centers, unreadable
-from pipelines.links import run_link, ui_base
 from pipelines.memory import check_fits
-from pipelines.preflight import check_tracking, sigterm_interrupts
-from pipelines.startup import prepare_exit
 
 # Lightning's start-up banners (accelerators, tips) would repeat for every trial of a study.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
@@ -341,5 +341,5 @@ def result_line(result: RunResult, cfg: RunConfig, gain: float, experiment_id: s
 
 if __name__ == "__main__":
     code = main()
-    prepare_exit()  # pipelines/startup.py: a faster exit
+    prepare_exit()  # common/startup.py: a faster exit
     sys.exit(code)

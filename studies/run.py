@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipelines.cli import OneLineParser
-from pipelines.startup import imports_without_gc, prepare_exit
+from common.cli import OneLineParser
+from common.startup import imports_without_gc, prepare_exit
 from studies import DEFAULT_STORAGE, list_specs
 from studies.workers import WarmWorkers
 
@@ -90,8 +90,8 @@ def _bad_counts(args: argparse.Namespace) -> str | None:
 def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
     # Imported here, not at the top: torch and Lightning take seconds, which the warm workers overlap.
     with imports_without_gc(fresh="studies.runner" not in sys.modules):
-        from pipelines.config import ConfigError
-        from pipelines.preflight import check_tracking, sigterm_interrupts
+        from common.errors import ConfigError
+        from common.preflight import check_tracking, sigterm_interrupts
         from studies.runner import AfterTrialsError, run_study
         from studies.spec import STUDY_NAME_RULE, SpecError, load_spec, parse_overrides, valid_study_name
     setup_logging(args.quiet, args.verbose)

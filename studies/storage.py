@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from pipelines.preflight import mask  # noqa: F401 (re-exported: studies mask storage URLs too)
+from common.preflight import mask  # noqa: F401 (re-exported: studies mask storage URLs too)
 from studies import DEFAULT_STORAGE  # noqa: F401 (re-exported)
 
 # RDB storages run a heartbeat: a trial whose worker stopped beating for GRACE seconds is failed (and

@@ -28,7 +28,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipelines.links import run_link
+from common.links import run_link
 from studies.spec import StudySpec
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipelines.startup import imports_without_gc, prepare_exit
+from common.startup import imports_without_gc, prepare_exit
 
 ORPHAN_GRACE_SECONDS = 60  # how long a worker whose invocation died may take to end its trial cleanly
 
@@ -67,7 +67,7 @@ def _serve(pipe: Connection) -> None:
     os.environ.pop("MLFLOW_RUN_ID", None)
     try:
         with imports_without_gc():
-            from studies.runner import work_in_subprocess  # the slow part, done while the parent sets up
+            from studies.trials import work_in_subprocess  # the slow part, done while the parent sets up
 
         job = pipe.recv()
     except (EOFError, KeyboardInterrupt):
@@ -86,4 +86,4 @@ def _end_with_parent(pipe: Connection) -> None:
         pass
     _thread.interrupt_main()  # as Ctrl-C: the trial ends, its run KILLED with its statistics
     time.sleep(ORPHAN_GRACE_SECONDS)
-    os.kill(os.getpid(), signal.SIGKILL)  # stuck: the next invocation closes what is left (pipelines/liveness.py)
+    os.kill(os.getpid(), signal.SIGKILL)  # stuck: the next invocation closes what is left (common/liveness.py)

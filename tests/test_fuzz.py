@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from analysis import invariance_report as invariance_report_cli
 from analysis import report as report_cli
-from pipelines import gradcheck as gradcheck_cli
-from pipelines import invariance as invariance_cli
+from experiments.invariance import zoo as invariance_cli
+from oracles import gradcheck as gradcheck_cli
 from pipelines import train
 from pipelines.config import ConfigError, RunConfig, choices
 from pipelines.data import MNIST_FILES

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 from torch import Tensor, nn
 
 from models.registry import list_models
-from pipelines import gradcheck
-from pipelines import reference as ref
+from oracles import gradcheck
+from oracles import reference as ref
 from pipelines.config import RunConfig
 
 
@@ -33,14 +33,14 @@ class WrongTanh(torch.autograd.Function):
     """tanh whose backward is 1 − y instead of 1 − y², a plausible slip, or the right one."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, wrong: bool) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, wrong: bool) -> Tensor:
         y = torch.tanh(x)
         ctx.save_for_backward(y)
         ctx.wrong = wrong
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
         return grad * ((1 - y) if ctx.wrong else (1 - y * y)), None
 
@@ -53,7 +53,7 @@ class HandTanhNet(nn.Module):
         self.wrong = wrong
         self.hidden, self.readout = nn.Linear(3, 4), nn.Linear(4, 2)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return self.readout(WrongTanh.apply(self.hidden(x), self.wrong))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,9 +18,12 @@ from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
 from analysis import invariance_report, load
+from common import liveness
+from experiments.invariance import measures
+from experiments.invariance import zoo as experiment
 from gradprobe import keys as K
 from models.registry import create_model
-from pipelines import invariance as inv
+from studies import tree
 
 N_OUT = 10
 SHAPES = {"1d": ((1, 40), "signal"), "2d": ((1, 8, 8), "image")}
@@ -40,18 +45,18 @@ def inputs(dims: str, n: int = 64, dtype=torch.float32) -> torch.Tensor:
 
 def test_shift_is_roll_or_moves_content_in_from_the_background() -> None:
     x = torch.arange(1.0, 6.0).view(1, 1, 5)
-    assert inv.shift(x, 2).flatten().tolist() == [4, 5, 1, 2, 3]
-    assert inv.shift(x, 2, circular=False, fill=-1).flatten().tolist() == [-1, -1, 1, 2, 3]
-    assert inv.shift(x, -2, circular=False, fill=0).flatten().tolist() == [3, 4, 5, 0, 0]
-    assert inv.shift(x, 7, circular=False, fill=9).flatten().tolist() == [9] * 5
+    assert measures.shift(x, 2).flatten().tolist() == [4, 5, 1, 2, 3]
+    assert measures.shift(x, 2, circular=False, fill=-1).flatten().tolist() == [-1, -1, 1, 2, 3]
+    assert measures.shift(x, -2, circular=False, fill=0).flatten().tolist() == [3, 4, 5, 0, 0]
+    assert measures.shift(x, 7, circular=False, fill=9).flatten().tolist() == [9] * 5
     image = torch.arange(16.0).view(1, 1, 4, 4)
-    torch.testing.assert_close(inv.shift(image, 1), torch.roll(image, (1, 1), (2, 3)))  # 2-D: diagonal
-    moved = inv.shift(image, 1, circular=False)
+    torch.testing.assert_close(measures.shift(image, 1), torch.roll(image, (1, 1), (2, 3)))  # 2-D: diagonal
+    moved = measures.shift(image, 1, circular=False)
     assert moved[0, 0, 0].eq(0).all() and moved[0, 0, :, 0].eq(0).all()
     torch.testing.assert_close(moved[0, 0, 1:, 1:], image[0, 0, :3, :3])
     blank = torch.full((3, 1, 6, 6), -0.5)
     blank[:, :, 2:4, 2:4] = 3.0
-    assert inv.background(blank) == -0.5
+    assert measures.background(blank) == -0.5
 
 
 # -- exact invariance and broken equivariance -----------------------------------------------------
@@ -64,20 +69,20 @@ def test_circular_stride1_gap_cnn_is_exactly_shift_invariant(dims: str, norm: st
     net, x = cnn(dims, padding="circular", head="gap", norm=norm), inputs(dims)
     y = torch.randint(0, N_OUT, (len(x),), generator=torch.Generator().manual_seed(2))
     for k in (1, -1, 3):
-        assert inv.consistency(net, x, k) == 1.0
-        assert inv.prob_change(net, x, k) <= 1e-6
-        errors = inv.equivariance_errors(net, x, k)
+        assert measures.consistency(net, x, k) == 1.0
+        assert measures.prob_change(net, x, k) <= 1e-6
+        errors = measures.equivariance_errors(net, x, k)
         assert list(errors) == ["L000", "L001", "L002"] and max(errors.values()) <= 1e-6
-    accuracy = inv.accuracy_vs_shift(net, x, y, range(-3, 4))
+    accuracy = measures.accuracy_vs_shift(net, x, y, range(-3, 4))
     assert len(set(accuracy.values())) == 1  # the same accuracy at every circular shift
-    rows = pd.DataFrame(inv.shift_metrics(net, x, y, 3, fill=0.0))
+    rows = pd.DataFrame(measures.shift_metrics(net, x, y, 3, fill=0.0))
     circular = rows[(rows["mode"] == "circ") & (rows["metric"] == "consistency")]
     assert (circular["value"] == 1.0).all() and len(circular) == 7  # six shifts and the one-step summary
 
 
 @pytest.mark.parametrize("dims", SHAPES)
 def test_zero_padding_breaks_equivariance_at_every_layer(dims: str) -> None:
-    errors = inv.equivariance_errors(cnn(dims, padding="zeros"), inputs(dims), 1)
+    errors = measures.equivariance_errors(cnn(dims, padding="zeros"), inputs(dims), 1)
     assert min(errors.values()) > 1e-2
 
 
@@ -85,12 +90,12 @@ def test_zero_padding_breaks_equivariance_at_every_layer(dims: str) -> None:
 @pytest.mark.parametrize("subsample", [{"stride": 2}, {"pool": "max"}])
 def test_subsampling_is_equivariant_only_for_multiples_of_the_stride(dims: str, subsample: dict) -> None:
     net, x = cnn(dims, padding="circular", **subsample), inputs(dims)
-    assert inv.layer_strides(net) == {"L000": 2, "L001": 4, "L002": 8}
-    assert inv.equivariance_errors(net, x, 1)["L000"] > 1e-2  # a shift by 1 has no counterpart on the output grid
-    assert inv.equivariance_errors(net, x, 2)["L000"] <= 1e-6  # a shift by 2 moves the output by exactly 1
-    assert inv.equivariance_errors(net, x, 4)["L001"] <= 1e-6
-    assert inv.equivariance_errors(net, x, 2)["L001"] > 1e-2  # 2 is not a multiple of L001's stride 4
-    rows = pd.DataFrame(inv.equivariance_rows(net, x))
+    assert measures.layer_strides(net) == {"L000": 2, "L001": 4, "L002": 8}
+    assert measures.equivariance_errors(net, x, 1)["L000"] > 1e-2  # a shift by 1 has no counterpart on the output grid
+    assert measures.equivariance_errors(net, x, 2)["L000"] <= 1e-6  # a shift by 2 moves the output by exactly 1
+    assert measures.equivariance_errors(net, x, 4)["L001"] <= 1e-6
+    assert measures.equivariance_errors(net, x, 2)["L001"] > 1e-2  # 2 is not a multiple of L001's stride 4
+    rows = pd.DataFrame(measures.equivariance_rows(net, x))
     assert set(zip(rows["layer"], rows["shift"])) == {("L000", 1), ("L001", 1), ("L002", 1), ("L000", 2),
                                                        ("L001", 4), ("L002", 8)}  # fmt: skip
 
@@ -121,7 +126,7 @@ def _grads(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: list)
 @pytest.mark.parametrize("c", [0.3, 3.0])
 def test_batch_norm_makes_the_layer_scale_invariant_and_its_gradient_scale_by_one_over_c(name: str, c: float) -> None:
     net, (x, y) = _model(name, "batch"), _batch()
-    measured = inv.batchnorm_scale_check(net, x, y, c)
+    measured = measures.batchnorm_scale_check(net, x, y, c)
     assert measured["out_change"] <= 1e-10 and measured["grad_err"] <= 1e-9
     assert measured["grad_scale"] == pytest.approx(1 / c, rel=1e-9)
     assert 0 < measured["out_change_eps"] < 1e-2  # PyTorch's eps = 1e-5 perturbs the identity slightly
@@ -147,7 +152,7 @@ def test_batch_norm_makes_the_layer_scale_invariant_and_its_gradient_scale_by_on
 @pytest.mark.parametrize("c", [0.3, 3.0])
 def test_relu_rescaling_keeps_the_function_and_scales_the_gradients(name: str, layer: int, c: float) -> None:
     net, (x, y) = _model(name, "none"), _batch()
-    measured = inv.relu_rescaling_check(net, x, y, c, layer=layer)
+    measured = measures.relu_rescaling_check(net, x, y, c, layer=layer)
     assert measured["out_change"] <= 1e-12 and measured["grad_err"] <= 1e-10
     assert measured["grad_scale_l"] == pytest.approx(1 / c, rel=1e-10)
     assert measured["grad_scale_next"] == pytest.approx(c, rel=1e-10)
@@ -171,11 +176,11 @@ def test_relu_rescaling_keeps_the_function_and_scales_the_gradients(name: str, l
 def test_the_checks_refuse_networks_they_do_not_apply_to() -> None:
     x, y = _batch()
     with pytest.raises(ValueError, match="no batch norm"):
-        inv.batchnorm_scale_check(_model("mlp", "none"), x, y, 2.0)
+        measures.batchnorm_scale_check(_model("mlp", "none"), x, y, 2.0)
     with pytest.raises(ValueError, match="without normalization"):
-        inv.relu_rescaling_check(_model("mlp", "batch"), x, y, 2.0)
+        measures.relu_rescaling_check(_model("mlp", "batch"), x, y, 2.0)
     with pytest.raises(ValueError, match="c must be > 0"):
-        inv.relu_rescaling_check(_model("mlp", "none"), x, y, -1.0)
+        measures.relu_rescaling_check(_model("mlp", "none"), x, y, -1.0)
 
 
 # -- keys, MLproject ------------------------------------------------------------------------------
@@ -193,18 +198,18 @@ def test_mlproject_entry_points_parse_with_their_defaults() -> None:
     entries = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
     spec = entries["invariance"]
     command = shlex.split(spec["command"].format(**{n: p["default"] for n, p in spec["parameters"].items()}))
-    assert command[:3] == ["python", "-m", "pipelines.invariance"]
-    args = inv.make_parser().parse_args(command[3:])
-    assert args.retrain is False and args.max_steps == inv.BASE["max_steps"]
+    assert command[:3] == ["python", "-m", "experiments.invariance"]
+    args = experiment.make_parser().parse_args(command[3:])
+    assert args.retrain is False and args.max_steps == experiment.BASE["max_steps"]
     report = shlex.split(entries["invariance_report"]["command"].format(
         **{n: p["default"] for n, p in entries["invariance_report"]["parameters"].items()}))  # fmt: skip
     assert report[:3] == ["python", "-m", "analysis.invariance_report"]
 
 
 def test_bad_arguments_exit_2_before_anything_runs(capsys) -> None:
-    assert inv.main(["--models", "mlp,resnet"]) == 2
+    assert experiment.main(["--models", "mlp,resnet"]) == 2
     assert "resnet" in capsys.readouterr().err
-    assert inv.main(["--max-steps", "0"]) == 2
+    assert experiment.main(["--max-steps", "0"]) == 2
     assert "max_steps=0" in capsys.readouterr().err
 
 
@@ -215,15 +220,15 @@ def _measured_zoo(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A zoo table and metrics as measure() makes them, from untrained tiny nets (both states the same)."""
     zoo, tables = [], []
     for i, name in enumerate(names):
-        cfg = inv.zoo_config(name, "digits", width=4, depth=2)
-        net, data, loss_fn = inv.load_net(cfg)
+        cfg = experiment.zoo_config(name, "digits", width=4, depth=2)
+        net, data, loss_fn = experiment.load_net(cfg)
         x, y = (t[:128] for t in data.val.tensors)
-        rows = inv.shift_metrics(net, x, y, 2, 0.0)
+        rows = measures.shift_metrics(net, x, y, 2, 0.0)
         if hasattr(net, "features"):
-            rows += inv.equivariance_rows(net, x)
-        rows += inv.gradient_rows(net, x[:32], y[:32], loss_fn, (0.5, 3.0))
+            rows += measures.equivariance_rows(net, x)
+        rows += measures.gradient_rows(net, x[:32], y[:32], loss_fn, (0.5, 3.0))
         table = pd.DataFrame([{**r, "state": s} for s in K.INVARIANCE_STATES for r in rows])
-        table["key"] = [inv.row_key(r) for r in table.to_dict("records")]
+        table["key"] = [experiment.row_key(r) for r in table.to_dict("records")]
         table["run_id"] = f"run{i}"
         tables.append(table)
         zoo.append({"dataset": "digits", "model": name, "run_id": f"run{i}", "reused": False})
@@ -254,7 +259,7 @@ TINY = ["--models", "mlp,cnn_circ,cnn_circ_bn", "--datasets", "digits", "--max-s
 
 @pytest.mark.slow
 def test_entry_point_trains_logs_reuses_and_reports(tracking: str, tmp_path: Path) -> None:
-    assert inv.main(TINY) == 0
+    assert experiment.main(TINY) == 0
     client = MlflowClient()
     trials = load.runs(K.INVARIANCE)
     assert len(trials) == 3 and set(trials[K.INVARIANCE_ZOO_TAG]) == {"mlp", "cnn_circ", "cnn_circ_bn"}
@@ -263,7 +268,7 @@ def test_entry_point_trains_logs_reuses_and_reports(tracking: str, tmp_path: Pat
     circ = trials.loc[trials[K.INVARIANCE_ZOO_TAG] == "cnn_circ", "run_id"].item()
     run = client.get_run(circ)
     assert run.info.status == "FINISHED" and run.data.tags["role"] == "trial"
-    assert {a.path for a in client.list_artifacts(circ, "model")} == {inv.MODEL_ARTIFACT}
+    assert {a.path for a in client.list_artifacts(circ, "model")} == {experiment.MODEL_ARTIFACT}
     metrics = run.data.metrics
     for state in K.INVARIANCE_STATES:
         assert metrics[K.shift_key(state, "consistency", "circ")] == 1.0
@@ -287,14 +292,43 @@ def test_entry_point_trains_logs_reuses_and_reports(tracking: str, tmp_path: Pat
     assert {Path(a.path).name for a in client.list_artifacts(parent_id, "report")} >= {"index.html", "consistency.png"}
 
     # Second invocation: every model is reused (no new training run), tested again, nested as a worker.
-    assert inv.main(TINY) == 0
+    assert experiment.main(TINY) == 0
     assert len(load.runs(K.INVARIANCE)) == 3
     invocation, zoo = load.invariance_invocation()
     assert invocation["role"] == "worker" and invocation["parent_run_id"] == parent_id
     assert zoo["reused"].all() and set(zoo["run_id"]) == set(trials["run_id"])
     # A different configuration is trained, not reused.
-    assert inv.main([*TINY[:4], "--models", "mlp", "--max-steps", "5", *TINY[6:]]) == 0
+    assert experiment.main([*TINY[:4], "--models", "mlp", "--max-steps", "5", *TINY[6:]]) == 0
     assert len(load.runs(K.INVARIANCE)) == 4
     # The report regenerates from MLflow alone, for a chosen invocation.
     assert invariance_report.main(["--run-id", invocation["run_id"], "--out-dir", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "invariance" / "gradient_checks.png").exists()
+
+
+# -- the run tree is the studies' (studies/tree.py) -------------------------------------------------
+
+
+def test_an_invocation_that_fails_ends_failed_with_the_reason(tracking: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(cfg, run_id):  # the measurement fails after the model trained
+        raise RuntimeError("measurement broke")
+
+    monkeypatch.setattr(experiment, "measure", broken)
+    with pytest.raises(RuntimeError, match="measurement broke"):
+        experiment.main(["--models", "mlp", *TINY[2:]])
+    parent = load.runs(K.INVARIANCE, role="parent")
+    run = MlflowClient().get_run(parent["run_id"].item())
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tree.FAILURE_TAG] == "RuntimeError: measurement broke"
+
+
+def test_runs_of_the_tree_left_by_a_dead_process_are_closed(tracking: str) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client = MlflowClient()
+    orphan = client.create_run("0", tags={"study": K.INVARIANCE, "role": tree.WORKER,
+                                          **liveness.identity(int(dead.stdout))}).info.run_id  # fmt: skip
+    other = client.create_run("0", tags={"study": "another", **liveness.identity(int(dead.stdout))}).info.run_id
+    parent, own, _ = experiment.attach(client)
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(orphan).data.tags["outcome"] == liveness.KILLED_OUTCOME
+    assert client.get_run(other).info.status == "RUNNING"  # another study's run is not this tree's
+    assert parent == own and client.get_run(own).data.tags["role"] == tree.PARENT

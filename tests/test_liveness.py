@@ -1,4 +1,4 @@
-"""Dead runs are told from live ones and closed (pipelines/liveness.py): real MLflow stores, real processes, SIGKILL."""
+"""Dead runs are told from live ones and closed (common/liveness.py): real MLflow stores, real processes, SIGKILL."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from hold import hold_env, wait_for_started
 from mlflow.tracking import MlflowClient
 
+from common import liveness
 from gradprobe.recorder import Recorder
-from pipelines import liveness
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from studies.runner import DUPLICATE, PARENT_ATTR
+from studies.objective import DUPLICATE
+from studies.tree import PARENT_ATTR
 from tests.hold import hold_env, wait_for_started
 from tests.servers import PG_PASSWORD, Postgres, mlflow_server, postgres_missing, postgres_server
 
@@ -243,7 +244,7 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
 
 def test_dead_runs_are_closed_through_the_tracking_server(tracking_server: str) -> None:
     """The liveness rule on a PostgreSQL-backed server: another host's run with a stale heartbeat is closed, a fresh one kept."""
-    from pipelines import liveness
+    from common import liveness
 
     client = MlflowClient(tracking_server)
     experiment = client.create_experiment("liveness")

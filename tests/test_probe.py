@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from gradprobe import stats
 from gradprobe.activations import make_activation
-from pipelines import reference, train
+from oracles import reference
+from pipelines import train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
 from tests.grad_oracle import weight_stats
@@ -278,7 +279,7 @@ def test_mlp_matches_a_numpy_backprop_of_the_seed_formulas(activation: str) -> N
     prefixes = ["layers.0.linear", "layers.1.linear", "readout"]
     weights = [sd[f"{p}.weight"] for p in prefixes]
     biases = [sd[f"{p}.bias"] for p in prefixes]
-    # pipelines/reference.py: δᴸ = (softmax(z) − onehot(y)) / B; ∂L/∂W = δ·aᵀ; ∂L/∂a = Wᵀ·δ; δ = ∂L/∂a ⊙ φ'(z)
+    # oracles/reference.py: δᴸ = (softmax(z) − onehot(y)) / B; ∂L/∂W = δ·aᵀ; ∂L/∂a = Wᵀ·δ; δ = ∂L/∂a ⊙ φ'(z)
     bp = reference.mlp_backprop(x.double().numpy(), y.numpy(), weights, biases, activation, "ce")
     names = ["L000", "L001", "out"]
     grad_w = dict(zip(names, bp.dW))

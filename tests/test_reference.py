@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from models.registry import create_model
-from pipelines import reference as ref
+from oracles import reference as ref
 
 CASES = [(act, loss) for act in sorted(ref.ACTIVATIONS) for loss in ref.LOSSES]
 

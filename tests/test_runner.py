@@ -12,8 +12,11 @@ from optuna.trial import TrialState
 from test_data import _write_cifar, _write_mnist
 
 import pipelines.train
-from studies.runner import DUPLICATE, PARENT_ATTR, StudyProgress, objective_for, run_study
+from studies.objective import DUPLICATE, objective_for
+from studies.progress import StudyProgress
+from studies.runner import run_study
 from studies.spec import list_specs, load_spec
+from studies.tree import PARENT_ATTR
 
 SMOKE = {"max_steps": 3, "log_every": 1, "val_every": 3, "metric_points": 0}
 FILE_SPECS = {"mnist": lambda root: _write_mnist(root, compress=True), "cifar10": _write_cifar}  # specs of file-based datasets: their writers

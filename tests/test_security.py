@@ -376,7 +376,7 @@ class _RunsCode:
 def test_a_model_artifact_that_runs_code_is_refused_unrun(tracking: str, tmp_path: Path) -> None:
     import torch
 
-    from pipelines import invariance
+    from experiments.invariance import zoo as invariance
 
     marker = tmp_path / "ran"
     planted = tmp_path / "planted" / "state_dict.pt"

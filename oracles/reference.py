@@ -1,7 +1,7 @@
 """NumPy references from first principles: gradient descent for linear regression, backprop of an MLP.
 
 Written straight from the textbook formulas below, in their notation, with no autodiff: the
-oracles that the pipeline's gradients and statistics are checked against (`pipelines.gradcheck`, tests).
+oracles that the pipeline's gradients and statistics are checked against (`oracles.gradcheck`, tests).
 
     a⁽⁰⁾ = x,  z⁽ˡ⁾ = W⁽ˡ⁾ a⁽ˡ⁻¹⁾ + b⁽ˡ⁾,  a⁽ˡ⁾ = φ(z⁽ˡ⁾) (hidden),  a⁽ᴸ⁾ = ŷ = softmax(z⁽ᴸ⁾) or z⁽ᴸ⁾
     δ⁽ˡ⁾ = ∂L/∂z⁽ˡ⁾,  δ⁽ᴸ⁾ = ŷ − y (softmax with cross-entropy),  δ⁽ˡ⁾ = ∂L/∂a⁽ˡ⁾ ⊙ φ′(z⁽ˡ⁾)

@@ -1,7 +1,7 @@
 """Gradient checks, the oracles of the test suite: models, probe and NumPy reference against each other.
 
-    python -m pipelines.gradcheck                  # every check, one line each; exit 1 if any fails
-    python -m pipelines.gradcheck --only models    # or: probe, reference (repeatable)
+    python -m oracles.gradcheck                  # every check, one line each; exit 1 if any fails
+    python -m oracles.gradcheck --only models    # or: probe, reference (repeatable)
     mlflow run . -e gradcheck --env-manager local
 
 - models: `torch.autograd.gradcheck` in float64 on a tiny instance of every registered family, with
@@ -10,7 +10,7 @@
   finite differences wherever a unit sits near 0, which says nothing about the backward pass.
 - probe: one step of the real pipeline (`train.build`, Lightning's Trainer, `GradientProbe`) on small
   MLPs; the statistics it records must equal the NumPy reference's from the same weights and batch.
-- reference: the NumPy reference (`pipelines.reference`) against central finite differences, and
+- reference: the NumPy reference (`oracles.reference`) against central finite differences, and
   gradient descent on linear regression against the least-squares solution.
 
 Under `mlflow run` the results also go to the run: `gradcheck/checks.csv` and two metrics.
@@ -33,12 +33,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from common.cli import OneLineParser
 from gradprobe import keys as K
 from models.norms import NORMS
 from models.registry import ACCEPTS, LAYOUTS, create_model, list_models
-from pipelines import reference as ref
+from oracles import reference as ref
 from pipelines import train
-from pipelines.cli import OneLineParser
 from pipelines.config import RunConfig
 
 SECTIONS = ("models", "probe", "reference")
@@ -183,7 +183,7 @@ class _FirstBatch(pl.Callback):
 
     batch: tuple[Tensor, Tensor]
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batch = batch
 
 
@@ -345,7 +345,7 @@ def log_to_mlflow(checks: list[Check]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the checks, print one line each; 0 when all pass, 1 otherwise."""
     parser = OneLineParser(
-        prog="python -m pipelines.gradcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m oracles.gradcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError
+from common.errors import ConfigError
 
 PREFLIGHT_TIMEOUT = 10  # seconds for the one pre-flight request (a server that answers answers in far less)
 TRACKING_ENV, RUN_ENV, EXPERIMENT_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"
@@ -89,12 +89,12 @@ def check_tracking() -> None:
         client = MlflowClient(uri)
         try:
             client.search_experiments(max_results=1)
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the same one-line refusal
+        except Exception as exc:  # any failure to reach the store is the same one-line refusal
             raise ConfigError(TRACKING_ENV, mask(uri), f"a reachable tracking store ({_one_line(exc)})") from None
         if run_id:
             try:
                 client.get_run(run_id)
-            except Exception:  # noqa: BLE001 - MLflow raises its own or the store's exception for a bad id
+            except Exception:  # MLflow raises its own or the store's exception for a bad id
                 raise ConfigError(RUN_ENV, run_id, f"the id of a run in {mask(uri)}, or the variable unset") from None
 
 

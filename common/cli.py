@@ -9,5 +9,5 @@ from typing import NoReturn
 class OneLineParser(argparse.ArgumentParser):
     """argparse.ArgumentParser whose errors are one line (argparse prints its whole usage block first)."""
 
-    def error(self, message: str) -> NoReturn:  # noqa: D102
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
