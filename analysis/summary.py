@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis import theory
 from gradprobe import keys
-from models.recurrent import CELLS
+from gradprobe.definitions import CELL_KINDS
 
 VERDICT_TOLERANCE = 0.05  # theory.verdict's default: a per-layer gain outside [0.95, 1.05] is pathological
 STALL_SHARE = 0.9  # a run whose final training loss is ≥ 90 % of its initial loss has not learned
@@ -31,7 +31,7 @@ MEAN_FIELD, BATCH_NORM, RESIDUAL, NO_THEORY = (
     "residual √(1+α²χ₁)",
     "no closed form",
 )
-RECURRENT = tuple(CELLS)
+RECURRENT = CELL_KINDS
 GAN_LOSSES = ("gan_saturating", "gan_nonsaturating")
 # A GAN generator's loss gradient w.r.t. the fake logit is D(G(z)) (saturating) or 1 − D(G(z)) (non-saturating),
 # at most 1: an order of magnitude below that maximum over most of training, the generator's gradient has vanished.

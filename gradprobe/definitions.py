@@ -41,6 +41,7 @@ BPTT = Statistic("bptt", ("first", "last", "ratio"), "bptt_summary",
 GATE = Statistic("gate", ("mean", "saturation"), "gate_stats",
                  "the LSTM forget gate / GRU update gate: mean, share saturated; stat names `<gate>_<stat>`")  # fmt: skip
 STATISTICS = (GRAD, BACKPROP, ACT, UPDATE, BPTT, GATE)
+CELL_KINDS = ("rnn", "lstm", "gru")  # the recurrent cells the probe replays: torch.nn.RNN, LSTM, GRU; the lab's model names
 GATE_NAMES = {"lstm": "forget", "gru": "update"}  # the gate recorded for each cell kind
 
 

@@ -52,7 +52,7 @@ class Recorder:
     def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int,
                  heartbeat: Callable[[], None] | None = None, heartbeat_seconds: float = 30.0) -> None:  # fmt: skip
         self.client, self.run_id = client, run_id
-        # The thread also calls `heartbeat` (the lab's liveness tag, pipelines/liveness.py) this often.
+        # The thread also calls `heartbeat` (the lab's liveness tag, common/liveness.py) this often.
         self.heartbeat = heartbeat
         self.heartbeat_seconds = heartbeat_seconds if heartbeat is not None else math.inf
         self.stride = 1 if metric_points == 0 else max(1, math.ceil(expected_records / metric_points))

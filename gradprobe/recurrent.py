@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradprobe.activations import ACTIVATIONS
+from gradprobe.definitions import CELL_KINDS
+
+CELLS: dict[str, type[nn.RNNBase]] = dict(zip(CELL_KINDS, (nn.RNN, nn.LSTM, nn.GRU), strict=True))
 
 
 def cell_kind(rnn: nn.RNNBase) -> str:

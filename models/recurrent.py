@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradprobe.activations import ACTIVATIONS, make_activation
-from gradprobe.recurrent import CellReplay, replay
+from gradprobe.recurrent import CELLS, CellReplay, replay
 from models.base import Family
 from models.norms import make_norm
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}  # the recurrent model names' one home
 FUSED_RNN_ACTIVATIONS = ("tanh", "relu")  # the nonlinearities nn.RNN implements itself
 RNN_ACTIVATIONS = tuple(name for name, act in ACTIVATIONS.items() if act.rnn)
 __all__ = ["Recurrent", "RecurrentLayer", "SteppedRNN", "set_forget_bias"]

@@ -27,7 +27,8 @@ from analysis import figures, report, summary, theory
 from analysis.figures import registry as figure_registry
 from analysis.figures import style
 from analysis.load import StudyData
-from gradprobe import activations, fused, stats
+from gradprobe import activations, definitions, fused, stats
+from gradprobe import recurrent as gradprobe_recurrent
 from gradprobe import theory as core
 from gradprobe.activations import ACTIVATIONS, Activation, Theory, name_of
 from models import recurrent
@@ -194,6 +195,7 @@ def test_a_non_rnn_activation_is_refused_for_an_rnn_in_one_line(name: str) -> No
 
 def test_recurrent_model_names_have_one_home() -> None:
     cells = tuple(recurrent.CELLS)
+    assert cells == definitions.CELL_KINDS and recurrent.CELLS is gradprobe_recurrent.CELLS
     assert config.RECURRENT == summary.RECURRENT == cells
     assert set(cells) <= set(MODELS) and set(cells) <= set(memory.ESTIMATORS)
 
