@@ -85,10 +85,26 @@ def time_of(stat: str) -> int | None:
     return int(stat[1:]) if stat[:1] == "t" and stat[1:].isdigit() else None
 
 
+# Histograms of log10|g| (gradprobe/histogram.py): family `hist`, one stat per bin named by its lower edge
+# (`b-30.0`), below the first edge `under`, from the last edge on `over`, exact zeros and NaN/inf apart.
+HIST = "hist"
+HIST_UNDER, HIST_OVER, HIST_ZEROS, HIST_NONFINITE = "under", "over", "zeros", "nonfinite"
+
+
+def hist_stats(edges: list[float]) -> list[str]:
+    """The stat names of a histogram on these log10|g| edges, in the order of its counts."""
+    return [HIST_UNDER, *(f"b{edge:.1f}" for edge in edges[:-1]), HIST_OVER, HIST_ZEROS, HIST_NONFINITE]
+
+
+def hist_edge(stat: str) -> float | None:
+    """The lower log10|g| edge of a `hist` bin's stat name, or None for under/over/zeros/nonfinite."""
+    return float(stat[1:]) if stat[:1] == "b" else None
+
+
 def browsable(metric_key: str) -> bool:
-    """Whether a key goes to MLflow (per-time-step BPTT norms stay in the parquet table only)."""
+    """Whether a key goes to MLflow (per-time-step BPTT norms and histogram bins stay in the parquet table only)."""
     family, _, stat = parse(metric_key)
-    return not (family == "bptt" and time_of(stat) is not None)
+    return family != HIST and not (family == "bptt" and time_of(stat) is not None)
 
 
 # -- invariance tests (pipelines/invariance.py) ---------------------------------------------------
