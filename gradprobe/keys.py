@@ -1,10 +1,12 @@
 """The metric-key contract: every key is built here and parsed here (analysis imports this module).
 
-Per-layer keys are `<family>/<stat>/<layer>` (layers L000, L001, … input side first, then `out`), so the
-MLflow UI, which groups a run's charts by everything before the last `/`, shows one section per statistic
-holding every layer (`grad/l2`: L000 … out); run-wide keys are `<family>/<stat>` (`train/loss`, `grad/global_l2`, …).
-`parse` also reads the previous per-layer form `<family>/<layer>/<stat>` (runs and tables written before the
-change; one release of compatibility): a layer id never looks like a stat name, so the two cannot be confused.
+Per-layer keys are `<family>/<stat>/<layer>`, the layer being a module's qualified name in the probed
+network (`encoder.layers.0.self_attn.out_proj`, `0`) or its alias (the lab's zoo: L000, L001, … input side
+first, then `out`), so the MLflow UI, which groups a run's charts by everything before the last `/`, shows
+one section per statistic holding every layer (`grad/l2`: L000 … out); run-wide keys are `<family>/<stat>`
+(`train/loss`, `grad/global_l2`, …). The stat names of each family come from gradprobe/definitions.py.
+`parse` also reads the previous per-layer form `<family>/L000/<stat>` (runs and tables written before the
+change): a zoo layer id never looks like a stat name, so the two cannot be confused.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import functools
 import re
 
-GRAD_STATS = ("l2", "rms", "absmax", "mean", "std", "nonfinite")
-ACT_STATS = ("mean", "std", "saturation")
-BPTT_SUMMARY = ("first", "last", "ratio")  # ‖∂L/∂h_t‖ at t = 0, at t = T−1, and first / last
-GATE_STATS = ("mean", "saturation")
+from gradprobe import definitions as D
+
+GRAD_STATS, ACT_STATS = D.GRAD.stats, D.ACT.stats
+BPTT_SUMMARY = D.BPTT.stats  # ‖∂L/∂h_t‖ at t = 0, at t = T−1, and first / last
+GATE_STATS = D.GATE.stats
 GLOBAL_NORM, GLOBAL_NORM_CLIPPED, TRAIN_LOSS = "grad/global_l2", "grad/global_l2_clipped", "train/loss"
 VAL_LOSS, VAL_ACC = "val/loss", "val/acc"
 VAL_DICE, VAL_IOU = "val/dice", "val/iou"  # segmentation: hard masks (logit > 0), per example, averaged
@@ -41,13 +44,30 @@ def headline_key(metric_key: str) -> str | None:
     return f"{HEADLINE}/{metric_key.replace('/', '_')}" if metric_key in HEADLINE_KEYS else None
 
 
-# A layer id: models.base.layer_name (L000, L001, …) or its readout, `out`; no stat name has this form.
+# A zoo layer id: models.base.layer_name (L000, L001, …) or its readout, `out`; no stat name has this form.
 LAYER_ID = re.compile(r"L\d{3,}|out")
+# A module's qualified name (`encoder.layers.0.linear1`, `0`) or an alias: no `/`, not empty.
+QUALIFIED_NAME = re.compile(r"[^/\s]+")
 
 
 def is_layer(name: str) -> bool:
-    """Whether a key part names a layer (L000, …, out) rather than a statistic."""
+    """Whether a key part is a zoo layer id (L000, …, out): the previous key form put these in the middle."""
     return LAYER_ID.fullmatch(name) is not None
+
+
+@functools.cache
+def _is_stat(name: str) -> bool:
+    return name in D.stat_names() or time_of(name) is not None
+
+
+def part_keys(family: str, stats: tuple[str, ...], layers: tuple[str, ...]) -> list[str]:
+    """The keys of a block of values (stats × layers, stat-major): how the probe names what it records."""
+    return _part_keys(family, tuple(stats), tuple(layers))
+
+
+@functools.cache  # a logging step asks for the same blocks again; built once per kind of step
+def _part_keys(family: str, stats: tuple[str, ...], layers: tuple[str, ...]) -> list[str]:
+    return [key(family, layer, stat) for stat in stats for layer in layers]
 
 
 def key(family: str, layer: str | None, stat: str) -> str:
@@ -59,14 +79,14 @@ def key(family: str, layer: str | None, stat: str) -> str:
 def parse(metric_key: str) -> tuple[str, str, str]:
     """(family, layer, stat) of a key, new or previous per-layer form; layer is '' for run-wide keys."""
     parts = metric_key.split("/")
-    if len(parts) == 2 and not is_layer(parts[1]):
+    if len(parts) == 2 and all(parts) and not is_layer(parts[1]):
         return parts[0], "", parts[1]
-    if len(parts) == 3:
+    if len(parts) == 3 and all(QUALIFIED_NAME.fullmatch(p) for p in parts):
         family, middle, last = parts
-        if is_layer(last) and not is_layer(middle):
-            return family, last, middle
-        if is_layer(middle) and not is_layer(last):  # the previous form, `<family>/<layer>/<stat>`
+        if is_layer(middle) and not is_layer(last):  # the previous form, `<family>/L000/<stat>`
             return family, middle, last
+        if not is_layer(middle) and not _is_stat(last):
+            return family, last, middle
     raise ValueError(f"not a metric key of the contract: {metric_key!r}")
 
 

@@ -1,255 +1,441 @@
-"""The gradient probe: a Lightning callback that records per-layer statistics on a schedule.
+"""The probe's engine: per-layer gradient statistics of any PyTorch network, on a schedule, framework-free.
 
-On a logging step it hooks every hidden block (activations, and ∂loss/∂output through a tensor hook),
-replays recurrent layers (for ∂loss/∂h_t: models/recurrent.py), reads the weight gradients before clipping
-(`on_before_optimizer_step`) and after (`LitModel.after_clipping`), and the update after the step. It
-probes `pl_module.net` and the optimizer step that updates it; another optimizer's steps (a GAN's
-discriminator) are not recorded. Run-wide numbers a module adds in `step_stats` join the record. All
-statistics stay on the device until the end of the step, where they are concatenated and copied to the
-host once. Between logging steps no hook is registered; only the divergence guard runs (one sync).
+A training loop tells it four moments of a step (gradprobe/lightning.py does it for Lightning):
+
+    probe = Probe(model, log_every=10, sink=my_sink)     # sink(step, keys, values), optional
+    for step, (x, y) in enumerate(loader):
+        probe.begin(step)                                 # a logging step: hooks go on
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        probe.gradients(loss)                             # before clipping: gradient statistics, divergence guard
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        probe.end()                                       # after the step: clipped norm, update ratio, record
+
+On a logging step it hooks every layer (its output for ‖∂loss/∂output‖ through a tensor hook, the activation
+module after it), replays recurrent modules for ∂loss/∂h_t (gradprobe/recurrent.py), reads the weight
+gradients before clipping (`gradients`) and after (the `.grad` the optimizer applied: `end`, or the step
+hook of an optimizer passed to `watch`), and the update. All statistics stay on the device until the end of
+the step, where they are concatenated and copied to the host once. Between logging steps no hook is
+registered; only the divergence guard runs (one sync). What a record holds, and its key names, come from
+gradprobe/definitions.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
+from functools import wraps
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from gradprobe import definitions as D
 from gradprobe import keys as K
 from gradprobe import stats
-from models.base import READOUT
-from models.recurrent import GATE_NAME, RecurrentLayer
+from gradprobe.layers import Layer, Selection, activation_name, discover_layers
+from gradprobe.recurrent import cell_kind, replay, state_activation
+
+Sink = Callable[[int, list[str], list[float]], None]
 
 
-def is_logging_step(step: int, log_every: int, max_steps: int) -> bool:
-    """The schedule: step 0, every `log_every`-th step, and the last step."""
-    return step % log_every == 0 or step == max_steps - 1
+def is_logging_step(step: int, log_every: int, max_steps: int | None = None) -> bool:
+    """The schedule: step 0, every `log_every`-th step, and the last step (when `max_steps` is known)."""
+    return step % log_every == 0 or (max_steps is not None and step == max_steps - 1)
 
 
-class GradientProbe(pl.Callback):
-    """Records the metric contract's per-layer statistics into a recorder; stops on divergence."""
+def _timed(method: Callable) -> Callable:
+    """Count the time spent in `method` as the probe's own cost."""
 
-    def __init__(self, record: Callable[[int, list[str], list[float]], None], *, activation: str,
-                 log_every: int, max_steps: int) -> None:  # fmt: skip
-        self.record = record
-        self.activation = activation
-        self.log_every, self.max_steps = log_every, max_steps
-        self.diverged_step: int | None = None
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._active = self._recording = False
+    @wraps(method)
+    def timed(self: Probe, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.probe_seconds += time.perf_counter() - started
 
-    # -- set-up ---------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # noqa: D102
-        blocks = pl_module.net.named_blocks()
-        self.names = [name for name, _ in blocks]
-        self.hidden = [module for name, module in blocks if name != READOUT]
-        self.weights = [module.main_weight for module in self.hidden] + [pl_module.net.readout.weight]
-        self.params = [p for p in pl_module.net.parameters() if p.requires_grad]
+    return timed
+
+
+class Probe:
+    """Per-layer statistics of `model`'s training steps, recorded every `log_every` steps into `sink` and `history`.
+
+    `layers`/`names`: gradprobe.layers.discover_layers. `stop_on_divergence`: on a step whose gradient norm
+    or loss is not finite, drop its gradients (no step is taken) and report it to the caller (which stops
+    training); otherwise the step is recorded, a warning is given once and training goes on. `diverged_step`
+    is the first such step. `record=False` (a DDP rank other than 0) runs the divergence guard only.
+    """
+
+    def __init__(self, model: nn.Module, *, log_every: int = 10, max_steps: int | None = None,
+                 layers: Selection = None, names: Mapping[str, str] | None = None, sink: Sink | None = None,
+                 stop_on_divergence: bool = False, record: bool = True) -> None:  # fmt: skip
+        if not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(f"log_every={log_every!r}: a positive integer")
+        self.model, self.log_every, self.max_steps = model, log_every, max_steps
+        self.sink, self.stop_on_divergence, self.record = sink, stop_on_divergence, record
+        self.layers: list[Layer] = discover_layers(model, layers, names)
+        if not self.layers:
+            raise ValueError("layers: no layer to probe in the model (Linear, Conv, Embedding, norms, attention, RNN)")
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self._param_ids = {id(p) for p in self.params}
-        self._probed_optimizers: dict[int, bool] = {}  # id(optimizer) → whether it steps these parameters
+        self.history: list[tuple[int, list[str], list[float]]] = []  # what was recorded (references, no copies)
+        self.diverged_step: int | None = None
+        self.probe_seconds, self._started, self._stopped = 0.0, None, None
+        self.step = -1
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._optimizer_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._holds: dict[int, bool] = {}  # id(optimizer) → whether it steps the probed parameters
+        self._ordered = False  # forward order known (after the first logging step's forward pass)
+        self._call_order: dict[int, int] = {}
+        self._active = self._recording = self._diverged_now = self._stepped = False
+        self._workspace: dict = {}  # the activation statistics' scratch copies, reused at every logging step
+        self._arrange()
+
+    # -- layers ---------------------------------------------------------------------------------
+    def _arrange(self) -> None:
+        """Per-layer state that depends on the layers' order."""
+        self.weights = [layer.weight for layer in self.layers]
         index = {id(p): i for i, p in enumerate(self.params)}
         self._weight_index = torch.tensor([index[id(w)] for w in self.weights])
-        self._names: dict[tuple, list[str]] = {}  # a logging step's keys, by what it records
-        self._workspace: dict = {}  # the activation statistics' scratch copy, reused at every logging step
-        self._missing = (torch.full((), math.nan), torch.full((3,), math.nan))  # shared placeholders, never written
-        self._no_nonfinite = torch.zeros(len(self.weights))
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
-        self.started = time.perf_counter()
-        # The weights before a logged step, stacked by shape; made here, where the weights are on their device.
-        self.before = stats.Stacked(self.weights)
+        self.before: stats.Stacked | None = None  # the weights before a logged step, stacked by shape
         # The weights' version counters when `before` was last refreshed with them: while they are unchanged,
-        # `before` is still their copy (every in-place change bumps a tensor's version; nothing here
-        # replaces a weight through `.data`, which would not).
+        # `before` is still their copy (every in-place change bumps a tensor's version).
         self._before_versions: list[int] | None = None
+        last = self.layers[-1]
+        # Which layers record `act`: from the activation module after them, the replay of a recurrent module,
+        # or their own output (saturation unknown: NaN); not the last layer's output (a network's output).
+        self._act_source = {layer.name: self._act_of(layer, layer is last) for layer in self.layers}
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
-        self._detach(pl_module)
+    @staticmethod
+    def _act_of(layer: Layer, is_last: bool) -> tuple[str, str | None] | None:
+        if layer.replayed:
+            return ("replay", None)
+        if layer.act is not None:
+            return ("module", activation_name(layer.act))
+        if layer.recurrent is not None and layer.output is not None:
+            return ("output", state_activation(layer.recurrent))  # h is bounded by the cell's nonlinearity
+        if layer.output is not None and not is_last:
+            return ("output", None)
+        return None
 
-    # -- one step ---------------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
-        self.step = trainer.global_step
-        self._active = is_logging_step(self.step, self.log_every, self.max_steps)
-        pl_module.after_clipping = self._after_clipping if self._active else None
+    def _finish_order(self) -> None:
+        """Layers by first forward call; activation modules to the last layer that ran before them."""
+        order = self._call_order
+        position = {layer.name: order.get(id(layer.runs), math.inf) for layer in self.layers}
+        self.layers.sort(key=lambda layer: position[layer.name])  # stable: module order among equals
+        ran = [(position[layer.name], layer) for layer in self.layers if position[layer.name] < math.inf]
+        taken = {id(layer.act) for layer in self.layers if layer.act is not None}
+        for module in self.model.modules():
+            if id(module) in taken or id(module) not in order or activation_name(module) is None:
+                continue
+            before = [layer for at, layer in ran if at < order[id(module)]]
+            if before and before[-1].act is None and not before[-1].replayed and before[-1].output is not None:
+                before[-1].act = module
+                taken.add(id(module))
+        self._ordered = True
+        self._call_order = {}
+        self._arrange()
+        self._detach()  # the discovery hooks go; the next logging step hooks what the layers now need
+
+    # -- the step ---------------------------------------------------------------------------------
+    @_timed
+    def begin(self, step: int) -> None:
+        """Start training step `step` (before the forward pass)."""
+        if self._started is None:
+            self._started = time.perf_counter()
+        self.step, self._loss = step, None
+        self._active = self.record and is_logging_step(step, self.log_every, self.max_steps)
+        self._diverged_now = self._stepped = False
         if self._active:
             self._reset()
             if not self._hooks:
-                self._attach(pl_module)
+                self._attach()
         self._recording = self._active
 
     def _reset(self) -> None:
-        """Empty the per-step slots that the hooks fill."""
-        n = len(self.names)
-        self.backprop: list[Tensor] = [self._missing[0]] * n  # ‖∂loss/∂(each block's output)‖
-        self.act: list[Tensor] = [self._missing[1]] * (n - 1)
-        self.act_io: dict[int, tuple[Tensor, Tensor]] = {}  # layer → (a, z): statistics batched at the step's end
-        self.bptt: list[Tensor | None] = [None] * (n - 1)  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
-        self.gates: list[Tensor | None] = [None] * (n - 1)
+        """Empty the per-step slots that the hooks fill (keyed by layer name)."""
+        self.backprop: dict[str, Tensor] = {}  # ‖∂loss/∂(each layer's output)‖
+        self.outputs: dict[str, Tensor] = {}  # outputs whose statistics are the layer's `act`
+        self.act_io: dict[int, tuple[Tensor, Tensor]] = {}  # id(activation module) → (a, z), batched at the end
+        self.replayed: dict[str, Tensor] = {}  # act statistics of the replayed recurrent layers
+        self.bptt: dict[str, Tensor] = {}  # ‖∂loss/∂h_t‖ for every t of a recurrent layer
+        self.gates: dict[str, Tensor] = {}
         self.global_clipped: Tensor | None = None
+        self.update: Tensor | None = None
 
-    def _attach(self, pl_module: pl.LightningModule) -> None:
-        """Hook every block; the hooks stay while logging steps follow each other (`log_every=1`)."""
+    def _attach(self) -> None:
+        """Hook every layer; the hooks stay while logging steps follow each other (`log_every=1`)."""
+        for layer in self.layers:
+            if layer.output is not None:
+                self._hooks.append(layer.output.register_forward_hook(self._on_output(layer)))
+            if layer.replayed:
+                self._hooks.append(layer.recurrent.register_forward_hook(self._on_recurrent(layer), with_kwargs=True))
+        acts = {id(layer.act): layer.act for layer in self.layers if layer.act is not None}
+        if not self._ordered:  # the first logging step: every activation module, and the order of the calls
+            acts.update({id(m): m for m in self.model.modules() if activation_name(m) is not None})
+            for module in self.model.modules():
+                self._hooks.append(module.register_forward_pre_hook(self._on_call))
+        for module in acts.values():
+            self._hooks.append(module.register_forward_hook(self._on_act))
 
-        # Between a training step's start and end only: never in a validation pass run between two steps.
-        def on_output(i: int) -> Callable:
-            def hook(module: nn.Module, inputs, output: Tensor) -> None:
-                if not self._recording:
-                    if isinstance(module, RecurrentLayer):
-                        module.kept = None  # a validation pass: nothing to replay
-                    return
-                if output.requires_grad:  # its norm at once, so backward frees ∂loss/∂output as usual
-                    output.register_hook(lambda g: self.backprop.__setitem__(i, stats.norm(g.detach())))
-                if isinstance(module, RecurrentLayer):
-                    self._on_recurrent(i, module)
+    def _on_call(self, module: nn.Module, args) -> None:
+        if self._recording:
+            self._call_order.setdefault(id(module), len(self._call_order))
 
-            return hook
+    # Hooks act between a step's begin and end only: never in a validation pass run between two steps.
+    def _on_output(self, layer: Layer) -> Callable:
+        name = layer.name
+        # Before the forward order is known every layer's output may be needed (which layer is last, which
+        # activation module follows which layer, is settled after this forward pass).
+        source = self._act_source[name]
+        wants_output = not layer.replayed and (not self._ordered or (source is not None and source[0] == "output"))
 
-        def on_act(i: int) -> Callable:
-            def hook(module: nn.Module, inputs, output: Tensor) -> None:
-                if self._recording:
-                    self.act_io[i] = (output, inputs[0])
+        def hook(module: nn.Module, inputs, output) -> None:
+            if not self._recording:
+                return
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(out, Tensor):
+                return  # a PackedSequence: no output statistics
+            if out.requires_grad:  # its norm at once, so backward frees ∂loss/∂output as usual
+                out.register_hook(self._timed_hook(lambda g: self.backprop.__setitem__(name, stats.norm(g.detach()))))
+            if wants_output:
+                self.outputs[name] = out
 
-            return hook
+        return hook
 
-        modules = self.hidden + [pl_module.net.readout]
-        for i, module in enumerate(modules):
-            self._hooks.append(module.register_forward_hook(on_output(i)))
-            if getattr(module, "act", None) is not None:
-                self._hooks.append(module.act.register_forward_hook(on_act(i)))
-            if isinstance(module, RecurrentLayer):
-                module.keep_sequence = True
+    def _on_act(self, module: nn.Module, inputs, output: Tensor) -> None:
+        if self._recording and isinstance(output, Tensor):
+            self.act_io[id(module)] = (output, inputs[0])
 
-    def _on_recurrent(self, i: int, layer: RecurrentLayer) -> None:
-        x, seq = layer.kept
-        layer.kept = None
-        replay = layer.replay(x, seq)
-        self.act[i] = stats.activation_stats(layer.activation, replay.h)
-        if replay.gate is not None:
-            self.gates[i] = stats.gate_stats(replay.gate)
-        self.bptt[i] = torch.full((seq.shape[1],), math.nan)
+    def _on_recurrent(self, layer: Layer) -> Callable:
+        def hook(module: nn.RNNBase, args, kwargs, output) -> None:
+            if not self._recording:
+                return
+            started = time.perf_counter()
+            x = args[0] if args else kwargs.get("input")
+            hx = args[1] if len(args) > 1 else kwargs.get("hx")
+            seq = output[0]
+            if isinstance(x, Tensor) and isinstance(seq, Tensor):
+                self._replay(layer, module, x, seq, hx)
+            self.probe_seconds += time.perf_counter() - started
+
+        return hook
+
+    def _replay(self, layer: Layer, module: nn.RNNBase, x: Tensor, seq: Tensor, hx) -> None:
+        name, played = layer.name, replay(module, x, seq, hx)
+        self.replayed[name] = stats.activation_stats(state_activation(module), played.h)
+        if played.gate is not None:
+            self.gates[name] = stats.gate_stats(played.gate)
+        self.bptt[name] = torch.full((played.h.shape[0],), math.nan, device=seq.device)
         if seq.requires_grad:
             # ∂loss/∂(the outputs) from the consumers, then the cell's own recursion back through time;
             # run during backward, before the optimizer changes W_hh.
-            seq.register_hook(lambda g: self.bptt.__setitem__(i, stats.state_norms(replay.state_gradients(g))))
+            seq.register_hook(self._timed_hook(
+                lambda g: self.bptt.__setitem__(name, stats.state_norms(played.state_gradients(g)))))  # fmt: skip
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
-        probed = self._probed_optimizers.get(id(optimizer))
-        if probed is None:
-            probed = any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"])
-            self._probed_optimizers[id(optimizer)] = probed
-        if not probed:
-            return  # not the probed network's step (a GAN's discriminator)
+    def _timed_hook(self, fn: Callable[[Tensor], None]) -> Callable[[Tensor], None]:
+        def hook(g: Tensor) -> None:
+            started = time.perf_counter()
+            fn(g)
+            self.probe_seconds += time.perf_counter() - started
+
+        return hook
+
+    def holds(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether `optimizer` steps the probed parameters (a GAN's discriminator optimizer does not)."""
+        held = self._holds.get(id(optimizer))
+        if held is None:
+            held = any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"])
+            self._holds[id(optimizer)] = held
+        return held
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        """Read the clipped gradients and the update right after `optimizer.step()` (if it steps the probed weights)."""
+        if self.holds(optimizer):
+            self._optimizer_hooks.append(optimizer.register_step_post_hook(lambda *_: self._after_step()))
+
+    @_timed
+    def gradients(self, loss: Tensor | None = None) -> bool:
+        """Read the gradients before clipping; True if the step diverged and must not be taken (`stop_on_divergence`).
+
+        Call it after backward and before clipping and the optimizer step, on every step (the divergence guard).
+        """
+        if self._active and not self._ordered:
+            self._finish_order()
+        self._loss = None if loss is None else loss.detach()
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         # On a logging step the guard's pass over the gradients also takes the weights' statistics.
-        rows = stats.grad_rows(present) if self._active and len(present) == len(grads) else None
+        rows = stats.grad_rows(present) if self._active and present and len(present) == len(grads) else None
         per_param = stats.norms(present) if rows is None else rows[:, 0]
-        loss = pl_module.last_loss
         # A step is taken while every norm is at most `stats.LARGEST_NORM` (float32 clipping could not use a
         # larger one: its sum of squares overflows) and the loss is finite: a max and two host reads on the
         # steps that record nothing (NaN fails the comparison).
         largest = per_param.max().item() if per_param.numel() else 0.0
-        finite = largest <= stats.LARGEST_NORM and (loss is None or math.isfinite(loss.item()))
-        if self._active or not finite:
+        finite = largest <= stats.LARGEST_NORM and (loss is None or math.isfinite(self._loss.item()))
+        first_divergence = not finite and self.diverged_step is None
+        if first_divergence:
+            self.diverged_step, self._diverged_now = self.step, True
+            if not self._active and self.record:  # the diverged step is recorded, on schedule or not
+                self._reset()
+                self._active = True
+        if self._active:
             self.global_l2 = stats.norm(per_param)
             weight_rows = None if rows is None else rows[self._weight_index]
-            self.grad = stats.tensor_stats([w.grad for w in self.weights], weight_rows)
-            if [w._version for w in self.weights] != self._before_versions:
-                self.before.copy_(self.weights)
-            self._before_versions = None  # the step will change them
-        self.nonfinite = self._no_nonfinite
-        if not finite:
-            # Divergence is a result: record what this step produced, take no step, stop training.
-            self.nonfinite = stats.nonfinite_counts([w.grad for w in self.weights])
-            self.diverged_step = self.step
-            self._active = True
-            # Nothing is clipped: record this step's norm, not an earlier step's nor that of no gradients.
-            self.global_clipped, pl_module.after_clipping = None, None
-            for p in self.params:
-                p.grad = None
-            trainer.should_stop = True
+            self.grad = stats.grad_table(self._weight_grads(), weight_rows, finite=finite)
+            if not self._diverged_now:
+                self._keep_weights()
+        if not first_divergence:
+            return False
+        if not self.stop_on_divergence:
+            warnings.warn(f"gradprobe: non-finite loss or gradient norm at step {self.step}; training goes on",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
+            return False
+        for p in self.params:  # divergence is a result: record what this step produced, take no step
+            p.grad = None
+        return True
 
-    def _after_clipping(self) -> None:
-        self.global_clipped = stats.global_norm([p.grad for p in self.params if p.grad is not None])
+    def _weight_grads(self) -> list[Tensor]:
+        """Each layer's weight gradient; NaN for a weight that received none this step."""
+        return [w.grad if w.grad is not None else torch.full((1,), math.nan, device=w.device) for w in self.weights]
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
-        if not self._active:
+    def _keep_weights(self) -> None:
+        """Copy the weights before the step, unless `before` still holds them (no in-place change since)."""
+        if self.before is None:
+            self.before = stats.Stacked(self.weights)  # made here, where the weights are on their device
+        if [w._version for w in self.weights] != self._before_versions:
+            self.before.copy_(self.weights)
+        self._before_versions = None  # the step will change them
+
+    def _after_step(self) -> None:
+        if not self._active or self._stepped:
             return
-        self._recording = False
-        pl_module.after_clipping = None
-        if self.diverged_step is not None or not is_logging_step(self.step + 1, self.log_every, self.max_steps):
-            self._detach(pl_module)
-        names, parts = self._collect(pl_module)
-        values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host copy
-        self.record(self.step, [*names, K.ELAPSED], [*values, time.perf_counter() - self.started])
-
-    def _collect(self, pl_module: pl.LightningModule) -> tuple[list[str], list[Tensor]]:
-        """Keys and the matching device tensors of one logging step, in one fixed order."""
-        clipped = self.global_clipped if self.global_clipped is not None else self.global_l2
-        loss = pl_module.last_loss if pl_module.last_loss is not None else torch.full((), math.nan)
-        parts = [loss.reshape(1), self.global_l2.reshape(1), clipped.reshape(1)]
-        extra = getattr(pl_module, "step_stats", None) or {}
-        if extra:
-            parts.append(torch.stack([v.reshape(()).float() for v in extra.values()]))
-        parts += [self.grad[stat] for stat in K.GRAD_STATS[:-1]] + [self.nonfinite]
-        diverged = self.diverged_step is not None
-        if not diverged:
-            parts.append(torch.stack(self.backprop))
-            acts = self.act
-            if self.act_io:
-                layers = sorted(self.act_io)
-                outputs, inputs = zip(*(self.act_io[i] for i in layers))
-                values = stats.layer_activation_stats(self.activation, list(outputs), list(inputs), self._workspace)
-                self.act_io.clear()
-                if len(layers) == len(self.act):  # every hidden layer (none recurrent): the rows as they are
-                    acts = [values]
-                else:
-                    for i, row in zip(layers, values):
-                        self.act[i] = row
-            parts += acts
+        started = time.perf_counter()
+        self._stepped = True
+        if not self._diverged_now or not self.stop_on_divergence:
+            present = [p.grad for p in self.params if p.grad is not None]
+            self.global_clipped = stats.global_norm(present) if present else None
+        if not self._diverged_now:
             # A logging step next (log_every=1): the pass that compares the weights also copies them for it.
             refresh = is_logging_step(self.step + 1, self.log_every, self.max_steps)
-            parts.append(stats.update_ratios(self.before, self.weights, refresh))
+            self.update = stats.update_ratios(self.before, self.weights, refresh)
             if refresh:
                 self._before_versions = [w._version for w in self.weights]
-            for per_t, gate in zip(self.bptt, self.gates):
-                parts += [per_t, stats.bptt_summary(per_t)] if per_t is not None else []
-                parts += [gate] if gate is not None else []
-        shape = (diverged, tuple(extra), tuple(None if t is None else len(t) for t in self.bptt),
-                 tuple(g is not None for g in self.gates))  # fmt: skip
-        if shape not in self._names:
-            self._names[shape] = self._keys(diverged, list(extra))
-        return self._names[shape], parts
+        self.probe_seconds += time.perf_counter() - started
 
-    def _keys(self, diverged: bool, extra: list[str]) -> list[str]:
-        """The keys of `_collect`'s values, in its order (built once per kind of step, not every step)."""
-        names = [K.TRAIN_LOSS, K.GLOBAL_NORM, K.GLOBAL_NORM_CLIPPED, *extra]
-        for stat in K.GRAD_STATS:
-            names += [K.key("grad", layer, stat) for layer in self.names]
-        if diverged:
-            return names
-        names += [K.key("backprop", layer, "l2") for layer in self.names]
-        for layer in self.names[:-1]:
-            names += [K.key("act", layer, stat) for stat in K.ACT_STATS]
-        names += [K.key("update", layer, "ratio") for layer in self.names]
-        for i, layer in enumerate(self.names[:-1]):
-            if (per_t := self.bptt[i]) is not None:
-                names += [K.key("bptt", layer, K.time_stat(t)) for t in range(len(per_t))]
-                names += [K.key("bptt", layer, stat) for stat in K.BPTT_SUMMARY]
-            if self.gates[i] is not None:
-                gate = GATE_NAME[self.hidden[i].cell]
-                names += [K.key("gate", layer, f"{gate}_{stat}") for stat in K.GATE_STATS]
-        return names
+    @_timed
+    def end(self, loss: Tensor | float | None = None, extra: Mapping[str, Tensor] | None = None) -> None:
+        """Finish the step after the optimizer step: record it if it is a logging (or diverged) step.
 
-    def _detach(self, pl_module: pl.LightningModule) -> None:
+        `loss`: the step's training loss, if not the one given to `gradients`; `extra`: run-wide numbers
+        (`{key: scalar tensor}`) that join the record.
+        """
+        self._stopped = time.perf_counter()
+        if not self._active:
+            return
+        self._after_step()  # without a watched optimizer: the gradients and weights as the step left them
+        self._active = self._recording = False
+        if self._diverged_now or not is_logging_step(self.step + 1, self.log_every, self.max_steps):
+            self._detach()
+        loss = self._loss if loss is None else torch.as_tensor(loss).detach()
+        keys, parts = self._collect(loss, dict(extra or {}))
+        values = torch.cat([p.reshape(-1).float().cpu() for p in parts]).tolist()  # the one host copy
+        keys, values = [*keys, K.ELAPSED], [*values, self._stopped - self._started]
+        self.history.append((self.step, keys, values))
+        if self.sink is not None:
+            self.sink(self.step, keys, values)
+
+    # -- the record ---------------------------------------------------------------------------------
+    def _collect(self, loss: Tensor | None, extra: dict[str, Tensor]) -> tuple[list[str], list[Tensor]]:
+        """Keys and the matching device tensors of one logging step: each block's keys from its definition."""
+        nan = torch.full((), math.nan, device=self.global_l2.device)
+        clipped = self.global_clipped if self.global_clipped is not None else self.global_l2
+        run = [loss if loss is not None else nan, self.global_l2, clipped, *extra.values()]
+        keys = [K.TRAIN_LOSS, K.GLOBAL_NORM, K.GLOBAL_NORM_CLIPPED, *extra]
+        parts = [torch.stack([v.reshape(()).float().to(nan.device) for v in run])]
+        ids = tuple(layer.id for layer in self.layers)
+
+        def add(definition: D.Statistic, layers: tuple[str, ...], values: Tensor, names: tuple[str, ...] = ()) -> None:
+            keys.extend(K.part_keys(definition.family, names or definition.stats, layers))
+            parts.append(values)
+
+        add(D.GRAD, ids, torch.stack([self.grad[stat].float() for stat in D.GRAD.stats]))
+        if self._diverged_now:
+            return keys, parts
+        if seen := [layer for layer in self.layers if layer.output is not None]:
+            norms = torch.stack([self.backprop.get(layer.name, nan).float() for layer in seen])
+            add(D.BACKPROP, tuple(layer.id for layer in seen), norms)
+        act_layers, act_values = self._activation_rows(nan)
+        if act_layers:
+            add(D.ACT, act_layers, act_values.T)
+        add(D.UPDATE, ids, self.update if self.update is not None else nan.expand(len(ids)))
+        for layer in self.layers:
+            if (per_t := self.bptt.get(layer.name)) is not None:
+                add(D.BPTT, (layer.id,), torch.cat([per_t, stats.bptt_summary(per_t)]),
+                    tuple(K.time_stat(t) for t in range(len(per_t))) + D.BPTT.stats)  # fmt: skip
+            if (gate := self.gates.get(layer.name)) is not None:
+                add(D.GATE, (layer.id,), gate, D.gate_stat_names(cell_kind(layer.recurrent)))
+        return keys, parts
+
+    def _activation_rows(self, nan: Tensor) -> tuple[tuple[str, ...], Tensor | None]:
+        """(ids, (layers, 3)) of the layers whose activations were seen this step, batched by activation."""
+        groups: dict[str | None, list[tuple[Layer, Tensor, Tensor | None]]] = {}
+        rows: dict[str, Tensor] = {}
+        for layer in self.layers:
+            source = self._act_source[layer.name]
+            if source is None:
+                continue
+            if source[0] == "replay":
+                rows[layer.name] = self.replayed.get(layer.name, nan.expand(3))
+            elif layer.act is not None and id(layer.act) in self.act_io:
+                a, z = self.act_io[id(layer.act)]
+                groups.setdefault(activation_name(layer.act), []).append((layer, a, z))
+            elif layer.name in self.outputs:
+                groups.setdefault(source[1], []).append((layer, self.outputs[layer.name], None))
+            else:
+                rows[layer.name] = nan.expand(3)
+        self.act_io.clear()
+        self.outputs.clear()
+        for name, members in groups.items():
+            outputs, inputs = [m[1] for m in members], [m[2] for m in members]
+            known = name is not None
+            values = stats.layer_activation_stats(name if known else "linear", outputs,
+                                                  inputs if all(z is not None for z in inputs) else None,
+                                                  self._workspace)  # fmt: skip
+            if not known:  # a functional activation (or none): the output's mean and std, saturation unknown
+                values = torch.cat([values[:, :2], nan.expand(len(members), 1).to(values.dtype)], dim=1)
+            if len(groups) == 1 and not rows and len(members) == len(self._act_source_names()):
+                return tuple(m[0].id for m in members), values  # one batch in layer order: the rows as they are
+            rows.update({m[0].name: row for m, row in zip(members, values)})
+        chosen = [layer for layer in self.layers if layer.name in rows]
+        if not chosen:
+            return (), None
+        return tuple(layer.id for layer in chosen), torch.stack([rows[layer.name].float() for layer in chosen])
+
+    def _act_source_names(self) -> list[str]:
+        return [name for name, source in self._act_source.items() if source is not None]
+
+    # -- teardown and cost ------------------------------------------------------------------------
+    def _detach(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
-        pl_module.after_clipping = None
-        for module in self.hidden:
-            if isinstance(module, RecurrentLayer):
-                module.keep_sequence, module.kept = False, None
+
+    def close(self) -> None:
+        """Remove every hook the probe placed (forward, tensor hooks die with their step; optimizer hooks)."""
+        self._detach()
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks.clear()
+        self._recording = self._active = False
+
+    def cost(self) -> dict[str, float]:
+        """Seconds spent in the probe's own hooks and statistics, and wall seconds of training so far."""
+        if self._started is None:
+            return {"probe_seconds": 0.0, "train_seconds": 0.0}
+        train = (self._stopped or time.perf_counter()) - self._started
+        return {"probe_seconds": self.probe_seconds, "train_seconds": train}

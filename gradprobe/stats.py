@@ -167,6 +167,16 @@ def tensor_stats(tensors: list[Tensor], rows: Tensor | None = None) -> dict[str,
     return dict(zip(GRAD_ROW, rows.unbind(1)))
 
 
+def grad_table(tensors: list[Tensor], rows: Tensor | None = None, *, finite: bool = False) -> dict[str, Tensor]:
+    """Every `grad` statistic of each tensor by stat name (definitions.GRAD): `tensor_stats` and non-finite counts.
+
+    `finite`: the caller knows every norm is finite, so no entry is NaN/inf (the counts are zeros, not a pass).
+    """
+    rows = grad_rows(tensors) if rows is None else rows
+    counts = torch.zeros(len(tensors), dtype=rows.dtype, device=rows.device) if finite else nonfinite_counts(tensors)
+    return tensor_stats(tensors, rows) | {"nonfinite": counts}
+
+
 def nonfinite_counts(tensors: list[Tensor]) -> Tensor:
     """Number of NaN/±inf entries of each tensor."""
     return torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).float()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -39,8 +37,7 @@ class LitModel(pl.LightningModule):
             raise ValueError(f"loss {loss!r} does not fit a {task} task")
         self.optim_args = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.schedule, self.max_steps = schedule, max_steps
-        self.last_loss: Tensor | None = None  # the training loss of the current step, for the probe
-        self.after_clipping: Callable[[], None] | None = None  # set by the probe on logging steps
+        self.last_loss: Tensor | None = None  # the training loss of the current step (the run's final loss)
         self.val_outputs: list[tuple[Tensor, Tensor]] = []  # kept for SET_METRICS until the epoch ends
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
@@ -84,12 +81,6 @@ class LitModel(pl.LightningModule):
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Lightning's clipping, then let the probe read the clipped gradients."""
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if self.after_clipping is not None and gradient_clip_val is not None:  # unclipped: the same norm
-            self.after_clipping()
 
 
 def n_parameters(module: torch.nn.Module) -> int:

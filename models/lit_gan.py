@@ -8,8 +8,6 @@ other run (the readout `out` writes the generated points). `max_steps` counts ge
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -62,8 +60,7 @@ class LitGAN(pl.LightningModule):
         self.clip_args = (
             None if clip == "none" else dict(gradient_clip_val=clip_threshold, gradient_clip_algorithm=clip)
         )
-        self.last_loss: Tensor | None = None  # the generator loss of the current step, for the probe
-        self.after_clipping: Callable[[], None] | None = None  # set by the probe on logging steps
+        self.last_loss: Tensor | None = None  # the generator loss of the current step (the run's final loss)
         self.step_stats: dict[str, Tensor] = {}  # run-wide statistics of the step, recorded by the probe
 
     def forward(self, z: Tensor) -> Tensor:  # noqa: D102
@@ -109,12 +106,10 @@ class LitGAN(pl.LightningModule):
         return [] if found is None else found if isinstance(found, list) else [found]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip as configured (Lightning clips nothing under manual optimization), then let the probe look."""
+        """Clip as configured (Lightning clips nothing under manual optimization)."""
         # Lightning calls the callbacks' hook first: the probe has read the gradients before clipping.
         if self.clip_args is not None:
             self.clip_gradients(optimizer, **self.clip_args)
-        if optimizer is self.generator_optimizer and self.after_clipping is not None:
-            self.after_clipping()
 
     def on_validation_epoch_start(self) -> None:  # noqa: D102
         self.val_counts, self.val_seen = torch.zeros(len(self.centers), dtype=torch.long, device=self.device), 0

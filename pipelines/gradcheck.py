@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -33,7 +34,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradprobe import keys as K
-from gradprobe.probe import GradientProbe
 from models.norms import NORMS
 from models.registry import ACCEPTS, LAYOUTS, create_model, list_models
 from pipelines import reference as ref
@@ -192,10 +192,7 @@ def probe_step(cfg: RunConfig) -> tuple[dict[str, float], nn.Module, tuple[Tenso
     data, lit = train.build(cfg)
     net0 = copy.deepcopy(lit.net)
     records: dict[str, float] = {}
-    probe = GradientProbe(
-        lambda step, keys, values: records.update(zip(keys, values)),
-        activation=cfg.activation, log_every=1, max_steps=cfg.max_steps,
-    )  # fmt: skip
+    probe = train.make_probe(dataclasses.replace(cfg, log_every=1), lit, lambda step, keys, values: records.update(zip(keys, values)))
     first = _FirstBatch()
     train.make_trainer(cfg, [probe, first], progress_bar=False).fit(lit, datamodule=data)
     return records, net0, first.batch

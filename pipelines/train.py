@@ -30,7 +30,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gradprobe import keys as K
-from gradprobe.probe import GradientProbe
+from gradprobe.lightning import GradientProbe
 from gradprobe.recorder import Recorder
 from gradprobe.verdict import step0_gain, verdict
 from models.base import Family
@@ -132,6 +132,13 @@ def build_gan(cfg: RunConfig, generator: Family) -> LitGAN:
     )  # fmt: skip
 
 
+def make_probe(cfg: RunConfig, lit: pl.LightningModule, sink: Callable[[int, list[str], list[float]], None]) -> GradientProbe:
+    """The lab's probe: the zoo network's blocks under their contract ids (L000…, out), stopping on divergence."""
+    names = lit.net.probe_names()
+    return GradientProbe(cfg.log_every, model="net", layers=list(names), names=names, sink=sink,
+                         stop_on_divergence=True, max_steps=cfg.max_steps)  # fmt: skip
+
+
 def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
     """Lightning's Trainer for `cfg`: step-based, validation every `val_every` steps, clipping as configured."""
     val_every = cfg.val_every or max(1, math.ceil(cfg.max_steps / 5))
@@ -203,8 +210,7 @@ def run(
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
         recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points,
                             heartbeat=liveness.heartbeat(client, run_id), heartbeat_seconds=liveness.HEARTBEAT_SECONDS)
-        probe = GradientProbe(recorder.record, activation=cfg.activation, log_every=cfg.log_every,
-                              max_steps=cfg.max_steps)  # fmt: skip
+        probe = make_probe(cfg, lit, recorder.record)
         relay = ValidationRelay(recorder, on_validation)
         trainer = make_trainer(cfg, [probe, relay], progress_bar)
         interrupted = False

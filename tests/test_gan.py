@@ -15,7 +15,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gradprobe import stats
-from gradprobe.probe import GradientProbe
 from gradprobe.recorder import STATS_ARTIFACT
 from models.gan import (
     MODE_SHARE,
@@ -238,7 +237,7 @@ def fit(cfg: RunConfig, lit=None, data=None) -> tuple[dict[int, dict[str, float]
         assert step not in records and len(keys) == len(set(keys))
         records[step] = dict(zip(keys, values))
 
-    probe = GradientProbe(record, activation=cfg.activation, log_every=cfg.log_every, max_steps=cfg.max_steps)
+    probe = train.make_probe(cfg, lit, record)
     seen = GeneratorStep()
     trainer = train.make_trainer(cfg, [probe, seen], progress_bar=False)
     trainer.fit(lit, datamodule=data)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from gradprobe import stats
 from gradprobe.activations import make_activation
-from gradprobe.probe import GradientProbe
 from pipelines import reference, train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
@@ -86,7 +85,7 @@ def run_fit(callbacks: tuple[pl.Callback, ...] = (), **overrides) -> Fit:
         assert step not in fit.records and len(keys) == len(values) == len(set(keys))
         fit.records[step] = dict(zip(keys, values))
 
-    probe = GradientProbe(record, activation=cfg.activation, log_every=cfg.log_every, max_steps=cfg.max_steps)
+    probe = train.make_probe(cfg, lit, record)
     trainer = train.make_trainer(cfg, [probe, Snapshots(fit), *callbacks], progress_bar=False)
     trainer.fit(lit, datamodule=data)
     assert len(fit.after) == (cfg.max_steps if probe.diverged_step is None else probe.diverged_step + 1)

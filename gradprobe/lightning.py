@@ -1,0 +1,121 @@
+"""`GradientProbe`: the probe as a Lightning callback, for any LightningModule (imported as pytorch_lightning).
+
+    trainer = pl.Trainer(callbacks=[GradientProbe(log_every=10)], gradient_clip_val=1.0)
+
+The loss is what `training_step` returns (a tensor, or a dict's "loss"; under manual optimization, the
+loss last given to backward before the probed optimizer's step). Gradients are read before clipping in
+`on_before_optimizer_step`, after clipping (whatever `gradient_clip_val` the Trainer or the module applies)
+from the `.grad` the optimizer steps with, in the optimizer's step post-hook: Lightning runs the closure,
+the callbacks' hook and its clipping inside `optimizer.step`, so a step pre-hook would fire before backward.
+Only the steps of the optimizers holding the probed parameters are recorded (a GAN's generator, with
+`model=` its generator). Records go to `sink`, by default the Trainer's loggers (gradprobe.sinks.LoggerSink),
+on global rank 0 only; every rank runs the divergence guard, on the all-reduced gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytorch_lightning as pl
+from torch import Tensor, nn
+
+from gradprobe.layers import Selection
+from gradprobe.probe import Probe, Sink
+
+
+class GradientProbe(pl.Callback):
+    """Per-layer gradient statistics of any LightningModule's training, every `log_every` steps.
+
+    `model`: the submodule to probe (a module, or an attribute path of the LightningModule such as "net";
+    default the whole LightningModule). `layers`, `names`: gradprobe.layers.discover_layers.
+    `stop_on_divergence`: stop training at the first non-finite loss or gradient norm, that step's gradients
+    dropped (else it is recorded, a warning given once, and training goes on). `max_steps` defaults to
+    the Trainer's. A LightningModule may expose `step_stats: dict[str, Tensor]` of run-wide numbers to record.
+    """
+
+    def __init__(self, log_every: int = 10, *, model: nn.Module | str | None = None, layers: Selection = None,
+                 names: Mapping[str, str] | None = None, sink: Sink | None = None,
+                 stop_on_divergence: bool = False, max_steps: int | None = None) -> None:  # fmt: skip
+        if not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(f"log_every={log_every!r}: a positive integer")
+        self.log_every, self.model, self.layers, self.names = log_every, model, layers, names
+        self.sink, self.stop_on_divergence, self.max_steps = sink, stop_on_divergence, max_steps
+        self.probe: Probe | None = None
+        self._loss: Tensor | None = None
+
+    @property
+    def diverged_step(self) -> int | None:
+        """The first step whose loss or gradient norm was not finite, or None."""
+        return None if self.probe is None else self.probe.diverged_step
+
+    @property
+    def history(self) -> list[tuple[int, list[str], list[float]]]:
+        """Every (step, keys, values) recorded so far."""
+        return [] if self.probe is None else self.probe.history
+
+    def cost(self) -> dict[str, float]:
+        """The probe's own seconds and the training's wall seconds (Probe.cost)."""
+        return {"probe_seconds": 0.0, "train_seconds": 0.0} if self.probe is None else self.probe.cost()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _probed_module(self, pl_module: pl.LightningModule) -> nn.Module:
+        if self.model is None:
+            return pl_module
+        if isinstance(self.model, str):
+            return pl_module.get_submodule(self.model.replace("/", "."))
+        return self.model
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        max_steps = self.max_steps if self.max_steps is not None else trainer.max_steps if trainer.max_steps > 0 else None
+        sink = self.sink if self.sink is not None or not trainer.is_global_zero else _logger_sink(trainer)
+        self.probe = Probe(self._probed_module(pl_module), log_every=self.log_every, max_steps=max_steps,
+                           layers=self.layers, names=self.names, sink=sink,
+                           stop_on_divergence=self.stop_on_divergence, record=trainer.is_global_zero)  # fmt: skip
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        for optimizer in trainer.optimizers:
+            self.probe.watch(getattr(optimizer, "optimizer", optimizer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        self.probe.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:  # noqa: D102
+        if self.probe is not None:
+            self.probe.close()
+
+    # -- one step ---------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        self._loss = None
+        self.probe.begin(trainer.global_step)
+
+    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:  # noqa: D102
+        self._loss = loss  # the probed optimizer's loss is the last one before its step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+        if not self.probe.holds(getattr(optimizer, "optimizer", optimizer)):
+            return  # not the probed network's step (a GAN's discriminator)
+        if self.probe.gradients(self._loss):
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        extra = getattr(pl_module, "step_stats", None) or {}
+        self.probe.end(_returned_loss(outputs), extra=extra)
+
+
+def _returned_loss(outputs) -> Tensor | None:
+    """The loss `training_step` returned: a tensor, or a mapping's "loss"; None if it returned neither."""
+    if isinstance(outputs, Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), Tensor):
+        return outputs["loss"]
+    return None
+
+
+def _logger_sink(trainer: pl.Trainer) -> Sink:
+    """The Trainer's loggers as the sink (imported here: the sinks are optional parts of the package)."""
+    from gradprobe.sinks import LoggerSink
+
+    return LoggerSink(trainer.loggers)
+
+
+__all__ = ["GradientProbe"]
