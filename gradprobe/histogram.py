@@ -2,13 +2,14 @@
 
 The bins are the same for every layer, step and run (so tables compare and a figure stacks them):
 half-open [e_i, e_{i+1}) on log10|g| with edges EDGES (-30 … +10 by 0.5), `under` below the first edge,
-`over` from the last edge on, and exact zeros and non-finite values (NaN, ±inf) counted apart.
-Stat names come from `keys.hist_stats`; the keys (family `hist`) go to the parquet table only.
+`over` from the last edge on, and exact zeros and non-finite values (NaN, ±inf) counted apart. The bins and
+their stat names are the `hist` definition of gradprobe/definitions.py; its keys go to the parquet table only.
 
 Binning compares |g| with the edges' powers of ten (10**e, in float32), not log10|g| with the edges: no
 rounding of a logarithm can move a value across an edge. Every layer's |g| is concatenated, bucketized and
 counted by one `bincount` over (layer, bin) pairs: a handful of kernels whatever the number of layers.
-Counts are exact integers (float64 up to 2**53); a sink that stores float32 keeps them exact up to 2**24.
+Counts are exact integers here (float64); the probe's record carries every value as float32, exact up to 2**24
+entries per bin (a layer of more than 16.7 M weights may see its largest counts rounded).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradprobe import keys as K
+from gradprobe import definitions as D
 
-LOW, HIGH, WIDTH = -30.0, 10.0, 0.5
-EDGES: list[float] = [LOW + WIDTH * i for i in range(int((HIGH - LOW) / WIDTH) + 1)]
-STATS: list[str] = K.hist_stats(EDGES)
+LOW, HIGH, WIDTH = D.HIST_LOW, D.HIST_HIGH, D.HIST_WIDTH
+EDGES, STATS = D.HIST_EDGES, D.HIST.stats
 N_BINS = len(STATS)  # under, the bins between the edges, over, zeros, nonfinite
 # Column of each special count in a layer's row (the bins between edges fill 1 … len(EDGES) - 1).
 OVER, ZEROS, NONFINITE = len(EDGES), len(EDGES) + 1, len(EDGES) + 2
@@ -51,7 +51,3 @@ def histograms(grads: list[Tensor]) -> Tensor:
     counts = torch.bincount(column + row_start, minlength=len(grads) * N_BINS)
     return counts.reshape(len(grads), N_BINS).to(torch.float64)
 
-
-def histogram_keys(layers: list[str]) -> list[str]:
-    """The keys of `histograms`' counts flattened row by row (layer by layer, then bin by bin)."""
-    return [K.key(K.HIST, layer, stat) for layer in layers for stat in STATS]

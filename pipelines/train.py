@@ -136,7 +136,7 @@ def make_probe(cfg: RunConfig, lit: pl.LightningModule, sink: Callable[[int, lis
     """The lab's probe: the zoo network's blocks under their contract ids (L000…, out), stopping on divergence."""
     names = lit.net.probe_names()
     return GradientProbe(cfg.log_every, model="net", layers=list(names), names=names, sink=sink,
-                         stop_on_divergence=True, max_steps=cfg.max_steps)  # fmt: skip
+                         stop_on_divergence=True, max_steps=cfg.max_steps, record_cost=False)  # fmt: skip
 
 
 def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
@@ -216,6 +216,9 @@ def run(
         interrupted = False
         try:
             trainer.fit(lit, datamodule=data)
+            # The probe's price (probe/seconds, probe/cost_share) as a run-level record: not a logging step's.
+            if (cost := probe.probe.cost_record()) is not None:
+                recorder.log_metrics(cost[0], dict(zip(cost[1], cost[2])))
             if probe.diverged_step is None and not relay.pruned and relay.step != trainer.global_step:
                 trainer.validate(lit, datamodule=data, verbose=False)
         except (KeyboardInterrupt, SystemExit):

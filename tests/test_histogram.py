@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gradprobe import definitions as D
 from gradprobe import histogram as H
 from gradprobe import keys as K
 
@@ -50,13 +51,15 @@ def test_bins_read_as_log10_of_the_magnitude() -> None:
     assert sum(row) == len(values)
 
 
-def test_stat_names_and_keys_come_from_the_key_contract() -> None:
-    assert H.STATS[0] == K.HIST_UNDER and H.STATS[-3:] == [K.HIST_OVER, K.HIST_ZEROS, K.HIST_NONFINITE]
+def test_stat_names_and_keys_come_from_the_definition() -> None:
+    assert H.STATS == D.HIST.stats and H.STATS[0] == K.HIST_UNDER
+    assert H.STATS[-3:] == (K.HIST_OVER, K.HIST_ZEROS, K.HIST_NONFINITE)
     assert H.STATS[1] == "b-30.0" and H.STATS[-4] == "b9.5" and K.hist_edge("b-30.0") == -30.0
-    assert [K.hist_edge(s) for s in H.STATS[1:-3]] == H.EDGES[:-1]
-    keys = H.histogram_keys(["L000", "out"])
-    assert len(keys) == 2 * len(H.STATS) and keys[0] == "hist/under/L000" and keys[-1] == "hist/nonfinite/out"
+    assert [K.hist_edge(s) for s in H.STATS[1:-3]] == list(H.EDGES[:-1])
+    keys = K.part_keys(K.HIST, H.STATS, ("encoder.layers.0.linear1", "out"))
+    assert keys[0] == "hist/under/encoder.layers.0.linear1" and keys[-1] == "hist/nonfinite/out"
     assert all(K.parse(k)[0] == K.HIST and not K.browsable(k) for k in keys)
+    assert K.parse("hist/b-2.5/encoder.layers.0.linear1") == (K.HIST, "encoder.layers.0.linear1", "b-2.5")
     assert K.browsable(K.key("grad", "L000", "nonfinite"))
 
 

@@ -1,43 +1,57 @@
-"""The histogram figure draws from a real recorded table: a small net trained by hand, histograms to parquet."""
+"""The histogram figure draws from a real recorded table: a small net trained with the probe, histograms to parquet."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
 from analysis import histogram_figure
+from gradprobe import Probe
 from gradprobe import histogram as H
 from gradprobe.sinks import ParquetSink
 
-LAYERS = ["L000", "L001", "out"]  # TODO(after core merge): the qualified names body.0, body.2, head
+LAYERS = ["body.0", "body.2", "head"]  # the probe's layer ids: qualified module names
+STEPS = 4
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
 def _train_and_record(path) -> list[list[np.ndarray]]:
-    """Four SGD steps; each step's gradients recorded through the histogram and a ParquetSink, and kept here."""
+    """SGD steps with the plain probe API (histograms on, into a ParquetSink); each step's gradients kept here."""
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
-    head = nn.Linear(16, 3)
+    net = Net()
     with torch.no_grad():
-        body[0].bias.fill_(-50.0)  # dead ReLUs: body.0 and body.2 get exact zero gradients, the head only its bias
-    weights = [body[0].weight, body[2].weight, head.weight]
-    params = list(body.parameters()) + list(head.parameters())
-    optimizer = torch.optim.SGD(params, lr=0.1)
-    sink = ParquetSink(path)
+        net.body[0].bias.fill_(-50.0)  # dead ReLUs: body.0 and body.2 get exact zero gradients, the head only its bias
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    probe = Probe(net, log_every=1, sink=ParquetSink(path), histograms=True)
     kept = []
-    for step in range(4):
+    for step in range(STEPS):
         x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+        probe.begin(step)
+        loss = nn.functional.cross_entropy(net(x), y)
         optimizer.zero_grad()
-        nn.functional.cross_entropy(head(body(x)), y).backward()
-        grads = [w.grad for w in weights]
-        if step == 2:
-            grads[2] = grads[2].clone()
-            grads[2][0, :2] = torch.tensor([float("nan"), float("inf")])
-        kept.append([g.numpy().copy() for g in grads])
-        sink(step, H.histogram_keys(LAYERS), H.histograms(grads).reshape(-1).tolist())
+        loss.backward()
+        if step == STEPS - 1:
+            net.head.weight.grad[0, :2] = torch.tensor([float("nan"), float("inf")])
+        kept.append([w.grad.numpy().copy() for w in (net.body[0].weight, net.body[2].weight, net.head.weight)])
+        with pytest.warns(RuntimeWarning) if step == STEPS - 1 else contextlib.nullcontext():
+            probe.gradients(loss)
         optimizer.step()
-    sink.close()
+        probe.end()
+    probe.close()  # writes the parquet file
     return kept
 
 
@@ -56,7 +70,7 @@ def test_figure_shows_every_layers_histograms_over_steps(tmp_path) -> None:
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert [ax.get_title().split("\n")[0] for ax in panels] == LAYERS
     for ax, layer in zip(panels, range(len(LAYERS))):
-        drawn = ax.collections[0].get_array().filled(0.0).reshape(4, -1)
+        drawn = ax.collections[0].get_array().filled(0.0).reshape(STEPS, -1)
         expected = np.stack([_shares(step[layer]) for step in kept])
         np.testing.assert_allclose(drawn, expected, atol=1e-12)
     assert "zeros 100%" in panels[0].get_title()  # dead ReLU units: every entry of the first weight's gradient is 0

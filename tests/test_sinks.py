@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gradprobe import keys as K
 from gradprobe.sinks import LoggerSink, ParquetSink, Tee, close_sink
 
-LAYERS = ["L000", "L001", "out"]  # TODO(after core merge): a qualified module name too
+LAYERS = ["encoder.layers.0.linear1", "L000", "out"]  # a qualified module name and the zoo's ids
 BROWSABLE = [K.TRAIN_LOSS, *(K.key("grad", layer, "l2") for layer in LAYERS)]
 PARQUET_ONLY = [K.key("bptt", "L000", K.time_stat(0)), K.key(K.HIST, "out", "b-3.0"), K.key(K.HIST, "out", K.HIST_ZEROS)]
 STEPS = [0, 5, 9]
@@ -49,7 +49,7 @@ def test_logger_sink_to_mlflow_keeps_parquet_only_keys_out(tracking, tmp_path) -
 def test_logger_sink_sends_more_keys_than_one_mlflow_batch(tracking) -> None:
     """A deep net's step holds thousands of keys; MLflow's REST API takes at most 1,000 metrics per call."""
     logger = MLFlowLogger(experiment_name="wide", tracking_uri=tracking)
-    keys = [K.key("grad", f"L{i:04d}", "l2") for i in range(2500)]
+    keys = [K.key("grad", f"blocks.{i}.fc", "l2") for i in range(2500)]
     LoggerSink([logger])(3, keys, [float(i) for i in range(len(keys))])
     metrics = MlflowClient(tracking).get_run(logger.run_id).data.metrics
     assert metrics == {k: float(i) for i, k in enumerate(keys)}
