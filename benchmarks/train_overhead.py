@@ -49,6 +49,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import grad_norm
 
 from gradprobe import fused
+from gradprobe import lightning as probe_callback
 from gradprobe import probe as probe_module
 from gradprobe.recorder import Recorder
 from models.lit import LitModel
@@ -273,6 +274,12 @@ class BlockSwitch(pl.Callback):
     def setup(self, trainer, pl_module, stage) -> None:  # noqa: D102
         self.probe.setup(trainer, pl_module, stage)
 
+    def on_fit_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self.probe.on_fit_start(trainer, pl_module)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:  # noqa: D102
+        self.probe.on_before_backward(trainer, pl_module, loss)
+
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
         self.probe.on_train_start(trainer, pl_module)
 
@@ -317,7 +324,7 @@ def interleaved(cfg: RunConfig) -> dict[str, Any]:
     switches: list[BlockSwitch] = []
 
     def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
-        wrapped = [BlockSwitch(cb) if isinstance(cb, probe_module.GradientProbe) else cb for cb in callbacks]
+        wrapped = [BlockSwitch(cb) if isinstance(cb, probe_callback.GradientProbe) else cb for cb in callbacks]
         switches.extend(cb for cb in wrapped if isinstance(cb, BlockSwitch))
         return real_make(cfg, wrapped, progress_bar)
 
