@@ -32,14 +32,15 @@ class GradientProbe(pl.Callback):
     dropped (else it is recorded, a warning given once, and training goes on). `max_steps` defaults to
     the Trainer's. A LightningModule may expose `step_stats: dict[str, Tensor]` of run-wide numbers to record.
     `histograms`: log10|g| histograms of each layer's gradient on logging steps (parquet only). At the end of
-    training the probe sends its cost to the sink (`probe/seconds`, `probe/cost_share`, at the last recorded
-    step; `record_cost=False`: not) and closes the sink.
+    training the probe closes the sink and, if `record_cost`, first sends it its cost (`probe/seconds`,
+    `probe/cost_share`, at the last recorded step); by default it does so into the Trainer's loggers (no `sink`
+    given), not into a sink of the user's, which gets exactly one call per logging step.
     """
 
     def __init__(self, log_every: int = 10, *, model: nn.Module | str | None = None, layers: Selection = None,
                  names: Mapping[str, str] | None = None, sink: Sink | None = None,
                  stop_on_divergence: bool = False, max_steps: int | None = None, histograms: bool = False,
-                 record_cost: bool = True) -> None:  # fmt: skip
+                 record_cost: bool | None = None) -> None:  # fmt: skip
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.log_every, self.model, self.layers, self.names = log_every, model, layers, names
@@ -76,7 +77,8 @@ class GradientProbe(pl.Callback):
         self.probe = Probe(self._probed_module(pl_module), log_every=self.log_every, max_steps=max_steps,
                            layers=self.layers, names=self.names, sink=sink,
                            stop_on_divergence=self.stop_on_divergence, record=trainer.is_global_zero,
-                           histograms=self.histograms, record_cost=self.record_cost)  # fmt: skip
+                           histograms=self.histograms,
+                           record_cost=self.sink is None if self.record_cost is None else self.record_cost)  # fmt: skip
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         for optimizer in trainer.optimizers:

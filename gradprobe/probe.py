@@ -74,7 +74,7 @@ class Probe:
     def __init__(self, model: nn.Module, *, log_every: int = 10, max_steps: int | None = None,
                  layers: Selection = None, names: Mapping[str, str] | None = None, sink: Sink | None = None,
                  stop_on_divergence: bool = False, record: bool = True, histograms: bool = False,
-                 record_cost: bool = True) -> None:  # fmt: skip
+                 record_cost: bool = False) -> None:  # fmt: skip
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.model, self.log_every, self.max_steps = model, log_every, max_steps
@@ -437,8 +437,8 @@ class Probe:
     def close(self) -> None:
         """Remove every hook the probe placed (forward, tensor hooks die with their step; optimizer hooks).
 
-        The first close also sends the probe's cost to the sink (`cost_record`, unless `record_cost` is False)
-        and closes the sink if it has a `close`.
+        The first close also sends the probe's cost to the sink if `record_cost` (`cost_record`: one call more
+        than the logging steps) and closes the sink if it has a `close`.
         """
         if not self._closed:
             self._closed = True

@@ -7,6 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
 import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
@@ -36,7 +37,7 @@ class Tiny(pl.LightningModule):
 
 def _fit(log_every: int) -> tuple[list[tuple[int, list[str], list[float]]], GradientProbe]:
     calls: list[tuple[int, list[str], list[float]]] = []
-    probe = GradientProbe(log_every, sink=lambda step, keys, values: calls.append((step, keys, values)))
+    probe = GradientProbe(log_every, sink=lambda step, keys, values: calls.append((step, keys, values)), record_cost=True)
     g = torch.Generator().manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(STEPS * 8, 8, generator=g), torch.randint(0, 2, (STEPS * 8,), generator=g))
     trainer = pl.Trainer(max_steps=STEPS, callbacks=[probe], logger=False, enable_checkpointing=False,
@@ -65,7 +66,7 @@ def test_plain_loop_close_sends_the_cost_and_writes_the_parquet_sink(tmp_path) -
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    probe = Probe(model, log_every=2, sink=ParquetSink(tmp_path / "s.parquet"))
+    probe = Probe(model, log_every=2, sink=ParquetSink(tmp_path / "s.parquet"), record_cost=True)
     for step in range(5):
         probe.begin(step)
         loss = model(torch.randn(16, 4)).pow(2).mean()
@@ -83,10 +84,11 @@ def test_plain_loop_close_sends_the_cost_and_writes_the_parquet_sink(tmp_path) -
     assert sorted(table.loc[table["family"] == "grad", "step"].unique()) == [0, 2, 4]
 
 
-def test_no_cost_when_asked_not_to() -> None:
+def test_no_cost_record_by_default_in_a_plain_loop() -> None:
+    """A sink of the user's gets one call per logging step, unless the cost is asked for."""
     model = nn.Linear(3, 1)
     calls = []
-    probe = Probe(model, log_every=1, sink=lambda *record: calls.append(record), record_cost=False)
+    probe = Probe(model, log_every=1, sink=lambda *record: calls.append(record))
     probe.begin(0)
     loss = model(torch.randn(4, 3)).sum()
     loss.backward()
@@ -94,6 +96,20 @@ def test_no_cost_when_asked_not_to() -> None:
     probe.end()
     probe.close()
     assert [c[0] for c in calls] == [0] and K.PROBE_SECONDS not in calls[0][1]
+
+
+def test_callback_sends_the_cost_to_the_trainers_loggers_by_default(tmp_path) -> None:
+    calls = []
+    for sink in (None, lambda *record: calls.append(record)):
+        logger = CSVLogger(str(tmp_path), name="run")
+        trainer = pl.Trainer(max_steps=3, callbacks=[GradientProbe(1, sink=sink)], logger=logger, accelerator="cpu",
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        g = torch.Generator().manual_seed(1)
+        data = torch.utils.data.TensorDataset(torch.randn(24, 8, generator=g), torch.randint(0, 2, (24,), generator=g))
+        trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))
+    first = pd.read_csv(tmp_path / "run" / "version_0" / "metrics.csv")
+    assert 0 < first[K.PROBE_COST_SHARE].dropna().item() < 1 and "grad/l2/net.0" in first
+    assert [c[0] for c in calls] == [0, 1, 2] and all(K.PROBE_SECONDS not in c[1] for c in calls)
 
 
 def test_lab_run_records_the_probe_cost(tracking, tiny_cfg: RunConfig) -> None:

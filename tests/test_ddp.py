@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent(
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, torch.arange(len(x))), batch_size=PER_RANK, shuffle=False)
         trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=STEPS, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=[GradientProbe(sink=sink, log_every=1), Applied()])
+                             callbacks=[GradientProbe(sink=sink, log_every=1, record_cost=True), Applied()])
         trainer.fit(Net(), loader)
     """
 ).replace("PER_RANK", str(PER_RANK)).replace("STEPS", str(STEPS))

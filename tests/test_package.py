@@ -78,7 +78,8 @@ USER_SCRIPT = textwrap.dedent(
     # 2. A plain loop: the plain API around backward() and step(), into a parquet file.
     model = Classifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    probe = Probe(model, log_every=2, max_steps=8, sink=ParquetSink(parquet_path), histograms=True)
+    probe = Probe(model, log_every=2, max_steps=8, sink=ParquetSink(parquet_path), histograms=True,
+                  record_cost=True)
     for step, (x, y) in zip(range(8), loader):
         probe.begin(step)
         loss = nn.functional.cross_entropy(model(x), y)
@@ -180,7 +181,7 @@ def test_own_network_logs_per_layer_statistics_to_mlflow_tensorboard_and_parquet
 
     run_id = done.stdout.split("mlflow run ")[1].split()[0]
     client = MlflowClient(tracking)
-    assert per_layer <= set(client.get_run(run_id).data.metrics)
+    assert per_layer | {"probe/cost_share"} <= set(client.get_run(run_id).data.metrics)
     assert [m.step for m in client.get_metric_history(run_id, "grad/l2/head")] == [0, 2, 4, 6, 7]
 
     (event_file,) = tensorboard_dir.rglob("events.out.tfevents.*")
