@@ -7,9 +7,9 @@ import mlflow
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger
 import torch
 from mlflow.tracking import MlflowClient
+from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 from gradprobe import GradientProbe, Probe
