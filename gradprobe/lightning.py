@@ -89,7 +89,7 @@ class GradientProbe(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:  # noqa: D102
         if self.probe is not None:
-            self.probe.close()
+            self.probe.close(finish=False)  # an interrupted step is not a result
 
     # -- one step ---------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102

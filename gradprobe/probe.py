@@ -8,10 +8,12 @@ A training loop tells it four moments of a step (gradprobe/lightning.py does it 
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
-        probe.gradients(loss)                             # before clipping: gradient statistics, divergence guard
+        if probe.gradients(loss):                         # before clipping: statistics, divergence guard
+            break                                         # diverged (stop_on_divergence=True): no step taken
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         probe.end()                                       # after the step: clipped norm, update ratio, record
+    probe.close()                                         # records a step left unfinished, removes the hooks
 
 On a logging step it hooks every layer (its output for ‖∂loss/∂output‖ through a tensor hook, the activation
 module after it), replays recurrent modules for ∂loss/∂h_t (gradprobe/recurrent.py), reads the weight
@@ -96,7 +98,7 @@ class Probe:
         self._holds: dict[int, bool] = {}  # id(optimizer) → whether it steps the probed parameters
         self._ordered = False  # forward order known (after the first logging step's forward pass)
         self._call_order: dict[int, int] = {}
-        self._active = self._recording = self._diverged_now = self._stepped = False
+        self._active = self._recording = self._diverged_now = self._stepped = self._read = False
         self._workspace: dict = {}  # the activation statistics' scratch copies, reused at every logging step
         self._arrange()
 
@@ -154,7 +156,7 @@ class Probe:
             self._started = time.perf_counter()
         self.step, self._loss = step, None
         self._active = self.record and is_logging_step(step, self.log_every, self.max_steps)
-        self._diverged_now = self._stepped = False
+        self._diverged_now = self._stepped = self._read = False
         if self._active:
             self._reset()
             if not self._hooks:
@@ -272,6 +274,7 @@ class Probe:
         """
         if self._active and not self._ordered:
             self._finish_order()
+        self._read = True
         self._loss = None if loss is None else loss.detach()
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
@@ -342,15 +345,16 @@ class Probe:
         (`{key: scalar tensor}`) that join the record.
         """
         self._stopped = time.perf_counter()
-        if not self._active:
-            return
+        self._recording = False
+        if not self._active or not self._read:
+            return  # nothing to record, or no optimizer step yet (gradient accumulation: the step goes on)
         self._after_step()  # without a watched optimizer: the gradients and weights as the step left them
         self._active = self._recording = False
         if self._diverged_now or not is_logging_step(self.step + 1, self.log_every, self.max_steps):
             self._detach()
         loss = self._loss if loss is None else torch.as_tensor(loss).detach()
         keys, parts = self._collect(loss, dict(extra or {}))
-        values = torch.cat([p.reshape(-1).float().cpu() for p in parts]).tolist()  # the one host copy
+        values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host copy
         keys, values = [*keys, K.ELAPSED], [*values, self._stopped - self._started]
         self.history.append((self.step, keys, values))
         if self.sink is not None:
@@ -434,12 +438,14 @@ class Probe:
             handle.remove()
         self._hooks.clear()
 
-    def close(self) -> None:
-        """Remove every hook the probe placed (forward, tensor hooks die with their step; optimizer hooks).
+    def close(self, finish: bool = True) -> None:
+        """Record a step left unfinished (a loop that stopped at a diverged step) if `finish`; remove every hook.
 
         The first close also sends the probe's cost to the sink if `record_cost` (`cost_record`: one call more
         than the logging steps) and closes the sink if it has a `close`.
         """
+        if finish and self._active and self._read:
+            self.end()
         if not self._closed:
             self._closed = True
             if self.record_cost and self.sink is not None and (cost := self.cost_record()) is not None:

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradprobe.activations import ACTIVATIONS
-from gradprobe.definitions import GATE_NAMES as GATE_NAME
 
 
 def cell_kind(rnn: nn.RNNBase) -> str:

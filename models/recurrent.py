@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradprobe.activations import make_activation
-from gradprobe.recurrent import CellReplay, GATE_NAME, replay
+from gradprobe.recurrent import CellReplay, replay
 from models.base import Family
 from models.norms import make_norm
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 FUSED_RNN_ACTIVATIONS = ("tanh", "relu")  # the nonlinearities nn.RNN implements itself
 RNN_ACTIVATIONS = ("tanh", "relu", "sigmoid", "leaky_relu", "linear")
-__all__ = ["GATE_NAME", "Recurrent", "RecurrentLayer", "SteppedRNN", "set_forget_bias"]
+__all__ = ["Recurrent", "RecurrentLayer", "SteppedRNN", "set_forget_bias"]
 
 
 class SteppedRNN(nn.RNN):

@@ -22,6 +22,7 @@ from gradprobe.activations import make_activation
 from pipelines import reference, train
 from pipelines.config import RunConfig
 from pipelines.data import TaskData
+from tests.grad_oracle import weight_stats
 
 # Every test twice: the statistics through the fused kernels and through eager PyTorch, both against autograd.
 pytestmark = pytest.mark.usefixtures("statistics_path")
@@ -120,18 +121,6 @@ def main_weight(model: str, block: torch.nn.Module) -> torch.nn.Parameter:
 
 def act_module(model: str, block: torch.nn.Module) -> torch.nn.Module:
     return block.branch.act if model == "resmlp" else block.act
-
-
-def weight_stats(layer: str, g: torch.Tensor) -> dict[str, float]:
-    g = g.detach().double()
-    return {
-        f"grad/l2/{layer}": torch.linalg.norm(g.flatten()).item(),
-        f"grad/rms/{layer}": g.pow(2).mean().sqrt().item(),
-        f"grad/absmax/{layer}": g.abs().max().item(),
-        f"grad/mean/{layer}": g.mean().item(),
-        f"grad/std/{layer}": g.std(correction=0).item(),
-        f"grad/nonfinite/{layer}": 0.0,
-    }
 
 
 def reference_feedforward(cfg: RunConfig, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

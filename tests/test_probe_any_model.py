@@ -23,6 +23,7 @@ from torch import nn
 
 import gradprobe
 from gradprobe import Probe
+from tests.grad_oracle import weight_stats
 
 SATURATION_SHARE = 0.05  # φ' below 5 % of its largest value
 
@@ -41,18 +42,6 @@ def saturation(module: nn.Module, z: torch.Tensor) -> float:
     """Share of units whose φ'(z) is below 5 % of the largest φ' (found on a grid)."""
     peak = derivative(module, torch.linspace(-10, 10, 200_001)).max().item()
     return (derivative(module, z) < SATURATION_SHARE * peak).double().mean().item()
-
-
-def weight_stats(layer: str, g: torch.Tensor) -> dict[str, float]:
-    g = g.detach().double()
-    return {
-        f"grad/l2/{layer}": torch.linalg.norm(g.flatten()).item(),
-        f"grad/rms/{layer}": g.pow(2).mean().sqrt().item(),
-        f"grad/absmax/{layer}": g.abs().max().item(),
-        f"grad/mean/{layer}": g.mean().item(),
-        f"grad/std/{layer}": g.std(correction=0).item(),
-        f"grad/nonfinite/{layer}": 0.0,
-    }
 
 
 def act_stats(layer: str, a: torch.Tensor, sat: float) -> dict[str, float]:
@@ -610,3 +599,27 @@ def test_by_default_a_diverged_step_is_recorded_with_one_warning_and_training_go
 def test_importing_gradprobe_does_not_import_lightning() -> None:
     code = "import sys, gradprobe; assert 'pytorch_lightning' not in sys.modules; gradprobe.GradientProbe; assert 'pytorch_lightning' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_with_gradient_accumulation_a_record_holds_the_accumulated_gradients() -> None:
+    """accumulate_grad_batches=2: one record per optimizer step, its norm that of the summed micro-batch gradients."""
+    make, make_x = WORKLOADS["resnet"]
+    torch.manual_seed(0)
+    batches = batches_for(make(), make_x, n=4)
+    torch.manual_seed(0)
+    lit = UserModule(make())
+    model0 = copy.deepcopy(lit.model)
+    records: dict[int, dict[str, float]] = {}
+    probe = gradprobe.GradientProbe(log_every=1, sink=lambda s, k, v: records.__setitem__(s, dict(zip(k, v))))
+    before = Before()
+    trainer = pl.Trainer(max_steps=2, callbacks=[probe, before], accumulate_grad_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(lit, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert sorted(records) == [0, 1]
+    for step in (0, 1):
+        net = at(model0, before.states[2 * step])
+        for x, y in batches[2 * step : 2 * step + 2]:
+            (F.mse_loss(net(x), y) / 2).backward()  # Lightning scales each micro-batch's loss
+        norm = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in net.parameters()))
+        assert records[step]["grad/global_l2"] == pytest.approx(norm, rel=1e-4)
+        assert records[step]["grad/l2/model.head"] == pytest.approx(torch.linalg.norm(net.head.weight.grad).item(), rel=1e-4)
