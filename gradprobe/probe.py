@@ -136,8 +136,9 @@ class Probe:
         self.layers.sort(key=lambda layer: position[layer.name])  # stable: module order among equals
         ran = [(position[layer.name], layer) for layer in self.layers if position[layer.name] < math.inf]
         taken = {id(layer.act) for layer in self.layers if layer.act is not None}
-        for module in self.model.modules():
-            if id(module) in taken or id(module) not in order or activation_name(module) is None:
+        called = sorted((m for m in self.model.modules() if id(m) in order), key=lambda m: order[id(m)])
+        for module in called:  # in call order: the first activation after a layer is its activation
+            if id(module) in taken or activation_name(module) is None:
                 continue
             before = [layer for at, layer in ran if at < order[id(module)]]
             if before and before[-1].act is None and not before[-1].replayed and before[-1].output is not None:

@@ -623,3 +623,26 @@ def test_with_gradient_accumulation_a_record_holds_the_accumulated_gradients() -
         norm = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in net.parameters()))
         assert records[step]["grad/global_l2"] == pytest.approx(norm, rel=1e-4)
         assert records[step]["grad/l2/model.head"] == pytest.approx(torch.linalg.norm(net.head.weight.grad).item(), rel=1e-4)
+
+
+class TwoActivations(nn.Module):
+    """Two activation modules after one layer, declared in the other order than they run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gelu = nn.GELU()
+        self.lin = nn.Linear(4, 8)
+        self.tanh = nn.Tanh()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gelu(self.tanh(self.lin(x))))
+
+
+def test_a_layers_activation_is_the_first_activation_module_called_after_it() -> None:
+    torch.manual_seed(0)
+    model = TwoActivations()
+    model0 = copy.deepcopy(model)
+    batches = batches_for(model, randn(16, 4), n=1)
+    run = plain_loop(model, batches)
+    check_steps(model0, run, batches, [Spec("lin", "lin.weight", "lin", "tanh"), Spec("head", "head.weight", "head", None)])
