@@ -40,7 +40,22 @@ BPTT = Statistic("bptt", ("first", "last", "ratio"), "bptt_summary",
                  "‖∂loss/∂h_t‖ of a recurrent layer: at t = 0, at t = T−1, first / last (and every t: `t0000`, …)")  # fmt: skip
 GATE = Statistic("gate", ("mean", "saturation"), "gate_stats",
                  "the LSTM forget gate / GRU update gate: mean, share saturated; stat names `<gate>_<stat>`")  # fmt: skip
-STATISTICS = (GRAD, BACKPROP, ACT, UPDATE, BPTT, GATE)
+# log10|g| histograms of the main weight's gradient before clipping (gradprobe/histogram.py; with `histograms=True`):
+# half-open bins [e_i, e_i+1) on fixed edges, named by their lower edge (`b-30.0`); `under` below the first
+# edge, `over` from the last one on, exact zeros and non-finite entries apart. Parquet only (keys.browsable).
+HIST_LOW, HIST_HIGH, HIST_WIDTH = -30.0, 10.0, 0.5
+HIST_EDGES = tuple(HIST_LOW + HIST_WIDTH * i for i in range(int((HIST_HIGH - HIST_LOW) / HIST_WIDTH) + 1))
+HIST_UNDER, HIST_OVER, HIST_ZEROS, HIST_NONFINITE = "under", "over", "zeros", "nonfinite"
+
+
+def hist_stat_names(edges: tuple[float, ...]) -> tuple[str, ...]:
+    """The stat names of a histogram on these log10|g| edges, in the order of its counts."""
+    return (HIST_UNDER, *(f"b{edge:.1f}" for edge in edges[:-1]), HIST_OVER, HIST_ZEROS, HIST_NONFINITE)
+
+
+HIST = Statistic("hist", hist_stat_names(HIST_EDGES), "histograms",
+                 "counts of log10|g| of the main weight's gradient before clipping on fixed bins, zeros, non-finite")  # fmt: skip
+STATISTICS = (GRAD, BACKPROP, ACT, UPDATE, BPTT, GATE, HIST)
 CELL_KINDS = ("rnn", "lstm", "gru")  # the recurrent cells the probe replays: torch.nn.RNN, LSTM, GRU; the lab's model names
 GATE_NAMES = {"lstm": "forget", "gru": "update"}  # the gate recorded for each cell kind
 

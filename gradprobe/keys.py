@@ -31,6 +31,8 @@ VAL_METRICS = (VAL_LOSS, VAL_ACC, VAL_DICE, VAL_IOU, VAL_KNN_ACC, VAL_HIGH_QUALI
 # GAN, at each logging step: mean D probability on the real batch and on the points the generator step
 # saw (both after the step's D updates); the last D loss (before its update); the generator loss = train/loss.
 GAN_D_REAL, GAN_D_FAKE, GAN_D_LOSS, GAN_G_LOSS = "gan/d_real", "gan/d_fake", "gan/d_loss", "gan/g_loss"
+# What the probe cost the run (recorded once, when it closes): its own seconds, and their share of training's.
+PROBE_SECONDS, PROBE_COST_SHARE = "probe/seconds", "probe/cost_share"
 ELAPSED = "time/elapsed"  # wall-clock seconds since training started, at each logging step
 # The MLflow UI orders a run's chart sections by name (JavaScript's sort, then localeCompare on updates) and
 # puts keys without a section last; a leading digit sorts first both ways. The headline keys (loss, accuracy,
@@ -105,10 +107,20 @@ def time_of(stat: str) -> int | None:
     return int(stat[1:]) if stat[:1] == "t" and stat[1:].isdigit() else None
 
 
+# Histograms of log10|g| (gradprobe/histogram.py): family `hist`, stat names from definitions.hist_stat_names.
+HIST = D.HIST.family
+HIST_UNDER, HIST_OVER, HIST_ZEROS, HIST_NONFINITE = D.HIST_UNDER, D.HIST_OVER, D.HIST_ZEROS, D.HIST_NONFINITE
+
+
+def hist_edge(stat: str) -> float | None:
+    """The lower log10|g| edge of a `hist` bin's stat name, or None for under/over/zeros/nonfinite."""
+    return float(stat[1:]) if stat[:1] == "b" else None
+
+
 def browsable(metric_key: str) -> bool:
-    """Whether a key goes to MLflow (per-time-step BPTT norms stay in the parquet table only)."""
+    """Whether a key goes to MLflow (per-time-step BPTT norms and histogram bins stay in the parquet table only)."""
     family, _, stat = parse(metric_key)
-    return not (family == "bptt" and time_of(stat) is not None)
+    return family != HIST and not (family == "bptt" and time_of(stat) is not None)
 
 
 # -- invariance tests (experiments/invariance) ---------------------------------------------------

@@ -31,15 +31,21 @@ class GradientProbe(pl.Callback):
     `stop_on_divergence`: stop training at the first non-finite loss or gradient norm, that step's gradients
     dropped (else it is recorded, a warning given once, and training goes on). `max_steps` defaults to
     the Trainer's. A LightningModule may expose `step_stats: dict[str, Tensor]` of run-wide numbers to record.
+    `histograms`: log10|g| histograms of each layer's gradient on logging steps (parquet only). At the end of
+    training the probe closes the sink and, if `record_cost`, first sends it its cost (`probe/seconds`,
+    `probe/cost_share`, at the last recorded step); by default it does so into the Trainer's loggers (no `sink`
+    given), not into a sink of the user's, which gets exactly one call per logging step.
     """
 
     def __init__(self, log_every: int = 10, *, model: nn.Module | str | None = None, layers: Selection = None,
                  names: Mapping[str, str] | None = None, sink: Sink | None = None,
-                 stop_on_divergence: bool = False, max_steps: int | None = None) -> None:  # fmt: skip
+                 stop_on_divergence: bool = False, max_steps: int | None = None, histograms: bool = False,
+                 record_cost: bool | None = None) -> None:  # fmt: skip
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.log_every, self.model, self.layers, self.names = log_every, model, layers, names
         self.sink, self.stop_on_divergence, self.max_steps = sink, stop_on_divergence, max_steps
+        self.histograms, self.record_cost = histograms, record_cost
         self.probe: Probe | None = None
         self._loss: Tensor | None = None
 
@@ -70,7 +76,9 @@ class GradientProbe(pl.Callback):
         sink = self.sink if self.sink is not None or not trainer.is_global_zero else _logger_sink(trainer)
         self.probe = Probe(self._probed_module(pl_module), log_every=self.log_every, max_steps=max_steps,
                            layers=self.layers, names=self.names, sink=sink,
-                           stop_on_divergence=self.stop_on_divergence, record=trainer.is_global_zero)  # fmt: skip
+                           stop_on_divergence=self.stop_on_divergence, record=trainer.is_global_zero,
+                           histograms=self.histograms,
+                           record_cost=self.sink is None if self.record_cost is None else self.record_cost)  # fmt: skip
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         for optimizer in trainer.optimizers:

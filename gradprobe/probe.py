@@ -40,6 +40,7 @@ from gradprobe import keys as K
 from gradprobe import stats
 from gradprobe.layers import Layer, Selection, activation_name, discover_layers
 from gradprobe.recurrent import cell_kind, replay, state_activation
+from gradprobe.sinks import close_sink
 
 Sink = Callable[[int, list[str], list[float]], None]
 
@@ -74,11 +75,15 @@ class Probe:
 
     def __init__(self, model: nn.Module, *, log_every: int = 10, max_steps: int | None = None,
                  layers: Selection = None, names: Mapping[str, str] | None = None, sink: Sink | None = None,
-                 stop_on_divergence: bool = False, record: bool = True) -> None:  # fmt: skip
+                 stop_on_divergence: bool = False, record: bool = True, histograms: bool = False,
+                 record_cost: bool = False) -> None:  # fmt: skip
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.model, self.log_every, self.max_steps = model, log_every, max_steps
         self.sink, self.stop_on_divergence, self.record = sink, stop_on_divergence, record
+        self.histograms = histograms  # log10|g| histograms of the weights' gradients on logging steps (D.HIST)
+        self.record_cost = record_cost  # at close, through the sink: probe/seconds, probe/cost_share
+        self._closed = False
         self.layers: list[Layer] = discover_layers(model, layers, names)
         if not self.layers:
             raise ValueError("layers: no layer to probe in the model (Linear, Conv, Embedding, norms, attention, RNN)")
@@ -169,6 +174,7 @@ class Probe:
         self.gates: dict[str, Tensor] = {}
         self.global_clipped: Tensor | None = None
         self.update: Tensor | None = None
+        self.hist: Tensor | None = None
 
     def _attach(self) -> None:
         """Hook every layer; the hooks stay while logging steps follow each other (`log_every=1`)."""
@@ -291,6 +297,7 @@ class Probe:
             self.global_l2 = stats.norm(per_param)
             weight_rows = None if rows is None else rows[self._weight_index]
             self.grad = stats.grad_table(self._weight_grads(), weight_rows, finite=finite)
+            self.hist = D.HIST.compute(self._weight_grads()) if self.histograms else None  # before clipping
             if not self._diverged_now:
                 self._keep_weights()
         if not first_divergence:
@@ -369,6 +376,8 @@ class Probe:
             parts.append(values)
 
         add(D.GRAD, ids, torch.stack([self.grad[stat].float() for stat in D.GRAD.stats]))
+        if self.hist is not None:
+            add(D.HIST, ids, self.hist.T)
         if self._diverged_now:
             return keys, parts
         if seen := [layer for layer in self.layers if layer.output is not None]:
@@ -431,9 +440,18 @@ class Probe:
         self._hooks.clear()
 
     def close(self, finish: bool = True) -> None:
-        """Record a step left unfinished (a loop that stopped at a diverged step) if `finish`; remove every hook."""
+        """Record a step left unfinished (a loop that stopped at a diverged step) if `finish`; remove every hook.
+
+        The first close also sends the probe's cost to the sink if `record_cost` (`cost_record`: one call more
+        than the logging steps) and closes the sink if it has a `close`.
+        """
         if finish and self._active and self._read:
             self.end()
+        if not self._closed:
+            self._closed = True
+            if self.record_cost and self.sink is not None and (cost := self.cost_record()) is not None:
+                self.sink(*cost)
+            close_sink(self.sink)
         self._detach()
         for handle in self._optimizer_hooks:
             handle.remove()
@@ -446,3 +464,14 @@ class Probe:
             return {"probe_seconds": 0.0, "train_seconds": 0.0}
         train = (self._stopped or time.perf_counter()) - self._started
         return {"probe_seconds": self.probe_seconds, "train_seconds": train}
+
+    def cost_record(self) -> tuple[int, list[str], list[float]] | None:
+        """(last recorded step, keys, values) of what the probe cost the run: its seconds and their share of training's.
+
+        None when nothing was recorded (a DDP rank other than 0, or no logging step yet). Not part of `history`.
+        """
+        if not self.record or not self.history:
+            return None
+        cost = self.cost()
+        share = cost["probe_seconds"] / cost["train_seconds"] if cost["train_seconds"] > 0 else math.nan
+        return self.history[-1][0], [K.PROBE_SECONDS, K.PROBE_COST_SHARE], [cost["probe_seconds"], share]

@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from gradprobe import keys as K
+from gradprobe.sinks import long_table
 
 STATS_ARTIFACT = "stats/gradient_stats.parquet"
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1,000 metrics per call
@@ -149,20 +149,7 @@ class Recorder:
         """Everything recorded so far as the long table: step, layer, family, stat, value."""
         steps = self._steps + [e[0] for e in self._extra]
         all_keys = self._keys + [e[1] for e in self._extra]
-        all_values = self._values + [e[2] for e in self._extra]
-        counts = [len(k) for k in all_keys]
-        flat_keys = [k for keys in all_keys for k in keys]
-        parsed = {k: K.parse(k) for k in set(flat_keys)}
-        family, layer, stat = zip(*(parsed[k] for k in flat_keys)) if flat_keys else ((), (), ())
-        return pd.DataFrame(
-            {
-                "step": np.repeat(np.asarray(steps, dtype=np.int64), counts),
-                "layer": pd.Categorical(layer),
-                "family": pd.Categorical(family),
-                "stat": pd.Categorical(stat),
-                "value": np.fromiter((v for vals in all_values for v in vals), dtype=np.float64, count=sum(counts)),
-            }
-        )
+        return long_table(steps, all_keys, self._values + [e[2] for e in self._extra])
 
     def close(self) -> None:
         """Send the last step, finish shipping, and log the parquet table; idempotent."""

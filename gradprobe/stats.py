@@ -15,6 +15,7 @@ from torch import Tensor
 
 from gradprobe import fused
 from gradprobe.activations import ACTIVATIONS, SATURATION_SHARE, saturation
+from gradprobe.histogram import histograms  # noqa: F401  (the `hist` definition's computation lives there)
 
 
 class Stacked:

@@ -217,6 +217,9 @@ def run(
         interrupted = False
         try:
             trainer.fit(lit, datamodule=data)
+            # The probe's price (probe/seconds, probe/cost_share) as a run-level record: not a logging step's.
+            if (cost := probe.probe.cost_record()) is not None:
+                recorder.log_metrics(cost[0], dict(zip(cost[1], cost[2])))
             if probe.diverged_step is None and not relay.pruned and relay.step != trainer.global_step:
                 trainer.validate(lit, datamodule=data, verbose=False)
         except (KeyboardInterrupt, SystemExit):
