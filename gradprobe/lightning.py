@@ -14,7 +14,9 @@ on global rank 0 only; every rank runs the divergence guard, on the all-reduced 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytorch_lightning as pl
 from torch import Tensor, nn
@@ -35,17 +37,21 @@ class GradientProbe(pl.Callback):
     training the probe closes the sink and, if `record_cost`, first sends it its cost (`probe/seconds`,
     `probe/cost_share`, at the last recorded step); by default it does so into the Trainer's loggers (no `sink`
     given), not into a sink of the user's, which gets exactly one call per logging step.
+    `diagnose`: at the end of training, the per-layer diagnosis (gradprobe.diagnose) of what was recorded, kept as
+    `callback.diagnosis` and written as `diagnosis.md` to every logger: an MLFlowLogger's run as an artifact,
+    another logger's `log_dir` as a file (needs pandas: `pip install 'gradprobe[parquet]'`).
     """
 
     def __init__(self, log_every: int = 10, *, model: nn.Module | str | None = None, layers: Selection = None,
                  names: Mapping[str, str] | None = None, sink: Sink | None = None,
                  stop_on_divergence: bool = False, max_steps: int | None = None, histograms: bool = False,
-                 record_cost: bool | None = None) -> None:  # fmt: skip
+                 record_cost: bool | None = None, diagnose: bool = True) -> None:  # fmt: skip
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.log_every, self.model, self.layers, self.names = log_every, model, layers, names
         self.sink, self.stop_on_divergence, self.max_steps = sink, stop_on_divergence, max_steps
-        self.histograms, self.record_cost = histograms, record_cost
+        self.histograms, self.record_cost, self.diagnose = histograms, record_cost, diagnose
+        self.diagnosis = None  # gradprobe.diagnose.Diagnosis of the last fit, when `diagnose`
         self.probe: Probe | None = None
         self._loss: Tensor | None = None
 
@@ -86,6 +92,8 @@ class GradientProbe(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
         self.probe.close()
+        if self.diagnose and trainer.is_global_zero and self.probe.history:
+            self.diagnosis = _diagnose_and_log(self.probe.history, trainer.loggers)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:  # noqa: D102
         if self.probe is not None:
@@ -117,6 +125,27 @@ def _returned_loss(outputs) -> Tensor | None:
     if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), Tensor):
         return outputs["loss"]
     return None
+
+
+def _diagnose_and_log(history: list[tuple[int, list[str], list[float]]], loggers: list) -> object | None:
+    """The diagnosis of a fit's records, written as diagnosis.md to every logger; a failure is a warning only."""
+    try:
+        from gradprobe.diagnose import DIAGNOSIS_ARTIFACT, diagnose
+        from gradprobe.sinks import long_table
+
+        steps, keys, values = zip(*history)
+        result = diagnose(long_table(steps, keys, values))
+        for logger in loggers:
+            if hasattr(logger, "experiment") and hasattr(logger, "run_id") and hasattr(logger.experiment, "log_text"):
+                logger.experiment.log_text(logger.run_id, result.markdown(), DIAGNOSIS_ARTIFACT)  # MLFlowLogger
+            elif getattr(logger, "log_dir", None):
+                path = Path(logger.log_dir) / Path(DIAGNOSIS_ARTIFACT).name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(result.markdown(), encoding="utf-8")
+        return result
+    except Exception as exc:  # the diagnosis reports on the fit; it never fails it
+        warnings.warn(f"gradprobe: no diagnosis: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
 
 
 def _logger_sink(trainer: pl.Trainer) -> Sink:

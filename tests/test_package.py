@@ -121,7 +121,9 @@ def _fresh_venv(folder: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     python = folder / "bin" / "python"
     lab_site = Path(sysconfig.get_paths()["purelib"])
-    assert ROOT not in lab_site.parents and lab_site != ROOT
+    # The lab's site-packages (in CI: the checkout's .venv) hold third-party packages only, never gradprobe
+    # itself nor an editable install pointing at the repository (checked again by importing it, below).
+    assert lab_site != ROOT and not list(lab_site.glob("*gradprobe*")), list(lab_site.glob("*gradprobe*"))
     (_site_packages(python) / "lab_packages.pth").write_text(f"{lab_site}\n")
     return python
 
@@ -183,12 +185,16 @@ def test_own_network_logs_per_layer_statistics_to_mlflow_tensorboard_and_parquet
     client = MlflowClient(tracking)
     assert per_layer | {"probe/cost_share"} <= set(client.get_run(run_id).data.metrics)
     assert [m.step for m in client.get_metric_history(run_id, "grad/l2/head")] == [0, 2, 4, 6, 7]
+    # The end-of-fit diagnosis, as an artifact of the logger's run and as a file in TensorBoard's log_dir.
+    diagnosis = Path(client.download_artifacts(run_id, "diagnosis.md", str(work))).read_text()
+    assert all(f"`{layer}`" in diagnosis for layer in LAYERS), diagnosis
 
     (event_file,) = tensorboard_dir.rglob("events.out.tfevents.*")
     events = EventAccumulator(str(event_file.parent))
     events.Reload()
     assert per_layer <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("grad/l2/head")] == [0, 2, 4, 6, 7]
+    assert (event_file.parent / "diagnosis.md").read_text() == diagnosis
 
     table = pd.read_parquet(parquet)
     recorded = {(str(f), str(s), str(layer)) for f, s, layer in zip(table["family"], table["stat"], table["layer"])}
