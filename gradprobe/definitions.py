@@ -10,8 +10,6 @@ To add a statistic: a `Statistic` here, its computation in gradprobe/stats.py, a
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,13 +19,8 @@ class Statistic:
 
     family: str
     stats: tuple[str, ...]
-    compute_name: str  # a function of gradprobe.stats
+    compute_name: str  # the function of gradprobe.stats that computes it (stats.compute calls it)
     about: str
-
-    @property
-    def compute(self) -> Callable:
-        """The function of gradprobe.stats that computes this family's values."""
-        return getattr(importlib.import_module("gradprobe.stats"), self.compute_name)
 
 
 GRAD = Statistic("grad", ("l2", "rms", "absmax", "mean", "std", "nonfinite"), "grad_table",

@@ -297,7 +297,7 @@ class Probe:
             self.global_l2 = stats.norm(per_param)
             weight_rows = None if rows is None else rows[self._weight_index]
             self.grad = stats.grad_table(self._weight_grads(), weight_rows, finite=finite)
-            self.hist = D.HIST.compute(self._weight_grads()) if self.histograms else None  # before clipping
+            self.hist = stats.compute(D.HIST, self._weight_grads()) if self.histograms else None  # before clipping
             if not self._diverged_now:
                 self._keep_weights()
         if not first_divergence:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from gradprobe import fused
 from gradprobe.activations import ACTIVATIONS, SATURATION_SHARE, saturation
+from gradprobe.definitions import Statistic
 from gradprobe.histogram import histograms  # noqa: F401  (the `hist` definition's computation lives there)
 
 
@@ -256,3 +257,8 @@ def state_norms(grads: Tensor) -> Tensor:
 def bptt_summary(norms: Tensor) -> Tensor:
     """[first, last, first/last] of per-time-step gradient norms ‖∂L/∂h_t‖."""
     return torch.stack([norms[0], norms[-1], norms[0] / norms[-1]])
+
+
+def compute(statistic: Statistic, *args: object) -> Tensor:
+    """The values of a definition's family: the function of this module its `compute_name` names."""
+    return globals()[statistic.compute_name](*args)
