@@ -41,6 +41,19 @@ def test_counts_equal_numpy_histogram_per_layer() -> None:
         assert sum(row) == g.size
 
 
+def test_values_at_and_one_ulp_beside_every_edge() -> None:
+    """Each edge's float32 power of ten, the next float32 below and above it, either sign: one layer per value."""
+    powers = (10.0 ** np.asarray(H.EDGES, dtype=np.float64)).astype(np.float32)
+    below = np.nextafter(powers, np.float32(0))
+    above = np.nextafter(powers, np.float32(np.inf))
+    tiny, huge = np.finfo(np.float32).smallest_subnormal, np.finfo(np.float32).max
+    values = np.concatenate([powers, below, above, [tiny, huge]]).astype(np.float32)
+    values = np.concatenate([values, -values])
+    got = H.histograms([torch.from_numpy(values[i : i + 1]) for i in range(values.size)])
+    for row, v in zip(got.tolist(), values):
+        assert row == _numpy_counts(v.reshape(1)), v
+
+
 def test_bins_read_as_log10_of_the_magnitude() -> None:
     """Away from the edges, a value lands in the bin whose lower edge is floor(2·log10|g|)/2 (a closed form)."""
     values = np.asarray([3e-7, -4.2e-3, 0.7, 5.5e2, -2e-25, 8e8], dtype=np.float32)
