@@ -78,3 +78,10 @@ def test_stat_names_and_keys_come_from_the_definition() -> None:
 
 def test_no_gradients_no_rows() -> None:
     assert H.histograms([]).shape == (0, len(H.STATS))
+
+
+def test_speed_benchmark_runs_both_binnings_on_the_same_counts(capsys) -> None:
+    from benchmarks import histogram_speed
+
+    assert histogram_speed.main(["--layers", "3", "--width", "16", "--repeats", "1"]) == 0  # asserts they agree
+    assert "typical" in capsys.readouterr().out
