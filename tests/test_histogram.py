@@ -42,12 +42,16 @@ def test_counts_equal_numpy_histogram_per_layer() -> None:
 
 
 def test_values_at_and_one_ulp_beside_every_edge() -> None:
-    """Each edge's float32 power of ten, the next float32 below and above it, either sign: one layer per value."""
+    """Each edge's float32 power of ten, the next float32 below and above it, the extremes, NaNs with any payload,
+    either sign: one layer per value."""
     powers = (10.0 ** np.asarray(H.EDGES, dtype=np.float64)).astype(np.float32)
     below = np.nextafter(powers, np.float32(0))
     above = np.nextafter(powers, np.float32(np.inf))
     tiny, huge = np.finfo(np.float32).smallest_subnormal, np.finfo(np.float32).max
-    values = np.concatenate([powers, below, above, [tiny, huge]]).astype(np.float32)
+    nans = np.asarray([0x7F800001, 0x7FC00000, 0x7FFFFFFF], dtype=np.uint32).view(np.float32)  # payloads, all bits
+    extremes = np.asarray([tiny, huge, np.inf], dtype=np.float32)
+    values = np.concatenate([powers, below, above, extremes, nans])  # float32 throughout: the NaNs keep their bits
+    assert values.dtype == np.float32 and values[-1:].view(np.uint32)[0] == 0x7FFFFFFF
     values = np.concatenate([values, -values])
     got = H.histograms([torch.from_numpy(values[i : i + 1]) for i in range(values.size)])
     for row, v in zip(got.tolist(), values):
