@@ -58,6 +58,14 @@ def test_values_at_and_one_ulp_beside_every_edge() -> None:
         assert row == _numpy_counts(v.reshape(1)), v
 
 
+def test_the_gradients_keep_their_signs() -> None:
+    """|g| is taken on a copy: a single layer's gradient (or one already float32) is never changed in place."""
+    for grads in ([torch.tensor([-2.0, -0.0, -float("inf"), 3e-5])], [torch.full((3, 2), -1e-3), torch.tensor([-7.0])]):
+        given = [g.clone() for g in grads]
+        H.histograms(grads)
+        assert all(torch.equal(g.view(torch.int32), k.view(torch.int32)) for g, k in zip(grads, given))
+
+
 def test_bins_read_as_log10_of_the_magnitude() -> None:
     """Away from the edges, a value lands in the bin whose lower edge is floor(2·log10|g|)/2 (a closed form)."""
     values = np.asarray([3e-7, -4.2e-3, 0.7, 5.5e2, -2e-25, 8e8], dtype=np.float32)
