@@ -64,6 +64,7 @@ bench: $(VENV)/.installed $(BENCH)/.installed  ## the performance suite (prints 
 	$(RUN) python -m benchmarks.study_throughput
 	$(RUN) python -m benchmarks.storage_throughput
 	$(RUN) python -m benchmarks.trial_figure
+	$(RUN) python -m benchmarks.histogram_speed
 
 clean:
 	rm -rf $(VENV) $(BENCH)

@@ -16,9 +16,11 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from analysis.figures import HEATMAP_CMAP, new_figure
+from analysis.trial_figure import SAVE  # noqa: F401  (a study logs this figure beside the profile, saved alike)
 from gradprobe import histogram as H
 from gradprobe import keys as K
 
+ARTIFACT = "figures/gradient_histograms.png"  # a trial's run logs it when it recorded histograms (studies.ui)
 MAX_LAYERS = 12  # panels; a deeper net shows its first and last layers (the ends where gradients vanish/explode)
 NCOLS = 3
 

@@ -108,7 +108,7 @@ def time_of(stat: str) -> int | None:
 
 
 # Histograms of log10|g| (gradprobe/histogram.py): family `hist`, stat names from definitions.hist_stat_names.
-HIST = D.HIST.family
+HIST, HIST_STATS = D.HIST.family, D.HIST.stats
 HIST_UNDER, HIST_OVER, HIST_ZEROS, HIST_NONFINITE = D.HIST_UNDER, D.HIST_OVER, D.HIST_ZEROS, D.HIST_NONFINITE
 
 

@@ -71,6 +71,7 @@ class RunConfig:
     log_every: int = _f(1, "record gradient statistics every N steps (1 = every step; step 0 always)")
     seq_len: int = _f(50, "sequence length of the adding task (≥ 2)")
     metric_points: int = _f(200, "at most this many MLflow points per metric key (0: all); parquet keeps all")
+    histograms: str = _f("off", "log10|g| histograms of each layer's gradient on logging steps (parquet only)", ("off", "on"))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -179,6 +179,8 @@ def estimate(cfg: RunConfig) -> Estimate:
     per_layer = len(K.GRAD_STATS) + len(K.ACT_STATS) + 2  # + backprop l2 and the update ratio
     if cfg.model in GATES:  # per time step BPTT norms, their summary, the gates
         per_layer += max(data.in_shape) + len(K.BPTT_SUMMARY) + 2 * len(K.GATE_STATS)
+    if cfg.histograms == "on":  # a count per log10|g| bin, under/over, zeros and non-finite
+        per_layer += len(K.HIST_STATS)
     records = math.ceil(cfg.max_steps / cfg.log_every) + 1
     return Estimate(
         parameters=params * FLOAT * (2 + OPTIMIZER_STATE[cfg.optimizer]),  # weights, gradients, state

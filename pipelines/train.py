@@ -137,7 +137,8 @@ def make_probe(cfg: RunConfig, lit: pl.LightningModule, sink: Callable[[int, lis
     """The lab's probe: the zoo network's blocks under their contract ids (L000…, out), stopping on divergence."""
     names = lit.net.probe_names()
     return GradientProbe(cfg.log_every, model="net", layers=list(names), names=names, sink=sink,
-                         stop_on_divergence=True, max_steps=cfg.max_steps, diagnose=False)  # fmt: skip
+                         stop_on_divergence=True, max_steps=cfg.max_steps, diagnose=False,
+                         histograms=cfg.histograms == "on")  # fmt: skip
 
 
 def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:

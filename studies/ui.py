@@ -102,15 +102,17 @@ def own_run(client: MlflowClient, launcher: Run | None, experiment_id: str, run_
 
 
 def log_trial_figure(client: MlflowClient, run_id: str, table: Any, title: str) -> None:
-    """Log the trial's gradient profile (analysis.trial_figure) as a PNG artifact; a drawing problem only warns."""
-    from analysis import trial_figure
+    """Log the trial's gradient profile (analysis.trial_figure) and, if recorded, its log10|g| histograms
+    (analysis.histogram_figure) as PNG artifacts; a drawing problem only warns."""
+    from analysis import histogram_figure, trial_figure
 
-    try:
-        fig = trial_figure.draw(table, title)
-        if fig is not None:
-            client.log_figure(run_id, fig, trial_figure.ARTIFACT, save_kwargs=trial_figure.SAVE)
-    except Exception as exc:  # a figure is a view: it never fails a trial
-        log.warning("no gradient profile for run %s: %s", run_id, exc)
+    for figure in (trial_figure, histogram_figure):  # each draws None when the run lacks its statistics
+        try:
+            fig = figure.draw(table, title)
+            if fig is not None:
+                client.log_figure(run_id, fig, figure.ARTIFACT, save_kwargs=figure.SAVE)
+        except Exception as exc:  # a figure is a view: it never fails a trial
+            log.warning("no %s for run %s: %s", figure.ARTIFACT, run_id, exc)
 
 
 # ------------------------------------------------------------------------------------------ optuna plots

@@ -89,6 +89,8 @@ BAD = [
     ("padding", "reflect"),
     ("pool", "avg"),
     ("head", "max"),
+    ("histograms", "yes"),
+    ("histograms", True),
     ("depth", 0),
     ("depth", -3),
     ("depth", 2.5),

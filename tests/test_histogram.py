@@ -41,6 +41,31 @@ def test_counts_equal_numpy_histogram_per_layer() -> None:
         assert sum(row) == g.size
 
 
+def test_values_at_and_one_ulp_beside_every_edge() -> None:
+    """Each edge's float32 power of ten, the next float32 below and above it, the extremes, NaNs with any payload,
+    either sign: one layer per value."""
+    powers = (10.0 ** np.asarray(H.EDGES, dtype=np.float64)).astype(np.float32)
+    below = np.nextafter(powers, np.float32(0))
+    above = np.nextafter(powers, np.float32(np.inf))
+    tiny, huge = np.finfo(np.float32).smallest_subnormal, np.finfo(np.float32).max
+    nans = np.asarray([0x7F800001, 0x7FC00000, 0x7FFFFFFF], dtype=np.uint32).view(np.float32)  # payloads, all bits
+    extremes = np.asarray([tiny, huge, np.inf], dtype=np.float32)
+    values = np.concatenate([powers, below, above, extremes, nans])  # float32 throughout: the NaNs keep their bits
+    assert values.dtype == np.float32 and values[-1:].view(np.uint32)[0] == 0x7FFFFFFF
+    values = np.concatenate([values, -values])
+    got = H.histograms([torch.from_numpy(values[i : i + 1]) for i in range(values.size)])
+    for row, v in zip(got.tolist(), values):
+        assert row == _numpy_counts(v.reshape(1)), v
+
+
+def test_the_gradients_keep_their_signs() -> None:
+    """|g| is taken on a copy: a single layer's gradient (or one already float32) is never changed in place."""
+    for grads in ([torch.tensor([-2.0, -0.0, -float("inf"), 3e-5])], [torch.full((3, 2), -1e-3), torch.tensor([-7.0])]):
+        given = [g.clone() for g in grads]
+        H.histograms(grads)
+        assert all(torch.equal(g.view(torch.int32), k.view(torch.int32)) for g, k in zip(grads, given))
+
+
 def test_bins_read_as_log10_of_the_magnitude() -> None:
     """Away from the edges, a value lands in the bin whose lower edge is floor(2·log10|g|)/2 (a closed form)."""
     values = np.asarray([3e-7, -4.2e-3, 0.7, 5.5e2, -2e-25, 8e8], dtype=np.float32)
@@ -65,3 +90,10 @@ def test_stat_names_and_keys_come_from_the_definition() -> None:
 
 def test_no_gradients_no_rows() -> None:
     assert H.histograms([]).shape == (0, len(H.STATS))
+
+
+def test_speed_benchmark_runs_both_binnings_on_the_same_counts(capsys) -> None:
+    from benchmarks import histogram_speed
+
+    assert histogram_speed.main(["--layers", "3", "--width", "16", "--repeats", "1"]) == 0  # asserts they agree
+    assert "typical" in capsys.readouterr().out

@@ -86,3 +86,45 @@ def test_no_histograms_no_figure() -> None:
 def test_a_deep_net_shows_its_first_and_last_layers() -> None:
     layers = [f"blocks.{i}" for i in range(30)]
     assert histogram_figure.pick_layers(layers, 4) == ["blocks.0", "blocks.1", "blocks.28", "blocks.29"]
+
+
+# -- the lab: a run with histograms="on" records them, and its trial logs their figure ------------------
+
+
+@pytest.mark.parametrize("histograms", ["on", "off"])
+def test_a_lab_run_records_histograms_and_logs_their_figure_only_when_asked(tracking: str, tiny_cfg, tmp_path,
+                                                                            histograms: str) -> None:  # fmt: skip
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import memory, train
+    from studies import ui
+
+    cfg = tiny_cfg.replace(histograms=histograms, log_every=2)
+    client = MlflowClient()
+    tables = []
+
+    def trial_hook(run_id: str, table: pd.DataFrame) -> None:  # what a study's objective passes to train.run
+        tables.append(table)
+        ui.log_trial_figure(client, run_id, table, "trial 0")
+
+    train.run(cfg, on_recorded=trial_hook, progress_bar=False)
+    (run,) = client.search_runs(["0"])
+    figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+    assert "figures/gradient_profile.png" in figures  # the trial path ran either way
+    path = client.download_artifacts(run.info.run_id, "stats/gradient_stats.parquet", str(tmp_path))
+    stored, hist = pd.read_parquet(path), tables[0][tables[0]["family"].astype(str) == "hist"]
+    assert len(stored[stored["family"].astype(str) == "hist"]) == len(hist)
+    if histograms == "off":
+        assert hist.empty and histogram_figure.ARTIFACT not in figures
+        return
+    assert histogram_figure.ARTIFACT in figures
+    # Each layer's counts at each logging step add up to its weight's entries: digits' 64 inputs, 10 classes.
+    sizes = {"L000": 64 * 16, "L001": 16 * 16, "L002": 16 * 16, "out": 16 * 10}
+    totals = hist.groupby(["step", "layer"], observed=True)["value"].sum()
+    grad_steps = tables[0].loc[tables[0]["family"].astype(str) == "grad", "step"].unique()
+    assert sorted(totals.index.get_level_values("step").unique()) == sorted(grad_steps)  # every logging step
+    assert {layer: total for (_, layer), total in totals.items()} == sizes
+    assert set(hist["stat"].astype(str)) == set(H.STATS)
+    # The memory estimate grows by these rows (here its records count, ⌈6 / 2⌉ + 1, is exact: 0, 2, 4 and 5).
+    grown = memory.estimate(cfg).statistics - memory.estimate(cfg.replace(histograms="off")).statistics
+    assert grown == len(hist) * memory.BYTES_PER_STAT

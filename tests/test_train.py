@@ -216,7 +216,8 @@ def test_help_lists_every_field_as_a_flag(capsys) -> None:
 def test_main_in_process_parses_every_flag(tmp_path, monkeypatch) -> None:
     """config_from_args turns every flag back into the field value (types included)."""
     cfg = RunConfig(dataset="adding", model="gru", loss="huber", depth=2, width=5, lr=0.125, init_gain=0.5,
-                    clip="value", clip_threshold=0.25, seq_len=7, metric_points=0, seed=3)  # fmt: skip
+                    clip="value", clip_threshold=0.25, seq_len=7, metric_points=0, seed=3,
+                    histograms="on")  # fmt: skip
     assert train.config_from_args(_flags(cfg)) == cfg
     assert train.config_from_args([]) == RunConfig()
     assert [f.name for f in dataclasses.fields(RunConfig)] == field_names()
