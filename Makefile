@@ -43,8 +43,9 @@ DASHBOARD_PORT ?= 8080
 dashboard: $(VENV)/.installed  ## live Optuna view of the studies in the default storage (optuna.journal), on 127.0.0.1
 	$(RUN) optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) optuna.journal
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed  ## what CI checks besides the tests (tests/test_lint.py runs the same two commands)
 	$(RUN) ruff check .
+	$(RUN) ruff format --check .
 
 # The peers of benchmarks/peers.py (BackPACK, Cockpit, W&B) in their own venv, which also sees .venv's packages
 # through a .pth file: installing them into .venv would change its pins (setuptools, torch; see the list's header).

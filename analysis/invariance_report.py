@@ -101,8 +101,18 @@ def accuracy_vs_shift(table: pd.DataFrame) -> Figure | None:
         for j, dataset in enumerate(datasets):
             ax = axes[i, j]
             part = rows[(rows["mode"] == mode) & (rows["dataset"] == dataset)].astype({"shift": int})
-            sns.lineplot(part, x="shift", y="value", hue="model", hue_order=hue_order, palette=palette, marker="o",
-                         markersize=4, ax=ax, legend=i == 0 and j == 0)  # fmt: skip
+            sns.lineplot(
+                part,
+                x="shift",
+                y="value",
+                hue="model",
+                hue_order=hue_order,
+                palette=palette,
+                marker="o",
+                markersize=4,
+                ax=ax,
+                legend=i == 0 and j == 0,
+            )
             ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}: {MODES[mode]}", fontsize="medium")
             ax.set_xlabel("shift k (samples / pixels per axis)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -127,15 +137,25 @@ def consistency_bars(table: pd.DataFrame) -> Figure | None:
     rows["state"] = rows["state"].map(STATES)
     datasets = _datasets(rows)
     order = [label(n) for n in _order(rows["name"])]
-    fig, axes = new_figure(len(K.SHIFT_MODES), len(datasets), width=5.2, height=0.35 * len(order) + 1.4,
-                           sharex=True, sharey=True)  # fmt: skip
+    fig, axes = new_figure(
+        len(K.SHIFT_MODES), len(datasets), width=5.2, height=0.35 * len(order) + 1.4, sharex=True, sharey=True
+    )
     palette = {STATES[s]: c for s, c in STATE_COLORS.items()}
     for i, mode in enumerate(K.SHIFT_MODES):
         for j, dataset in enumerate(datasets):
             ax = axes[i, j]
             part = rows[(rows["mode"] == mode) & (rows["dataset"] == dataset)]
-            sns.barplot(part, y="model", x="value", hue="state", order=order, hue_order=list(STATES.values()),
-                        palette=palette, ax=ax, legend=i == 0 and j == 0)  # fmt: skip
+            sns.barplot(
+                part,
+                y="model",
+                x="value",
+                hue="state",
+                order=order,
+                hue_order=list(STATES.values()),
+                palette=palette,
+                ax=ax,
+                legend=i == 0 and j == 0,
+            )
             for container in ax.containers:
                 ax.bar_label(container, fmt="%.2f", fontsize=7, padding=2)
             ax.axvline(1.0, color="0.3", lw=0.8, ls="--")
@@ -182,10 +202,20 @@ def equivariance_by_layer(table: pd.DataFrame) -> Figure | None:
         grid = grid.reindex([r for r in order if r in grid.index])
         grid = grid[sorted(grid.columns, key=lambda c: (c.split("\n")[0] != "init", c))]
         logged = np.log10(grid.clip(lower=10.0**low).astype(float))
-        sns.heatmap(logged, ax=ax, vmin=low, vmax=high, cmap="rocket", annot=grid.map(
-            lambda v: "" if pd.isna(v) else _short(v)).to_numpy(), fmt="", annot_kws={"fontsize": 7.5},
-            cbar=j == len(datasets) - 1, cbar_kws={"label": "log₁₀ relative error (≤ −8: exact or rounding)"},
-            linewidths=0.5, linecolor="white")  # fmt: skip
+        sns.heatmap(
+            logged,
+            ax=ax,
+            vmin=low,
+            vmax=high,
+            cmap="rocket",
+            annot=grid.map(lambda v: "" if pd.isna(v) else _short(v)).to_numpy(),
+            fmt="",
+            annot_kws={"fontsize": 7.5},
+            cbar=j == len(datasets) - 1,
+            cbar_kws={"label": "log₁₀ relative error (≤ −8: exact or rounding)"},
+            linewidths=0.5,
+            linecolor="white",
+        )
         ax.axvline(sum(c.startswith("init") for c in grid.columns), color="white", lw=3)
         ax.set_title(DATASET_TITLES.get(dataset, dataset), fontsize="medium")
         ax.set_xlabel("conv layer (input side first), at initialization | trained")
@@ -228,8 +258,19 @@ def gradient_checks(table: pd.DataFrame) -> Figure | None:
     nudge = dict(zip([v[0] for v in GRADIENT_STATS.values()], [0.93, 1.075, 1.0]))  # BN and ReLU-l share 1/c
     grads["scale"] = grads["scale"] * grads["which"].map(nudge)
     markers = dict(zip([v[0] for v in GRADIENT_STATS.values()], ["o", "s", "^"]))
-    sns.scatterplot(grads, x="scale", y="value", hue="which", style="which", markers=markers, s=55, alpha=0.7,
-                    hue_order=list(markers), style_order=list(markers), ax=ax)  # fmt: skip
+    sns.scatterplot(
+        grads,
+        x="scale",
+        y="value",
+        hue="which",
+        style="which",
+        markers=markers,
+        s=55,
+        alpha=0.7,
+        hue_order=list(markers),
+        style_order=list(markers),
+        ax=ax,
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("scale c applied to the weights")
@@ -243,8 +284,20 @@ def gradient_checks(table: pd.DataFrame) -> Figure | None:
     order = [v for v in CHANGE_STATS.values() if v in set(changes["change"])]
     paired = sns.color_palette("Paired", 10)
     colors = dict(zip(CHANGE_STATS.values(), [paired[1], paired[9], paired[3], paired[0], paired[2]]))
-    sns.stripplot(changes, x="c", y="shown", hue="change", hue_order=order, dodge=True, jitter=0.12, size=4,
-                  alpha=0.75, palette=colors, ax=ax, order=[f"{v:g}" for v in scales])  # fmt: skip
+    sns.stripplot(
+        changes,
+        x="c",
+        y="shown",
+        hue="change",
+        hue_order=order,
+        dodge=True,
+        jitter=0.12,
+        size=4,
+        alpha=0.75,
+        palette=colors,
+        ax=ax,
+        order=[f"{v:g}" for v in scales],
+    )
     ax.set_yscale("log")
     ax.set_ylim(1e-17, 10)
     ax.axhspan(1e-17, ROUNDING["float64"], color="0.92", lw=0)
@@ -351,10 +404,11 @@ def exact_invariance(summary: pd.DataFrame) -> pd.DataFrame:
     rows = summary[summary["model"].isin(["cnn_circ", "cnn_circ_bn"])].copy()
     tol = ROUNDING["float32"]
     rows["exact"] = (
-        (rows["consistency_circ_init"] == 1.0) & (rows["consistency_circ_trained"] == 1.0)
+        (rows["consistency_circ_init"] == 1.0)
+        & (rows["consistency_circ_trained"] == 1.0)
         & (rows[["prob_change_circ_init", "prob_change_circ_trained"]].max(axis=1) <= tol)
         & (rows[["eqerr_k1_max_init", "eqerr_k1_max_trained"]].max(axis=1) <= tol)
-    )  # fmt: skip
+    )
     return rows
 
 
@@ -366,16 +420,19 @@ def write_html(invocation: pd.Series, summary: pd.DataFrame, written: dict[str, 
         if png is None:
             missing.append(f"<li>{title}: no data.</li>")
             continue
-        sections.append(f'<section class="fig"><img src="{png.name}" alt="{title}">'
-                        f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
+        sections.append(
+            f'<section class="fig"><img src="{png.name}" alt="{title}">'
+            f"<div><h2>{title}</h2><p>{caption}</p></div></section>"
+        )
     exact = exact_invariance(summary)
     verdict = "".join(
         f"<li>{html.escape(r['dataset'])} / {html.escape(label(r['model']))}: consistency {r['consistency_circ_init']:.3f}"
         f" (init), {r['consistency_circ_trained']:.3f} (trained); probability change ≤ "
         f"{_short(max(r['prob_change_circ_init'], r['prob_change_circ_trained']))}; equivariance error ≤ "
         f"{_short(max(r['eqerr_k1_max_init'], r['eqerr_k1_max_trained']))}: <b>{'exactly invariant' if r['exact'] else 'NOT exact'}"
-        f"</b></li>" for r in exact.to_dict("records")
-    )  # fmt: skip
+        f"</b></li>"
+        for r in exact.to_dict("records")
+    )
     reused = int(summary["reused"].sum())
     shown = summary.assign(run_id=summary["run_id"].str[:8])
     table_html = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", classes="runs", border=0)
@@ -422,8 +479,11 @@ def write_report(invocation: pd.Series, zoo: pd.DataFrame, metrics: pd.DataFrame
 def tree_parent(invocation: pd.Series) -> str:
     """The parent run of the invariance tree the invocation belongs to (itself when it is the parent)."""
     parent = invocation.get("parent_run_id")
-    return str(parent) if invocation.get("role") == "worker" and isinstance(parent, str) and parent else \
-        str(invocation["run_id"])  # fmt: skip
+    return (
+        str(parent)
+        if invocation.get("role") == "worker" and isinstance(parent, str) and parent
+        else str(invocation["run_id"])
+    )
 
 
 def build(run_id: str | None = None, out_dir: str | Path = "reports") -> Path:
@@ -439,9 +499,14 @@ def build(run_id: str | None = None, out_dir: str | Path = "reports") -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build the report; exit code 2 when there is nothing to report."""
-    parser = OneLineParser(prog="python -m analysis.invariance_report", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--run-id", default="", help="an invocation run of experiments.invariance (default: the newest)")
+    parser = OneLineParser(
+        prog="python -m analysis.invariance_report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run-id", default="", help="an invocation run of experiments.invariance (default: the newest)"
+    )
     parser.add_argument("--out-dir", default="reports", help="folder that receives invariance/index.html")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -454,8 +519,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     own = os.environ.get("MLFLOW_RUN_ID")  # the run `mlflow run` made for this entry point: file it in the tree
     if own:
         invocation, _ = load.invariance_invocation(args.run_id or None)
-        for key, value in {"study": K.INVARIANCE, "role": "report", "mlflow.runName": f"{K.INVARIANCE}-report",
-                           "mlflow.parentRunId": tree_parent(invocation)}.items():  # fmt: skip
+        for key, value in {
+            "study": K.INVARIANCE,
+            "role": "report",
+            "mlflow.runName": f"{K.INVARIANCE}-report",
+            "mlflow.parentRunId": tree_parent(invocation),
+        }.items():
             MlflowClient().set_tag(own, key, value)
     print(f"report: {index}")
     return 0

@@ -56,18 +56,26 @@ def runs(study: str | None = None, *, run_ids: list[str] | None = None, role: st
     (None keeps the parent and worker runs too). Param columns are numeric where every value is.
     """
     if study is not None:
-        frame = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.study = '{study}'",
-                                   output_format="pandas")  # fmt: skip
+        frame = mlflow.search_runs(
+            search_all_experiments=True, filter_string=f"tags.study = '{study}'", output_format="pandas"
+        )
     else:
         client = MlflowClient()
         rows = [client.get_run(r) for r in run_ids or []]
         frame = pd.DataFrame(
-            [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "status": r.info.status,
-              "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True),
-              "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True) if r.info.end_time else pd.NaT,
-              **{f"params.{k}": v for k, v in r.data.params.items()},
-              **{f"tags.{k}": v for k, v in r.data.tags.items()},
-              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in rows]  # fmt: skip
+            [
+                {
+                    "run_id": r.info.run_id,
+                    "experiment_id": r.info.experiment_id,
+                    "status": r.info.status,
+                    "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True),
+                    "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True) if r.info.end_time else pd.NaT,
+                    **{f"params.{k}": v for k, v in r.data.params.items()},
+                    **{f"tags.{k}": v for k, v in r.data.tags.items()},
+                    **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+                }
+                for r in rows
+            ]
         )
     if frame.empty:
         return pd.DataFrame(columns=["run_id", "status", "role", "trial", "outcome"])
@@ -124,21 +132,32 @@ def _read_one(run_id: str, artifact_uri: str, artifact: str = STATS_ARTIFACT) ->
 
 def _empty_stats() -> pd.DataFrame:
     # Typed like a loaded table, so numeric code (np.isfinite on value) works on an empty study too.
-    return pd.DataFrame({"run_id": pd.Series(dtype=str), "step": pd.Series(dtype="int64"),
-                         "layer": pd.Series(dtype=str), "family": pd.Series(dtype=str),
-                         "stat": pd.Series(dtype=str), "value": pd.Series(dtype="float64")})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "run_id": pd.Series(dtype=str),
+            "step": pd.Series(dtype="int64"),
+            "layer": pd.Series(dtype=str),
+            "family": pd.Series(dtype=str),
+            "stat": pd.Series(dtype=str),
+            "value": pd.Series(dtype="float64"),
+        }
+    )
 
 
-def stats(run_frame: pd.DataFrame, families: tuple[str, ...] | None = None,
-          unreadable: dict[str, str] | None = None) -> pd.DataFrame:  # fmt: skip
+def stats(
+    run_frame: pd.DataFrame, families: tuple[str, ...] | None = None, unreadable: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Long table of every run's statistics: run_id, step, layer, family, stat, value.
 
     A run whose table is missing or unreadable contributes no rows; `unreadable` (if given) receives run id → why.
     """
     if run_frame.empty:
         return _empty_stats()
-    uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
-        MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
+    uris = (
+        run_frame["artifact_uri"]
+        if "artifact_uri" in run_frame
+        else [MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]
+    )
     with ThreadPoolExecutor(READ_THREADS) as pool:
         read = list(pool.map(_read_one, run_frame["run_id"], uris))
     if unreadable is not None:
@@ -164,8 +183,11 @@ def study(name: str, families: tuple[str, ...] | None = None) -> StudyData:
     parent = everything.loc[everything.get("role", pd.Series(dtype=str)) == "parent", "run_id"]
     trials = everything[everything["role"] == "trial"] if "role" in everything else everything
     unfinished = trials["status"] != "FINISHED" if "status" in trials else pd.Series(False, index=trials.index)
-    skipped = {row["run_id"]: f"status {row['status']}" + (f" (outcome {row['outcome']})" if pd.notna(row.get("outcome"))
-               else "") for row in trials[unfinished].to_dict("records")}  # fmt: skip
+    skipped = {
+        row["run_id"]: f"status {row['status']}"
+        + (f" (outcome {row['outcome']})" if pd.notna(row.get("outcome")) else "")
+        for row in trials[unfinished].to_dict("records")
+    }
     trials = trials[~unfinished]
     table = stats(trials.reset_index(drop=True), families, skipped)
     trials = trials[~trials["run_id"].isin(skipped)].reset_index(drop=True)
@@ -231,9 +253,15 @@ def invariance_metrics(run_frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["run_id", "key", "state", "metric", "stat", "mode", "shift", "layer", "stride", "scale", "value"]
     if run_frame.empty:
         return pd.DataFrame(columns=columns)
-    uris = run_frame["artifact_uri"] if "artifact_uri" in run_frame else [
-        MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]  # fmt: skip
+    uris = (
+        run_frame["artifact_uri"]
+        if "artifact_uri" in run_frame
+        else [MlflowClient().get_run(r).info.artifact_uri for r in run_frame["run_id"]]
+    )
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        tables = [t for t, _ in pool.map(_read_one, run_frame["run_id"], uris, [INVARIANCE_ARTIFACT] * len(uris))
-                  if not t.empty]  # fmt: skip
+        tables = [
+            t
+            for t, _ in pool.map(_read_one, run_frame["run_id"], uris, [INVARIANCE_ARTIFACT] * len(uris))
+            if not t.empty
+        ]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)

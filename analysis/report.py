@@ -34,12 +34,15 @@ from common.preflight import check_tracking
 
 ARTIFACT_PATH = "report"
 T = summary.VERDICT_TOLERANCE
-VERDICT_RULE = (f"verdict from the measured per-layer gain g at step 0 (theory.verdict): vanishing if g < {1 - T:g}, "
-                f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); unknown when fewer than two hidden "
-                f"layers were measured. A GAN's verdict is about its loss instead: the generator loss's gradient "
-                f"factor ∂L_G/∂logit, D(G(z)) for the saturating loss and 1 − D(G(z)) for the non-saturating one "
-                f"(gan/d_fake, median over logged steps), is vanishing below {summary.GAN_VANISHING:g} (an order of "
-                f"magnitude below its maximum 1), healthy otherwise")  # fmt: skip
+VERDICT_RULE = (
+    f"verdict from the measured per-layer gain g at step 0 (theory.verdict): vanishing if g < {1 - T:g}, "
+    f"exploding if g > {1 + T:g}, healthy otherwise (tolerance {T:g}); unknown when fewer than two hidden "
+    f"layers were measured. A GAN's verdict is about its loss instead: the generator loss's gradient "
+    f"factor ∂L_G/∂logit, D(G(z)) for the saturating loss and 1 − D(G(z)) for the non-saturating one "
+    f"(gan/d_fake, median over logged steps), is vanishing below {summary.GAN_VANISHING:g} (an order of "
+    f"magnitude below its maximum 1), healthy otherwise"
+)
+
 
 class NoRuns(LookupError):
     """No MLflow run carries the tag study=<name>."""
@@ -97,8 +100,12 @@ def _table_html(table: pd.DataFrame, links: dict[str, str] | None = None) -> str
     links = links or {}
     # The short id links to the run in the MLflow UI; every other cell and header is escaped (a store is untrusted).
     cells = {c: shown[c].map(_escaped) for c in shown.columns if c != "run_id"}
-    cells["run_id"] = [f'<a href="{html.escape(links[i])}" target="_blank">{html.escape(i[:8])}</a>' if i in links
-                       else html.escape(str(i)[:8]) for i in shown["run_id"]]  # fmt: skip
+    cells["run_id"] = [
+        f'<a href="{html.escape(links[i])}" target="_blank">{html.escape(i[:8])}</a>'
+        if i in links
+        else html.escape(str(i)[:8])
+        for i in shown["run_id"]
+    ]
     escaped = pd.DataFrame({html.escape(str(c)): cells[c] for c in shown.columns})
     return escaped.to_html(index=False, classes="runs", border=0, escape=False)
 
@@ -109,7 +116,9 @@ def _escaped(value: object) -> str:
 
 def ui_links(runs: pd.DataFrame, ui_base: str) -> dict[str, str]:
     """run id → its page in the MLflow UI at `ui_base` (hex run and experiment ids only: they come from a store)."""
-    ok = runs["run_id"].astype(str).str.fullmatch(r"[0-9a-f]{32}") & runs["experiment_id"].astype(str).str.fullmatch(r"\d+")
+    ok = runs["run_id"].astype(str).str.fullmatch(r"[0-9a-f]{32}") & runs["experiment_id"].astype(str).str.fullmatch(
+        r"\d+"
+    )
     return {r: f"{ui_base}/{run_link(e, r)}" for r, e in zip(runs.loc[ok, "run_id"], runs.loc[ok, "experiment_id"])}
 
 
@@ -137,8 +146,15 @@ def _gain_notes(table: pd.DataFrame) -> str:
     )
 
 
-def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], objective: tuple[str, str],
-               path: Path, links: dict[str, str] | None = None, skipped: dict[str, str] | None = None) -> Path:  # fmt: skip
+def write_html(
+    study: str,
+    table: pd.DataFrame,
+    written: dict[str, Path | str],
+    objective: tuple[str, str],
+    path: Path,
+    links: dict[str, str] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> Path:
     """The self-contained index.html: header, rules, every figure beside its caption, the table of runs."""
     sections, missing = [], []
     for name, png in written.items():
@@ -147,8 +163,10 @@ def write_html(study: str, table: pd.DataFrame, written: dict[str, Path | str], 
         if not isinstance(png, Path):
             missing.append(f"<li>{title}: {html.escape(png, quote=False)}.</li>")
             continue
-        sections.append(f'<section class="fig"><img src="{_data_uri(png)}" data-file="{png.name}" alt="{title}">'
-                        f"<div><h2>{title}</h2><p>{caption}</p></div></section>")  # fmt: skip
+        sections.append(
+            f'<section class="fig"><img src="{_data_uri(png)}" data-file="{png.name}" alt="{title}">'
+            f"<div><h2>{title}</h2><p>{caption}</p></div></section>"
+        )
     not_drawn = f"<h2>Not drawn</h2><ul>{''.join(missing)}</ul>" if missing else ""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!doctype html>
@@ -235,8 +253,9 @@ def build(study: str, out_dir: str | Path = "reports") -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: build one study's report; exit code 2 when the study has no runs or a name that is not allowed."""
-    parser = OneLineParser(prog="python -m analysis.report", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(
+        prog="python -m analysis.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--study", required=True, help="the study name (the runs' `study` tag)")
     parser.add_argument("--out-dir", default="reports", help="folder that receives <study>/index.html")
     args = parser.parse_args(argv)
@@ -269,8 +288,11 @@ def retire_launcher(run_id: str, study: str) -> None:
     parents = load.runs(study, role="parent")
     if len(parents):
         where = f"#/experiments/{parents['experiment_id'].iloc[0]}/runs/{parents['run_id'].iloc[0]}"
-        client.set_tag(run_id, "mlflow.note.content", f"The report of study `{study}` is in its [parent run]({where}), "
-                                                      f"artifacts `{ARTIFACT_PATH}/`.")  # fmt: skip
+        client.set_tag(
+            run_id,
+            "mlflow.note.content",
+            f"The report of study `{study}` is in its [parent run]({where}), artifacts `{ARTIFACT_PATH}/`.",
+        )
     client.set_tag(run_id, "mlflow.runName", f"report of {study}")
     client.set_terminated(run_id, "FINISHED")
 

@@ -36,8 +36,26 @@ GAN_LOSSES = ("gan_saturating", "gan_nonsaturating")
 # A GAN generator's loss gradient w.r.t. the fake logit is D(G(z)) (saturating) or 1 − D(G(z)) (non-saturating),
 # at most 1: an order of magnitude below that maximum over most of training, the generator's gradient has vanished.
 GAN_VANISHING = 0.1
-CONFIG_COLUMNS = ("model", "activation", "depth", "width", "norm", "init", "init_gain", "res_scale", "forget_bias", "optimizer",
-                  "lr", "clip", "clip_threshold", "loss", "batch_size", "seq_len", "dataset", "seed")  # fmt: skip
+CONFIG_COLUMNS = (
+    "model",
+    "activation",
+    "depth",
+    "width",
+    "norm",
+    "init",
+    "init_gain",
+    "res_scale",
+    "forget_bias",
+    "optimizer",
+    "lr",
+    "clip",
+    "clip_threshold",
+    "loss",
+    "batch_size",
+    "seq_len",
+    "dataset",
+    "seed",
+)
 
 
 def ensure_columns(runs: pd.DataFrame) -> pd.DataFrame:
@@ -173,12 +191,22 @@ def gain_table(runs: pd.DataFrame, stats: pd.DataFrame, tolerance: float = VERDI
             per_layer = per_layer[gain.first : gain.last]
         predicted = float(np.exp(np.log(per_layer).mean())) if per_layer.size and np.all(per_layer > 0) else math.nan
         # A GAN's pathology is its loss saturating, not depth: its verdict is the generator loss's gradient.
-        verdict = (_gan_verdict(float(gan_factor.get(run["run_id"], math.nan))) if is_gan(run)
-                   else _verdict(measured, tolerance))  # fmt: skip
-        rows.append({"run_id": run["run_id"], "measured_gain": measured, "predicted_gain": predicted,
-                     "theory": rule if math.isfinite(predicted) else NO_THEORY,
-                     "verdict": verdict, "verdict_tolerance": tolerance,
-                     "gain_note": gain.note() if gain else ""})  # fmt: skip
+        verdict = (
+            _gan_verdict(float(gan_factor.get(run["run_id"], math.nan)))
+            if is_gan(run)
+            else _verdict(measured, tolerance)
+        )
+        rows.append(
+            {
+                "run_id": run["run_id"],
+                "measured_gain": measured,
+                "predicted_gain": predicted,
+                "theory": rule if math.isfinite(predicted) else NO_THEORY,
+                "verdict": verdict,
+                "verdict_tolerance": tolerance,
+                "gain_note": gain.note() if gain else "",
+            }
+        )
     columns = ["run_id", "measured_gain", "predicted_gain", "theory", "verdict", "verdict_tolerance", "gain_note"]
     return pd.DataFrame(rows, columns=columns).astype({"measured_gain": float, "predicted_gain": float})
 

@@ -17,7 +17,7 @@ class CountingSink:
         self.first_keys: list[str] | None = None
         self._layer_keys: dict[int, int] = {}  # per-layer keys in a record of this length: parsed once per kind of step
 
-    def __call__(self, step: int, keys: list[str], values: list[float]) -> None:  # noqa: D102
+    def __call__(self, step: int, keys: list[str], values: list[float]) -> None:
         if self.first_keys is None:
             self.first_keys = keys
         layer = self._layer_keys.get(len(keys))
@@ -60,11 +60,13 @@ class MlflowSink(CountingSink):
         client = MlflowClient(f"sqlite:///{tmp / 'probe-mlflow.db'}")
         name = "peers-probe"
         found = client.get_experiment_by_name(name)
-        experiment = found.experiment_id if found else client.create_experiment(name, (tmp / "probe-artifacts").as_uri())
+        experiment = (
+            found.experiment_id if found else client.create_experiment(name, (tmp / "probe-artifacts").as_uri())
+        )
         run = client.create_run(experiment)
         self.recorder = Recorder(client, run.info.run_id, expected_records=expected_records, metric_points=200)
 
-    def __call__(self, step: int, keys: list[str], values: list[float]) -> None:  # noqa: D102
+    def __call__(self, step: int, keys: list[str], values: list[float]) -> None:
         super().__call__(step, keys, values)
         self.recorder.record(step, keys, values)
 

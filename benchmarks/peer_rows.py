@@ -65,8 +65,11 @@ class Outcome:
     def per_step(self) -> dict[str, float]:
         """The counts divided by the number of steps the run took."""
         c, n = self.counts, max(self.steps, 1)
-        return {"layer_scalars": c.layer_scalars / n, "layer_histograms": c.layer_histograms / n,
-                "global_numbers": c.global_numbers / n}  # fmt: skip
+        return {
+            "layer_scalars": c.layer_scalars / n,
+            "layer_histograms": c.layer_histograms / n,
+            "global_numbers": c.global_numbers / n,
+        }
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,11 @@ class Lit(pl.LightningModule):
         super().__init__()
         self.net = net
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:  # noqa: D102
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         return loss_fn(self.net(x), y)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.net.parameters(), lr=LR)
 
 
@@ -113,7 +116,7 @@ class StepClock(pl.Callback):
         self.plan = plan
         self.t0 = self.t1 = 0.0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.plan.warmup:
             self.t0 = time.perf_counter()
         elif trainer.global_step == self.plan.warmup + self.plan.steps:
@@ -125,14 +128,24 @@ class StepClock(pl.Callback):
         return (self.t1 - self.t0) / self.plan.steps
 
 
-def fit(lit: pl.LightningModule, workload: Workload, plan: Plan, callbacks: list[pl.Callback] = (),
-        **trainer_args: Any) -> tuple[float, pl.Trainer]:  # fmt: skip
+def fit(
+    lit: pl.LightningModule, workload: Workload, plan: Plan, callbacks: list[pl.Callback] = (), **trainer_args: Any
+) -> tuple[float, pl.Trainer]:
     """Lightning's Trainer on CPU, no validation, no checkpoints, no progress bar; (seconds per step, trainer)."""
     clock = StepClock(plan)
     args = {"logger": False, **trainer_args}
-    trainer = pl.Trainer(max_steps=plan.max_steps, accelerator="cpu", devices=1, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, callbacks=[*callbacks, clock], **args)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=plan.max_steps,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[*callbacks, clock],
+        **args,
+    )
     trainer.fit(lit, train_dataloaders=workload.loader())
     if trainer.global_step != plan.max_steps:
         raise CannotRun(f"stopped after {trainer.global_step} of {plan.max_steps} steps")
@@ -193,23 +206,27 @@ class BackpackLit(Lit):
         self.loss = extend(nn.CrossEntropyLoss())
         self.recorded: list[list[float]] = []
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:  # noqa: D102
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         out = self.net(x)
         return self.loss(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
-    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         from backpack import backpack
         from backpack.extensions import SumGradSquared, Variance
 
         with backpack(Variance(), SumGradSquared()):
             loss.backward(*args, **kwargs)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # The per-sample variance and second moment of each parameter's gradient, as its mean over entries:
         # two scalars per parameter tensor, one host copy per step (as the probe does).
-        values = [s for p in self.net.parameters() if hasattr(p, "variance")
-                  for s in (p.variance.mean(), p.sum_grad_squared.mean())]  # fmt: skip
+        values = [
+            s
+            for p in self.net.parameters()
+            if hasattr(p, "variance")
+            for s in (p.variance.mean(), p.sum_grad_squared.mean())
+        ]
         self.recorded.append(torch.stack(values).tolist() if values else [])
 
 
@@ -233,20 +250,23 @@ class CockpitLit(BackpackLit):
         super().__init__(net)
         self.cockpit = Cockpit(self.net.parameters(), quantities=configuration("economy"))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:  # noqa: D102
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         out = self.net(x)
         out, y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
-        self.info = {"batch_size": x.shape[0], "individual_losses": nn.functional.cross_entropy(out, y, reduction="none"),
-                     "optimizer": self.trainer.optimizers[0]}  # fmt: skip
+        self.info = {
+            "batch_size": x.shape[0],
+            "individual_losses": nn.functional.cross_entropy(out, y, reduction="none"),
+            "optimizer": self.trainer.optimizers[0],
+        }
         return self.loss(out, y)
 
-    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         step = self.global_step
         with self.cockpit(step, info={**self.info, "loss": loss}):
             loss.backward(create_graph=self.cockpit.create_graph(step))
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         pass
 
 
@@ -297,7 +317,7 @@ class HistogramEvery(pl.Callback):
         self.every = every
         self.histograms = 0
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
         if step % self.every:
             return
@@ -323,7 +343,7 @@ class WandbLoss(pl.Callback):
     def __init__(self, run: Any, every: int) -> None:
         self.run, self.every = run, every
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step - 1
         if step % self.every == 0:
             self.run.log({"loss": float(outputs["loss"])}, step=step)
@@ -333,8 +353,9 @@ def wandb_row(workload: Workload, plan: Plan) -> Outcome:
     """wandb.watch(model, log="all", log_freq=10), offline, the loss logged every 10 steps."""
     import wandb
 
-    run = wandb.init(mode="offline", dir=str(plan.tmp), project="peers",
-                     settings=wandb.Settings(console="off", silent=True))  # fmt: skip
+    run = wandb.init(
+        mode="offline", dir=str(plan.tmp), project="peers", settings=wandb.Settings(console="off", silent=True)
+    )
     counted = {"histograms": 0}
     log = run._log  # counts what watch's hooks log (they call `wandb.run._log`), then logs it
 
@@ -357,7 +378,7 @@ class GradNormLit(Lit):
 
     recorded = 0
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         from pytorch_lightning.utilities import grad_norm
 
         norms = grad_norm(self.net, norm_type=2)
@@ -369,8 +390,11 @@ def grad_norm_row(workload: Workload, plan: Plan) -> Outcome:
     """grad_norm per parameter (and the total) every step, through MLFlowLogger on a SQLite store."""
     from pytorch_lightning.loggers import MLFlowLogger
 
-    logger = MLFlowLogger(experiment_name="peers", tracking_uri=f"sqlite:///{plan.tmp / 'mlflow.db'}",
-                          artifact_location=(plan.tmp / "artifacts").as_uri())  # fmt: skip
+    logger = MLFlowLogger(
+        experiment_name="peers",
+        tracking_uri=f"sqlite:///{plan.tmp / 'mlflow.db'}",
+        artifact_location=(plan.tmp / "artifacts").as_uri(),
+    )
     lit = GradNormLit(workload.model())
     step_s, trainer = fit(lit, workload, plan, logger=logger, log_every_n_steps=1)
     total = trainer.global_step  # one "grad_2.0_norm_total" per step, the rest one per parameter tensor

@@ -54,6 +54,7 @@ def loss_fn(output: Tensor, target: Tensor) -> Tensor:
 
 def mlp(size: Size, features: int = 64, classes: int = 10) -> Workload:
     """`benchmarks.train_overhead`'s MLP: `depth` ReLU layers of `width` units on digits-shaped inputs."""
+
     def build() -> nn.Module:
         layers: list[nn.Module] = []
         for i in range(size.depth):
@@ -78,7 +79,7 @@ class TokenEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.head = nn.Linear(width, vocab)
 
-    def forward(self, tokens: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, tokens: Tensor) -> Tensor:
         return self.head(self.encoder(self.embed(tokens) + self.position))
 
 
@@ -88,9 +89,14 @@ def transformer(size: Size, seq_len: int = 64, vocab: int = 256) -> Workload:
     n = BATCHES * size.batch
     x = torch.randint(0, vocab, (n, seq_len), generator=g)
     y = torch.randint(0, vocab, (n, seq_len), generator=g)
-    return Workload("transformer", f"Transformer encoder {size.depth} layers, width {size.width}, seq {seq_len}, "
-                    f"batch {size.batch}", lambda: TokenEncoder(vocab, size.width, size.depth, seq_len),
-                    x, y, size.batch)  # fmt: skip
+    return Workload(
+        "transformer",
+        f"Transformer encoder {size.depth} layers, width {size.width}, seq {seq_len}, batch {size.batch}",
+        lambda: TokenEncoder(vocab, size.width, size.depth, seq_len),
+        x,
+        y,
+        size.batch,
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -105,15 +111,17 @@ class ResidualBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU()
         same = stride == 1 and cin == cout
-        self.skip = nn.Identity() if same else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                              nn.BatchNorm2d(cout))  # fmt: skip
+        self.skip = (
+            nn.Identity() if same else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.skip(x))
 
 
 def resnet(size: Size, classes: int = 10, image: int = 32) -> Workload:
     """A ResNet-style CNN: a stem, 3 stages of `depth` residual blocks (width ×1, ×2, ×4), on CIFAR-shaped data."""
+
     def build() -> nn.Module:
         w = size.width
         stages: list[nn.Module] = [nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
@@ -128,16 +136,29 @@ def resnet(size: Size, classes: int = 10, image: int = 32) -> Workload:
     n = BATCHES * size.batch
     x = torch.randn(n, 3, image, image, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
-    return Workload("resnet", f"ResNet-style CNN, 3 stages × {size.depth} blocks, width {size.width}, batch norm, "
-                    f"{image}×{image}×3, batch {size.batch}", build, x, y, size.batch)  # fmt: skip
+    return Workload(
+        "resnet",
+        f"ResNet-style CNN, 3 stages × {size.depth} blocks, width {size.width}, batch norm, "
+        f"{image}×{image}×3, batch {size.batch}",
+        build,
+        x,
+        y,
+        size.batch,
+    )
 
 
 # The issue's shapes, with the batches cut so that one full run stays under ~10 min on 2 cores with one torch
 # thread: the Transformer at batch 32 takes ~0.26 s a step, the CNN at width 32 and batch 64 ~1.3 s.
-FULL = {"mlp": Size(batch=128, width=256, depth=20), "transformer": Size(batch=8, width=128, depth=4),
-        "resnet": Size(batch=16, width=16, depth=2)}  # fmt: skip
-QUICK = {"mlp": Size(batch=8, width=16, depth=3), "transformer": Size(batch=2, width=16, depth=1),
-         "resnet": Size(batch=4, width=4, depth=1)}  # fmt: skip
+FULL = {
+    "mlp": Size(batch=128, width=256, depth=20),
+    "transformer": Size(batch=8, width=128, depth=4),
+    "resnet": Size(batch=16, width=16, depth=2),
+}
+QUICK = {
+    "mlp": Size(batch=8, width=16, depth=3),
+    "transformer": Size(batch=2, width=16, depth=1),
+    "resnet": Size(batch=4, width=4, depth=1),
+}
 FACTORIES = {"mlp": mlp, "transformer": transformer, "resnet": resnet}
 
 

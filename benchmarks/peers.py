@@ -51,8 +51,15 @@ ROWS = [
     R.Row("plain", "plain PyTorch loop", (), R.plain),
     R.Row("lightning", "Lightning, no probe", (), R.lightning),
     R.Row("backpack", "BackPACK Variance+SumGradSquared, every step", ("backpack",), R.backpack_row, "probe1"),
-    R.Row("cockpit", "Cockpit economy, every step", ("cockpit", "backpack"), R.cockpit_row, "probe1",
-          max_steps=10, max_rounds=1),
+    R.Row(
+        "cockpit",
+        "Cockpit economy, every step",
+        ("cockpit", "backpack"),
+        R.cockpit_row,
+        "probe1",
+        max_steps=10,
+        max_rounds=1,
+    ),
     R.Row("wandb", "wandb.watch(log=all, log_freq=10), offline", ("wandb",), R.wandb_row, "probe10"),
     R.Row("tensorboard", "TensorBoard histograms every 10 steps", ("tensorboard",), R.tensorboard_row, "probe10"),
     R.Row("grad_norm", "grad_norm + MLFlowLogger, every step", ("mlflow",), R.grad_norm_row, "probe1"),
@@ -62,8 +69,10 @@ ROWS = [
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence the tools' progress output, which would otherwise bury the table; restored afterwards."""
-    loggers = [logging.getLogger(name) for name in
-               ("mlflow", "alembic", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "wandb")]  # fmt: skip
+    loggers = [
+        logging.getLogger(name)
+        for name in ("mlflow", "alembic", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "wandb")
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -99,8 +108,14 @@ def run_workload(workload: W.Workload, rows: list[R.Row], args: argparse.Namespa
     return summarize(workload, rows, runs, cannot, plan, args.rounds)
 
 
-def summarize(workload: W.Workload, rows: list[R.Row], runs: dict[str, list[R.Outcome]], cannot: dict[str, str],
-              plan: R.Plan, rounds: int) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    workload: W.Workload,
+    rows: list[R.Row],
+    runs: dict[str, list[R.Outcome]],
+    cannot: dict[str, str],
+    plan: R.Plan,
+    rounds: int,
+) -> dict[str, Any]:
     """Medians over rounds, paired ratios to Lightning, numbers recorded per step."""
     base = [o.step_s for o in runs.get("lightning", [])]
     table: dict[str, Any] = {}
@@ -112,13 +127,24 @@ def summarize(workload: W.Workload, rows: list[R.Row], runs: dict[str, list[R.Ou
         paired = [o.step_s / b for o, b in zip(runs[row.key], base)] if base else []  # round by round
         # Other processes only ever add time: the fastest round of each row is the least disturbed.
         best = min(o.step_s for o in runs[row.key]) / min(base) if base else math.nan
-        table[row.key] = {"label": row.label, "step_ms": statistics.median(ms), "step_ms_rounds": ms,
-                          "timed_steps": min(plan.steps, row.max_steps or plan.steps),
-                          "ratio": statistics.median(paired) if paired else math.nan, "ratio_rounds": paired,
-                          "best_ratio": best,
-                          **runs[row.key][0].per_step()}  # fmt: skip
-    return {"workload": workload.name, "describe": workload.describe, "warmup": plan.warmup, "steps": plan.steps,
-            "rounds": rounds, "rows": table}  # fmt: skip
+        table[row.key] = {
+            "label": row.label,
+            "step_ms": statistics.median(ms),
+            "step_ms_rounds": ms,
+            "timed_steps": min(plan.steps, row.max_steps or plan.steps),
+            "ratio": statistics.median(paired) if paired else math.nan,
+            "ratio_rounds": paired,
+            "best_ratio": best,
+            **runs[row.key][0].per_step(),
+        }
+    return {
+        "workload": workload.name,
+        "describe": workload.describe,
+        "warmup": plan.warmup,
+        "steps": plan.steps,
+        "rounds": rounds,
+        "rows": table,
+    }
 
 
 def comparisons(result: dict[str, Any], rows: list[R.Row]) -> list[str]:
@@ -134,9 +160,11 @@ def comparisons(result: dict[str, Any], rows: list[R.Row]) -> list[str]:
         if not row.setting or "step_ms" not in peer or "step_ms" not in probe:
             continue
         ours, theirs = layer_statistics(probe), layer_statistics(peer)
-        lines.append(f"{probe['label']} vs {row.label}: {probe['step_ms']:.1f} vs {peer['step_ms']:.1f} ms/step "
-                     f"({'faster' if probe['step_ms'] < peer['step_ms'] else 'SLOWER'}), {ours:.1f} vs {theirs:.1f} "
-                     f"per-layer statistics/step ({'at least as many' if ours >= theirs else 'FEWER'})")  # fmt: skip
+        lines.append(
+            f"{probe['label']} vs {row.label}: {probe['step_ms']:.1f} vs {peer['step_ms']:.1f} ms/step "
+            f"({'faster' if probe['step_ms'] < peer['step_ms'] else 'SLOWER'}), {ours:.1f} vs {theirs:.1f} "
+            f"per-layer statistics/step ({'at least as many' if ours >= theirs else 'FEWER'})"
+        )
     return lines
 
 
@@ -147,10 +175,14 @@ def layer_statistics(row: dict[str, Any]) -> float:
 
 def print_table(result: dict[str, Any], rows: list[R.Row]) -> None:
     """One workload's table."""
-    print(f"\n{result['workload']}: {result['describe']}; {result['warmup']} warm-up steps, "
-          f"{result['steps']} timed steps per run")  # fmt: skip
-    head = f"{'row':<60} {'ms/step':>8} {'×Lightning':>10} {'layer scalars/step':>18} " \
-           f"{'layer hists/step':>16} {'global/step':>11} {'best ×L':>7}"  # fmt: skip
+    print(
+        f"\n{result['workload']}: {result['describe']}; {result['warmup']} warm-up steps, "
+        f"{result['steps']} timed steps per run"
+    )
+    head = (
+        f"{'row':<60} {'ms/step':>8} {'×Lightning':>10} {'layer scalars/step':>18} "
+        f"{'layer hists/step':>16} {'global/step':>11} {'best ×L':>7}"
+    )
     print(head)
     print("-" * len(head))
     for row in result["rows"].values():
@@ -160,29 +192,40 @@ def print_table(result: dict[str, Any], rows: list[R.Row]) -> None:
         label = row["label"]
         if row["timed_steps"] != result["steps"] or len(row["step_ms_rounds"]) != result["rounds"]:
             label += f" [{row['timed_steps']} steps, {len(row['step_ms_rounds'])} round]"
-        print(f"{label:<60} {row['step_ms']:>8.1f} {row['ratio']:>10.2f} {row['layer_scalars']:>18.1f} "
-              f"{row['layer_histograms']:>16.1f} {row['global_numbers']:>11.1f} {row['best_ratio']:>7.2f}")  # fmt: skip
+        print(
+            f"{label:<60} {row['step_ms']:>8.1f} {row['ratio']:>10.2f} {row['layer_scalars']:>18.1f} "
+            f"{row['layer_histograms']:>16.1f} {row['global_numbers']:>11.1f} {row['best_ratio']:>7.2f}"
+        )
     for line in comparisons(result, rows):
         print("  " + line)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:  # noqa: D103
-    p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workloads", nargs="+", choices=list(W.FACTORIES), default=list(W.FACTORIES))
     p.add_argument("--rows", nargs="+", default=None, help="row keys to run (default: all)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds, medians shown (default: 5)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each run (default: 5)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"timed steps per run (default: {STEPS}); a multiple of 10 keeps log_every=10 exact")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"timed steps per run (default: {STEPS}); a multiple of 10 keeps log_every=10 exact",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every row (default: 1)")
     p.add_argument("--quick", action="store_true", help="tiny networks, 1 round, 2+10 steps: a smoke run")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.warmup, args.steps = 1, 2, args.steps or 10
-    for name, value, least in (("--rounds", args.rounds, 1), ("--steps", 1 if args.steps is None else args.steps, 1),
-                               ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):  # fmt: skip
+    for name, value, least in (
+        ("--rounds", args.rounds, 1),
+        ("--steps", 1 if args.steps is None else args.steps, 1),
+        ("--threads", args.threads, 1),
+        ("--warmup", args.warmup, 0),
+    ):
         if value < least:
             refuse(f"{name} {value}: allowed: an integer of at least {least}")
     known = [row.key for row in all_rows()]
@@ -205,7 +248,7 @@ def all_rows() -> list[R.Row]:
     return [*ROWS[:2], *peer_probe.ROWS, *ROWS[2:]]
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: D103
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = [row for row in all_rows() if args.rows is None or row.key in args.rows]
     started, load_before = time.perf_counter(), os.getloadavg()
@@ -214,14 +257,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         for name in args.workloads:
             results.append(run_workload(W.make(name, args.quick), rows, args, Path(tmp)))
     elapsed, load_after = time.perf_counter() - started, os.getloadavg()
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.threads} torch thread(s), {args.rounds} interleaved round(s); wall time {elapsed:.0f} s; "
-          f"load average (1 min) before/after {load_before[0]:.1f}/{load_after[0]:.1f}")  # fmt: skip
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} torch thread(s), {args.rounds} interleaved round(s); wall time {elapsed:.0f} s; "
+        f"load average (1 min) before/after {load_before[0]:.1f}/{load_after[0]:.1f}"
+    )
     for result in results:
         print_table(result, rows)
-    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "environment": environment(), "wall_time_s": elapsed, "load_average_before": load_before,
-              "load_average_after": load_after, "workloads": results}  # fmt: skip
+    report = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "environment": environment(),
+        "wall_time_s": elapsed,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "workloads": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {args.out}")
@@ -233,8 +283,15 @@ def environment() -> dict[str, Any]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("torch", "pytorch-lightning", "mlflow", "backpack-for-pytorch", "cockpit-for-pytorch", "wandb",
-                 "tensorboard"):  # fmt: skip
+    for dist in (
+        "torch",
+        "pytorch-lightning",
+        "mlflow",
+        "backpack-for-pytorch",
+        "cockpit-for-pytorch",
+        "wandb",
+        "tensorboard",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

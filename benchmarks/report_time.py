@@ -63,22 +63,35 @@ def measure(n_runs: int, folder: Path) -> dict:
     _, logging_s = timed(report.log_report, out, data.parent_run_id)
     plotting = objective_s + table_s + sum(per_figure.values()) + page_s
     return {
-        "runs": n_runs, "stats_rows": len(data.stats), "make_study_s": made, "load_s": loading,
-        "summary_table_s": table_s, "figures_s": per_figure, "page_s": page_s, "plotting_s": plotting,
-        "log_artifacts_s": logging_s, "total_s": loading + plotting, "target_s": TARGET_SECONDS,
+        "runs": n_runs,
+        "stats_rows": len(data.stats),
+        "make_study_s": made,
+        "load_s": loading,
+        "summary_table_s": table_s,
+        "figures_s": per_figure,
+        "page_s": page_s,
+        "plotting_s": plotting,
+        "log_artifacts_s": logging_s,
+        "total_s": loading + plotting,
+        "target_s": TARGET_SECONDS,
         "figures_drawn": sorted(n for n, p in written.items() if p is not None),
-    }  # fmt: skip
+    }
 
 
 def print_table(result: dict) -> None:
     """The timings as a small table."""
-    rows = [("make the study (setup, not timed against the target)", result["make_study_s"]),
-            (f"load: {result['runs']} runs, {result['stats_rows']:,} stats rows", result["load_s"]),
-            ("summary table (gains, verdicts, outcomes)", result["summary_table_s"])]  # fmt: skip
+    rows = [
+        ("make the study (setup, not timed against the target)", result["make_study_s"]),
+        (f"load: {result['runs']} runs, {result['stats_rows']:,} stats rows", result["load_s"]),
+        ("summary table (gains, verdicts, outcomes)", result["summary_table_s"]),
+    ]
     rows += [(f"  figure {name}", s) for name, s in result["figures_s"].items()]
-    rows += [("HTML page", result["page_s"]), ("plotting (table + figures + page)", result["plotting_s"]),
-             ("TOTAL load + plotting", result["total_s"]),
-             ("log the folder to the parent run (extra)", result["log_artifacts_s"])]  # fmt: skip
+    rows += [
+        ("HTML page", result["page_s"]),
+        ("plotting (table + figures + page)", result["plotting_s"]),
+        ("TOTAL load + plotting", result["total_s"]),
+        ("log the folder to the parent run (extra)", result["log_artifacts_s"]),
+    ]
     width = max(len(r[0]) for r in rows)
     for label_, seconds in rows:
         print(f"{label_:<{width}}  {seconds:7.2f} s")
@@ -88,8 +101,11 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: measure, print, save JSON."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report_time", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report_time",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--runs", type=int, default=200, help="trial runs in the study")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store and report (path printed)")
     args = parser.parse_args(argv)
@@ -98,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args.runs, folder)
     finally:
         mlflow.set_tracking_uri(None)
-    result["machine"] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                         "cpus": os.cpu_count()}  # fmt: skip
+    result["machine"] = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
     print_table(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))

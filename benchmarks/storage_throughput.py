@@ -46,8 +46,22 @@ from tests.servers import mlflow_server, postgres_missing, postgres_server  # no
 def run_study(name: str, storage: str, tracking: str, workers: int, trials: int, folder: Path) -> float:
     """One study to its total from a fresh start, in `folder` (where artifacts land); its wall time in seconds."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(ROOT), "MLFLOW_EXPERIMENT_NAME": "bench"}
-    cmd = [sys.executable, "-m", "studies.run", "--spec", "default", "--study-name", name, "--n-trials", str(trials),
-           "--workers", str(workers), "--storage", storage, "--no-report"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "studies.run",
+        "--spec",
+        "default",
+        "--study-name",
+        name,
+        "--n-trials",
+        str(trials),
+        "--workers",
+        str(workers),
+        "--storage",
+        storage,
+        "--no-report",
+    ]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -76,17 +90,24 @@ def measure(name: str, storage: str, tracking: str, workers: int, trials: int, f
         for a, b in zip(ts, ts[1:])
     ]
     n = len(done)
-    return {"workers": workers, "trials": n, "wall_s": wall, "trials_per_minute": 60 * n / wall,
-            "training_s_per_trial": sum(trained) / n,
-            "in_trial_bookkeeping_s": sum(d - tr for d, tr in zip(per_trial, trained)) / n,
-            "between_trials_s": sum(gaps) / len(gaps) if gaps else float("nan"),
-            "outside_training_s_per_trial": (workers * wall - sum(trained)) / n}  # fmt: skip
+    return {
+        "workers": workers,
+        "trials": n,
+        "wall_s": wall,
+        "trials_per_minute": 60 * n / wall,
+        "training_s_per_trial": sum(trained) / n,
+        "in_trial_bookkeeping_s": sum(d - tr for d, tr in zip(per_trial, trained)) / n,
+        "between_trials_s": sum(gaps) / len(gaps) if gaps else float("nan"),
+        "outside_training_s_per_trial": (workers * wall - sum(trained)) / n,
+    }
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
     """The rows with their ratios to the same storage at 1 worker and to the journal at the same workers."""
-    head = (f"{'storage':<22}{'workers':>8}{'trials':>7}{'wall s':>8}{'trials/min':>11}{'× 1 worker':>11}"
-            f"{'× journal':>10}{'train s':>9}{'in-trial s':>11}{'between s':>10}{'outside s':>10}")  # fmt: skip
+    head = (
+        f"{'storage':<22}{'workers':>8}{'trials':>7}{'wall s':>8}{'trials/min':>11}{'× 1 worker':>11}"
+        f"{'× journal':>10}{'train s':>9}{'in-trial s':>11}{'between s':>10}{'outside s':>10}"
+    )
     lines = [head, "-" * len(head)]
     for key, r in rows.items():
         storage = key.rsplit("_w", 1)[0]
@@ -133,8 +154,18 @@ def main() -> None:
     print(table(rows))
     print(f"load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "load_average": load, "cpus": os.cpu_count(),
-                                   "python": platform.python_version(), "optuna": optuna.__version__}, indent=2))  # fmt: skip
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "load_average": load,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "optuna": optuna.__version__,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

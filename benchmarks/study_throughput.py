@@ -34,8 +34,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "study_throughput.json"
 
 
 def _env(folder: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "PYTHONPATH": str(ROOT),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
 
 
 def timed(cmd: list[str], folder: Path) -> float:
@@ -75,8 +79,10 @@ def breakdown(folder: Path, study: str, storage: Path, started: float, ended: fl
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials = optuna.load_study(study_name=study, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(storage)))).trials  # fmt: skip
+    trials = optuna.load_study(
+        study_name=study,
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage))),
+    ).trials
     trained = training_by_run(folder, study)
     by_worker: dict[int, list] = {}
     for t in trials:
@@ -98,7 +104,9 @@ def breakdown(folder: Path, study: str, storage: Path, started: float, ended: fl
         parts["after"] += ended - last_end
     shares = {k: v / total for k, v in parts.items()}
     # Trials counted as all overhead: failed ones, or runs without a recorded training time.
-    shares["untimed trials"] = sum(t.user_attrs.get("mlflow_run_id") not in trained for ts in by_worker.values() for t in ts)
+    shares["untimed trials"] = sum(
+        t.user_attrs.get("mlflow_run_id") not in trained for ts in by_worker.values() for t in ts
+    )
     shares["failed trials"] = sum(t.state.name == "FAIL" for t in trials)
     # What the target names (Optuna, MLflow, set-up per trial), over the span in which workers run trials.
     in_study = parts["training"] + parts["in-trial"] + parts["between"]
@@ -107,8 +115,22 @@ def breakdown(folder: Path, study: str, storage: Path, started: float, ended: fl
 
 
 def study_cmd(folder: Path, name: str, trials: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "studies.run", "--spec", "default", "--study-name", name, "--n-trials", str(trials),
-            "--workers", str(workers), "--storage", str(folder / f"{name}.journal"), "--no-report"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "studies.run",
+        "--spec",
+        "default",
+        "--study-name",
+        name,
+        "--n-trials",
+        str(trials),
+        "--workers",
+        str(workers),
+        "--storage",
+        str(folder / f"{name}.journal"),
+        "--no-report",
+    ]
 
 
 def main() -> None:
@@ -122,8 +144,19 @@ def main() -> None:
         folder = Path(tmp)
         if not args.skip_default:
             journal = folder / "default.journal"
-            cmd = [str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", "study", "--env-manager", "local",
-                   "-P", f"storage={journal}", "-P", "study_name=default_full"]  # fmt: skip
+            cmd = [
+                str(Path(sys.executable).parent / "mlflow"),
+                "run",
+                ".",
+                "-e",
+                "study",
+                "--env-manager",
+                "local",
+                "-P",
+                f"storage={journal}",
+                "-P",
+                "study_name=default_full",
+            ]
             started = time.time()
             results["default_study_seconds"] = timed(cmd, folder)
             n, train = training_seconds(folder, "default_full")
@@ -151,9 +184,13 @@ def main() -> None:
     print(f"{'measure':<34}{'value':>10}   target")
     # The target's share counts Optuna, MLflow and set-up per trial; the whole-command shares also count
     # the fixed costs of one invocation (start-up, the report), printed beside it for context.
-    targets = {"default_study_seconds": "≤ 360 s", "speedup_2_workers": "≥ 1.6",
-               "default_share_per_trial_overhead": "≤ 0.10", "w1_per_trial_overhead": "≤ 0.10",
-               "w2_per_trial_overhead": "≤ 0.10"}  # fmt: skip
+    targets = {
+        "default_study_seconds": "≤ 360 s",
+        "speedup_2_workers": "≥ 1.6",
+        "default_share_per_trial_overhead": "≤ 0.10",
+        "w1_per_trial_overhead": "≤ 0.10",
+        "w2_per_trial_overhead": "≤ 0.10",
+    }
     for key, value in results.items():
         print(f"{key:<34}{value:>10.2f}   {targets.get(key, '')}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

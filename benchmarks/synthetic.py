@@ -23,13 +23,22 @@ from gradprobe import keys as K
 from gradprobe.recorder import Recorder
 from pipelines.config import RunConfig
 
-ARCHS = {"plain": {"model": "mlp", "norm": "none"}, "batchnorm": {"model": "mlp", "norm": "batch"},
-         "residual": {"model": "resmlp", "norm": "none", "res_scale": 0.177}}  # fmt: skip
-OPTIMS = {"sgd": {"optimizer": "sgd", "lr": 0.1}, "momentum": {"optimizer": "momentum", "lr": 0.02},
-          "adam": {"optimizer": "adam", "lr": 0.002}}  # fmt: skip
+ARCHS = {
+    "plain": {"model": "mlp", "norm": "none"},
+    "batchnorm": {"model": "mlp", "norm": "batch"},
+    "residual": {"model": "resmlp", "norm": "none", "res_scale": 0.177},
+}
+OPTIMS = {
+    "sgd": {"optimizer": "sgd", "lr": 0.1},
+    "momentum": {"optimizer": "momentum", "lr": 0.02},
+    "adam": {"optimizer": "adam", "lr": 0.002},
+}
 CLIPS = ({"clip": "none"}, {"clip": "norm", "clip_threshold": 0.5}, {"clip": "norm", "clip_threshold": 5.0})
-RECURRENT = ({"model": "rnn", "activation": "tanh"}, {"model": "lstm", "activation": "tanh"},
-             {"model": "gru", "activation": "tanh"})  # fmt: skip
+RECURRENT = (
+    {"model": "rnn", "activation": "tanh"},
+    {"model": "lstm", "activation": "tanh"},
+    {"model": "gru", "activation": "tanh"},
+)
 # Like the mean-field statistics of a layer's output: (mean, std) at initialization.
 ACT_MOMENTS = {"sigmoid": (0.5, 0.15), "tanh": (0.0, 0.55), "relu": (0.56, 0.82)}
 VAL_POINTS = 5
@@ -51,20 +60,43 @@ def config(index: int, rng: np.random.Generator, shape: Shape) -> RunConfig:
     """The index-th trial's config: mostly MLPs over activation × init × depth × arch; of every ten, the second
     is an exploding ReLU net, the fourth a recurrent net and the sixth the exploding net clipped (so even a six-run
     study has every case)."""
-    common = {"width": shape.width, "max_steps": shape.max_steps, "log_every": shape.log_every,
-              "metric_points": shape.metric_points, "batch_size": 64}  # fmt: skip
+    common = {
+        "width": shape.width,
+        "max_steps": shape.max_steps,
+        "log_every": shape.log_every,
+        "metric_points": shape.metric_points,
+        "batch_size": 64,
+    }
     common.update(OPTIMS[str(rng.choice(list(OPTIMS)))])
     common.update(CLIPS[int(rng.integers(len(CLIPS)))])
     if index % 10 in (1, 5):  # the exploding study's case: ReLU above the edge of chaos, plain SGD; unclipped,
         clip = {"clip": "none"} if index % 10 == 1 else {"clip": "norm", "clip_threshold": 1.0}  # then clipped
-        return RunConfig(dataset="digits", activation="relu", init="kaiming_normal", init_gain=1.5,
-                         depth=max(shape.depths), **{**common, **OPTIMS["sgd"], **clip})  # fmt: skip
+        return RunConfig(
+            dataset="digits",
+            activation="relu",
+            init="kaiming_normal",
+            init_gain=1.5,
+            depth=max(shape.depths),
+            **{**common, **OPTIMS["sgd"], **clip},
+        )
     if index % 10 == 3:
-        return RunConfig(dataset="adding", loss="mse", depth=1, init="orthogonal", seq_len=shape.seq_len,
-                         **RECURRENT[(index // 10) % 3], **common)  # fmt: skip
-    return RunConfig(dataset="digits", activation=str(rng.choice(list(ACT_MOMENTS))),
-                     init=str(rng.choice(["xavier_normal", "kaiming_normal", "orthogonal"])),
-                     depth=int(rng.choice(shape.depths)), **ARCHS[str(rng.choice(list(ARCHS)))], **common)  # fmt: skip
+        return RunConfig(
+            dataset="adding",
+            loss="mse",
+            depth=1,
+            init="orthogonal",
+            seq_len=shape.seq_len,
+            **RECURRENT[(index // 10) % 3],
+            **common,
+        )
+    return RunConfig(
+        dataset="digits",
+        activation=str(rng.choice(list(ACT_MOMENTS))),
+        init=str(rng.choice(["xavier_normal", "kaiming_normal", "orthogonal"])),
+        depth=int(rng.choice(shape.depths)),
+        **ARCHS[str(rng.choice(list(ARCHS)))],
+        **common,
+    )
 
 
 def _layer_gains(cfg: RunConfig) -> np.ndarray:
@@ -115,11 +147,26 @@ def _record_run(recorder: Recorder, cfg: RunConfig, rng: np.random.Generator) ->
         grad = backprop * 0.3 * math.sqrt(cfg.width)
         global_l2 = float(np.sqrt((grad**2).sum()))
         clipped = min(global_l2, cfg.clip_threshold) if cfg.clip == "norm" else global_l2
-        act = np.column_stack([np.full(cfg.depth, mean0), np.full(cfg.depth, std0),
-                               np.clip(np.full(cfg.depth, sat0) + 0.2 * progress * np.linspace(0, 1, cfg.depth), 0, 1)])  # fmt: skip
+        act = np.column_stack(
+            [
+                np.full(cfg.depth, mean0),
+                np.full(cfg.depth, std0),
+                np.clip(np.full(cfg.depth, sat0) + 0.2 * progress * np.linspace(0, 1, cfg.depth), 0, 1),
+            ]
+        )
         update = 1e-3 * {"sgd": 3.0, "momentum": 5.0, "adam": 1.0}[cfg.optimizer] * grad / grad.max() * shrink
-        values = [loss, global_l2, clipped, 0.004 * step * (1 + cfg.depth / 8), *grad,
-                  *(grad / math.sqrt(cfg.width)), *(grad / 10), *backprop, *act.ravel(), *update]  # fmt: skip
+        values = [
+            loss,
+            global_l2,
+            clipped,
+            0.004 * step * (1 + cfg.depth / 8),
+            *grad,
+            *(grad / math.sqrt(cfg.width)),
+            *(grad / 10),
+            *backprop,
+            *act.ravel(),
+            *update,
+        ]
         if recurrent:
             values += list(backprop0[-1] * decay ** (cfg.seq_len - 1 - np.arange(cfg.seq_len)) * (1 + progress))
         if diverged is not None and step == diverged:
@@ -133,22 +180,37 @@ def _record_run(recorder: Recorder, cfg: RunConfig, rng: np.random.Generator) ->
     return ("diverged", diverged) if diverged is not None else ("completed", None)
 
 
-def make_study(name: str, n_runs: int, *, client: MlflowClient | None = None, experiment_id: str = "0",
-               seed: int = 0, shape: Shape = Shape()) -> str:  # fmt: skip
+def make_study(
+    name: str,
+    n_runs: int,
+    *,
+    client: MlflowClient | None = None,
+    experiment_id: str = "0",
+    seed: int = 0,
+    shape: Shape = Shape(),
+) -> str:
     """Create a parent run and `n_runs` nested trial runs with synthetic statistics; returns the parent run id."""
     client = client or MlflowClient()
     rng = np.random.default_rng(seed)
     parent = client.create_run(experiment_id, run_name=name, tags={"study": name, "role": "parent"}).info.run_id
-    client.log_batch(parent, params=[Param("spec", "synthetic"), Param("objective", "maximize val/acc"),
-                                     Param("n_trials", str(n_runs))])  # fmt: skip
+    client.log_batch(
+        parent,
+        params=[Param("spec", "synthetic"), Param("objective", "maximize val/acc"), Param("n_trials", str(n_runs))],
+    )
     for index in range(n_runs):
         cfg = config(index, rng, shape)
         tags = {"mlflow.parentRunId": parent, "study": name, "trial": str(index), "role": "trial"}
         run_id = client.create_run(experiment_id, run_name=f"{name}-{index}", tags=tags).info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
-        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points,
-                            heartbeat=liveness.heartbeat(client, run_id), heartbeat_seconds=liveness.HEARTBEAT_SECONDS)
+        recorder = Recorder(
+            client,
+            run_id,
+            expected_records=expected,
+            metric_points=cfg.metric_points,
+            heartbeat=liveness.heartbeat(client, run_id),
+            heartbeat_seconds=liveness.HEARTBEAT_SECONDS,
+        )
         outcome, diverged = _record_run(recorder, cfg, rng)
         recorder.close()
         end_tags = [RunTag("outcome", outcome)] + (

@@ -68,7 +68,6 @@ LABELS = {
 }
 
 
-
 def label(key: str) -> str:
     """The printed name of a variant; "c eager" is (c) with the eager statistics (GPL_FUSED=0)."""
     return LABELS[key[0]] + (", eager stats" if key.endswith("eager") else "")
@@ -88,16 +87,16 @@ class StepTimer(pl.Callback):
         self._t0 = self._v0 = 0.0
         self._fitting = False
 
-    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_start(self, trainer, pl_module) -> None:
         self._fitting, self.val_s, self._t0 = True, 0.0, time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_end(self, trainer, pl_module) -> None:
         self.train_s, self._fitting = time.perf_counter() - self._t0, False
 
-    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_validation_start(self, trainer, pl_module) -> None:
         self._v0 = time.perf_counter()
 
-    def on_validation_end(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_validation_end(self, trainer, pl_module) -> None:
         if self._fitting:
             self.val_s += time.perf_counter() - self._v0
 
@@ -112,7 +111,7 @@ class GradNormLit(LitModel):
 
     values_per_step = 0
 
-    def on_before_optimizer_step(self, optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, optimizer) -> None:
         norms = grad_norm(self, norm_type=2)
         GradNormLit.values_per_step = len(norms)
         self.log_dict(norms)
@@ -137,7 +136,7 @@ class Store:
             sql = "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key NOT LIKE 'val/%'"
             return con.execute(sql, (run_id,)).fetchone()[0]
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         self._tmp.cleanup()
 
 
@@ -218,8 +217,13 @@ def production(cfg: RunConfig, store: Store, count: bool) -> dict[str, Any]:
     finally:
         for p in reversed(patches):
             p.stop()
-    out = {"step_s": timer.step_s, "total_s": total, "steps": result.steps, "close_s": closing["s"],
-           "outcome": result.outcome}  # fmt: skip
+    out = {
+        "step_s": timer.step_s,
+        "total_s": total,
+        "steps": result.steps,
+        "close_s": closing["s"],
+        "outcome": result.outcome,
+    }
     if count:
         out["values_per_record"] = recorded[0] if recorded else 0
         out["records"] = len(recorded)
@@ -271,28 +275,28 @@ class BlockSwitch(pl.Callback):
         self._last: float | None = None
         self._val = 0.0
 
-    def setup(self, trainer, pl_module, stage) -> None:  # noqa: D102
+    def setup(self, trainer, pl_module, stage) -> None:
         self.probe.setup(trainer, pl_module, stage)
 
-    def on_fit_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_fit_start(self, trainer, pl_module) -> None:
         self.probe.on_fit_start(trainer, pl_module)
 
-    def on_before_backward(self, trainer, pl_module, loss) -> None:  # noqa: D102
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
         self.probe.on_before_backward(trainer, pl_module, loss)
 
-    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_start(self, trainer, pl_module) -> None:
         self.probe.on_train_start(trainer, pl_module)
 
-    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_end(self, trainer, pl_module) -> None:
         self.probe.on_train_end(trainer, pl_module)
 
-    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_validation_start(self, trainer, pl_module) -> None:
         self._v0 = time.perf_counter()
 
-    def on_validation_end(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_validation_end(self, trainer, pl_module) -> None:
         self._val += time.perf_counter() - self._v0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._last is not None:
             self.samples.append((trainer.global_step - 1, now - self._last - self._val))
@@ -300,11 +304,11 @@ class BlockSwitch(pl.Callback):
         if block_is_on(trainer.global_step):
             self.probe.on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if block_is_on(trainer.global_step):
             self.probe.on_before_optimizer_step(trainer, pl_module, optimizer)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if block_is_on(trainer.global_step - 1):  # global_step counts the step just taken
             self.probe.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
@@ -329,32 +333,47 @@ def interleaved(cfg: RunConfig) -> dict[str, Any]:
         return real_make(cfg, wrapped, progress_bar)
 
     real_make = train.make_trainer
-    with mock.patch.object(train, "make_trainer", make_trainer), \
-         mock.patch.object(probe_module, "is_logging_step", logging):  # fmt: skip
+    with (
+        mock.patch.object(train, "make_trainer", make_trainer),
+        mock.patch.object(probe_module, "is_logging_step", logging),
+    ):
         result = train.run(cfg, progress_bar=False)
     blocks: dict[int, list[float]] = {}
     for step, seconds in switches[0].samples:
         if step % BLOCK != 0 and step >= 2 * BLOCK:  # block boundaries and the first two blocks (warm-up) out
             blocks.setdefault(step // BLOCK, []).append(seconds)
     mean = {b: statistics.fmean(v) for b, v in blocks.items() if len(v) == BLOCK - 1}
-    ratios = [mean[b] / (0.5 * (mean[b - 1] + mean[b + 1]))
-              for b in mean if block_is_on(b * BLOCK) and b - 1 in mean and b + 1 in mean]  # fmt: skip
+    ratios = [
+        mean[b] / (0.5 * (mean[b - 1] + mean[b + 1]))
+        for b in mean
+        if block_is_on(b * BLOCK) and b - 1 in mean and b + 1 in mean
+    ]
     on = [v for b, v in mean.items() if block_is_on(b * BLOCK)]
     off = [v for b, v in mean.items() if not block_is_on(b * BLOCK)]
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [math.nan] * 3
     median = statistics.median(ratios) if ratios else math.nan
-    return {"ratio": median, "quartiles": [q[0], q[2]], "blocks": len(ratios),
-            "on_ms": 1e3 * statistics.median(on) if on else math.nan,
-            "off_ms": 1e3 * statistics.median(off) if off else math.nan,
-            "steps": result.steps, "outcome": result.outcome, "run_id": result.run_id}  # fmt: skip
+    return {
+        "ratio": median,
+        "quartiles": [q[0], q[2]],
+        "blocks": len(ratios),
+        "on_ms": 1e3 * statistics.median(on) if on else math.nan,
+        "off_ms": 1e3 * statistics.median(off) if off else math.nan,
+        "steps": result.steps,
+        "outcome": result.outcome,
+        "run_id": result.run_id,
+    }
 
 
 # -- driver -----------------------------------------------------------------------------------------------
 
 
-def fit_table(runs: dict[str, list[dict[str, Any]]], counts: dict[str, dict[str, Any]],
-              variants: dict[str, tuple[Callable[..., dict[str, Any]], RunConfig]], target: dict[str, float],
-              header: str) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def fit_table(
+    runs: dict[str, list[dict[str, Any]]],
+    counts: dict[str, dict[str, Any]],
+    variants: dict[str, tuple[Callable[..., dict[str, Any]], RunConfig]],
+    target: dict[str, float],
+    header: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Medians and paired ratios of the fit-level repeats, printed as the table; (results, targets)."""
     med = {
         k: {m: statistics.median(x[m] / x["steps"] for x in v) for m in ("step_s", "total_s")} for k, v in runs.items()
@@ -392,58 +411,98 @@ def fit_table(runs: dict[str, list[dict[str, Any]]], counts: dict[str, dict[str,
     target_text = {k: f"≤ {target[k]:.2f} {'met' if met[k] else 'MISSED'}" for k in ("c", "d")}
     target_text["e"] = f"(c) faster: {'met' if faster else 'MISSED'}"
     print(header)
-    head = f"{'variant':<40} {'step ms':>8} {'×(b)':>6} {'paired':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} " \
-           f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15} {'spread %':>8}"  # fmt: skip
+    head = (
+        f"{'variant':<40} {'step ms':>8} {'×(b)':>6} {'paired':>6}  {'target':<18} {'total ms/step':>13} {'×(b)':>6} "
+        f"{'flush ms':>8} {'values/rec':>10} {'MLflow pts/step':>15} {'spread %':>8}"
+    )
     print(head)
     print("-" * len(head))
     for k, row in results.items():
         flush = f"{row['close_ms']:.0f}" if "close_ms" in row else ""
         vals = str(row.get("values_per_record", ""))
         pts = f"{row['mlflow_points_per_step']:.1f}" if "mlflow_points_per_step" in row else ""
-        print(f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f} {row['paired_ratio']:>6.2f}  "
-              f"{target_text.get(k, ''):<18} "
-              f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15} "
-              f"{100 * row['spread']:>8.0f}")  # fmt: skip
+        print(
+            f"{row['label']:<40} {row['step_ms']:>8.2f} {row['step_ratio']:>6.2f} {row['paired_ratio']:>6.2f}  "
+            f"{target_text.get(k, ''):<18} "
+            f"{row['total_ms_per_step']:>13.2f} {row['total_ratio']:>6.2f} {flush:>8} {vals:>10} {pts:>15} "
+            f"{100 * row['spread']:>8.0f}"
+        )
 
     for k in ("c", "d"):
         print(f"{LABELS[k]}: per-repeat ×(b) " + ", ".join(f"{r:.2f}" for r in results[k]["paired_ratios"]))
     return results, targets
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:  # noqa: D103
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_overhead", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--workload", choices=("mlp", "lstm"), default="mlp",
-                   help="mlp: ReLU MLP on digits; lstm: LSTM on the adding problem (default: mlp)")  # fmt: skip
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--workload",
+        choices=("mlp", "lstm"),
+        default="mlp",
+        help="mlp: ReLU MLP on digits; lstm: LSTM on the adding problem (default: mlp)",
+    )
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default: 300)")
     p.add_argument("--depth", type=int, default=None, help="hidden / stacked layers (default: 20 mlp, 1 lstm)")
     p.add_argument("--width", type=int, default=None, help="hidden units (default: 256 mlp, 64 lstm)")
     p.add_argument("--seq-len", type=int, default=100, help="lstm sequence length (default: 100)")
     p.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 128 mlp, 64 lstm)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed runs per variant, median reported; 0: the interleaved measurement only (default: 3)")  # fmt: skip
-    p.add_argument("--interleaved-steps", type=int, default=20 * 4 * BLOCK,
-                   help="steps of each interleaved fit of (c) and (d), 0 to skip (default: %(default)s)")  # fmt: skip
-    p.add_argument("--eager", action="store_true",
-                   help="also measure (c) and (d) interleaved with the eager statistics (GPL_FUSED=0)")  # fmt: skip
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per variant, median reported; 0: the interleaved measurement only (default: 3)",
+    )
+    p.add_argument(
+        "--interleaved-steps",
+        type=int,
+        default=20 * 4 * BLOCK,
+        help="steps of each interleaved fit of (c) and (d), 0 to skip (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="also measure (c) and (d) interleaved with the eager statistics (GPL_FUSED=0)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every variant (default: 2)")
     p.add_argument("--out", type=Path, default=None, help=f"JSON results (default: {RESULTS}, _lstm for lstm)")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: D103
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     lstm = args.workload == "lstm"
     args.depth = args.depth or (1 if lstm else 20)
     args.width = args.width or (64 if lstm else 256)
     args.batch_size = args.batch_size or (64 if lstm else 128)
     if lstm:
-        base = RunConfig(dataset="adding", seq_len=args.seq_len, model="lstm", activation="tanh", loss="mse",
-                         init="orthogonal", optimizer="adam", lr=0.01, depth=args.depth, width=args.width,
-                         batch_size=args.batch_size, max_steps=args.steps)  # fmt: skip
+        base = RunConfig(
+            dataset="adding",
+            seq_len=args.seq_len,
+            model="lstm",
+            activation="tanh",
+            loss="mse",
+            init="orthogonal",
+            optimizer="adam",
+            lr=0.01,
+            depth=args.depth,
+            width=args.width,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+        )
     else:
-        base = RunConfig(dataset="digits", model="mlp", activation="relu", depth=args.depth, width=args.width,
-                         batch_size=args.batch_size, max_steps=args.steps)  # fmt: skip
+        base = RunConfig(
+            dataset="digits",
+            model="mlp",
+            activation="relu",
+            depth=args.depth,
+            width=args.width,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+        )
     target = TARGETS[args.workload]
     args.out = args.out or (RESULTS.with_name("train_overhead_lstm.json") if lstm else RESULTS)
     variants: dict[str, tuple[Callable[..., dict[str, Any]], RunConfig]] = {
@@ -467,8 +526,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         out = fn(cfg, store, count)
         threads_seen.add(torch.get_num_threads())
         if out["steps"] != cfg.max_steps:
-            print(f"warning: {LABELS[key]} stopped after {out['steps']} of {cfg.max_steps} steps "
-                  f"({out.get('outcome', '?')})", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: {LABELS[key]} stopped after {out['steps']} of {cfg.max_steps} steps "
+                f"({out.get('outcome', '?')})",
+                file=sys.stderr,
+            )
         return out
 
     try:
@@ -494,46 +556,68 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     load_after = os.getloadavg()
 
     what = f"lstm seq_len {args.seq_len}, adding" if lstm else "mlp relu, digits"
-    print(f"\nworkload: {what}, depth {args.depth} width {args.width}, batch {args.batch_size}, "
-          f"torch threads {args.threads}; statistics {'fused' if fused.enabled() else 'eager (no fused kernels)'}; "
-          f"benchmark wall time {elapsed:.0f} s")  # fmt: skip
+    print(
+        f"\nworkload: {what}, depth {args.depth} width {args.width}, batch {args.batch_size}, "
+        f"torch threads {args.threads}; statistics {'fused' if fused.enabled() else 'eager (no fused kernels)'}; "
+        f"benchmark wall time {elapsed:.0f} s"
+    )
     results: dict[str, Any] = {}
     targets: dict[str, Any] = {}
     if args.repeats:
         header = f"fit by fit, {args.steps} steps each: median of {args.repeats} repeats (after 1 warm-up)"
         results, targets = fit_table(runs, counts, variants, target, header)
     if inter:
-        print(f"\ninterleaved in one fit of {args.interleaved_steps} steps (pipelines.train.run, the probe on in every "
-              f"other block of {BLOCK} steps): median over blocks of an 'on' block's mean step time divided by its two "
-              "'off' neighbours' (quartiles), robust to the machine's drift")  # fmt: skip
+        print(
+            f"\ninterleaved in one fit of {args.interleaved_steps} steps (pipelines.train.run, the probe on in every "
+            f"other block of {BLOCK} steps): median over blocks of an 'on' block's mean step time divided by its two "
+            "'off' neighbours' (quartiles), robust to the machine's drift"
+        )
         for k, row in inter.items():
             verdict = ""
             if k in target:  # the eager rows are for comparison: the targets are the product's, fused where it can
                 targets[f"interleaved {k}/b<={target[k]}"] = {"value": row["ratio"], "met": row["ratio"] <= target[k]}
                 verdict = f"≤ {target[k]:.2f} {'met' if row['ratio'] <= target[k] else 'MISSED'}"
-            print(f"{label(k):<52} {row['ratio']:>6.2f} ({row['quartiles'][0]:.2f}–{row['quartiles'][1]:.2f}, "
-                  f"{row['blocks']} blocks; on {row['on_ms']:.2f} ms, off {row['off_ms']:.2f} ms)  {verdict}")  # fmt: skip
+            print(
+                f"{label(k):<52} {row['ratio']:>6.2f} ({row['quartiles'][0]:.2f}–{row['quartiles'][1]:.2f}, "
+                f"{row['blocks']} blocks; on {row['on_ms']:.2f} ms, off {row['off_ms']:.2f} ms)  {verdict}"
+            )
     cpus = os.cpu_count() or 1
     print(f"load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {cpus} CPUs")
     if max(load_before[0], load_after[0]) > cpus or max((r["spread"] for r in results.values()), default=0) > 0.10:
-        print("warning: load above the CPU count or a spread above 10 %: other processes may have "
-              "competed for the CPUs; treat ratios near a target with caution and rerun on a quiet machine")  # fmt: skip
+        print(
+            "warning: load above the CPU count or a spread above 10 %: other processes may have "
+            "competed for the CPUs; treat ratios near a target with caution and rerun on a quiet machine"
+        )
     report = {
-        "workload": {"dataset": base.dataset, "model": base.model, "activation": base.activation,
-                     "seq_len": base.seq_len if lstm else None, "depth": args.depth,
-                     "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
-                     "repeats": args.repeats, "threads": args.threads, "threads_seen": sorted(threads_seen)},
-        "environment": {"fused_statistics": fused.enabled(),
-                        "python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning":
-                        pl.__version__, "mlflow": mlflow.__version__, "cpus": os.cpu_count(),
-                        "machine": platform.machine()},
+        "workload": {
+            "dataset": base.dataset,
+            "model": base.model,
+            "activation": base.activation,
+            "seq_len": base.seq_len if lstm else None,
+            "depth": args.depth,
+            "width": args.width,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "threads_seen": sorted(threads_seen),
+        },
+        "environment": {
+            "fused_statistics": fused.enabled(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__,
+            "mlflow": mlflow.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        },
         "results": results,
         "interleaved": {"steps": args.interleaved_steps, "block": BLOCK, **inter},
         "targets": targets,
         "wall_time_s": elapsed,
         "load_average_before": load_before,
         "load_average_after": load_after,
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {args.out}")

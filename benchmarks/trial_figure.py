@@ -35,8 +35,18 @@ def main() -> None:
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         client = MlflowClient()
-        cfg = RunConfig.from_dict({"dataset": "digits", "model": "mlp", "depth": 32, "width": 64, "batch_size": 64,
-                                   "max_steps": 1000, "log_every": 10, "metric_points": 10})  # fmt: skip
+        cfg = RunConfig.from_dict(
+            {
+                "dataset": "digits",
+                "model": "mlp",
+                "depth": 32,
+                "width": 64,
+                "batch_size": 64,
+                "max_steps": 1000,
+                "log_every": 10,
+                "metric_points": 10,
+            }
+        )
         figure_seconds, run_seconds = [], []
 
         def timed_figure(run_id: str, table) -> None:

@@ -115,8 +115,10 @@ def close_dead_runs(client: MlflowClient, experiment_ids: Iterable[str], where: 
         end_killed(client, run.info.run_id)
         closed.append(run.info.run_id)
     if closed:
-        print(f"closed {len(closed)} run(s) left RUNNING by a process that died: {', '.join(closed)} (status KILLED)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"closed {len(closed)} run(s) left RUNNING by a process that died: {', '.join(closed)} (status KILLED)",
+            file=sys.stderr,
+        )
     return closed
 
 

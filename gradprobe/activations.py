@@ -95,46 +95,77 @@ GELU_MAX_DERIVATIVE = 0.5 * (1.0 + math.erf(1.0)) + math.sqrt(2.0) * math.exp(-1
 # Colours: seaborn's "colorblind" palette, as hex so that the package needs no plotting library.
 ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Activation(
-        make=nn.Sigmoid, modules=(nn.Sigmoid,), max_derivative=0.25,
+        make=nn.Sigmoid,
+        modules=(nn.Sigmoid,),
+        max_derivative=0.25,
         from_output_=lambda a: a.sub_(0.5).square_().neg_().add_(0.25),  # a(1 − a)
-        fused_kind=2, theory=Theory(_np_sigmoid, lambda z: _np_sigmoid(z) * (1.0 - _np_sigmoid(z))),
-        color="#029e73", saturating=True, rnn=True,
+        fused_kind=2,
+        theory=Theory(_np_sigmoid, lambda z: _np_sigmoid(z) * (1.0 - _np_sigmoid(z))),
+        color="#029e73",
+        saturating=True,
+        rnn=True,
     ),
     "tanh": Activation(
-        make=nn.Tanh, modules=(nn.Tanh,), max_derivative=1.0,
+        make=nn.Tanh,
+        modules=(nn.Tanh,),
+        max_derivative=1.0,
         from_output_=lambda a: a.square_().neg_().add_(1),  # 1 − a²
-        fused_kind=3, theory=Theory(np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
-        color="#0173b2", saturating=True, rnn=True,
+        fused_kind=3,
+        theory=Theory(np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+        color="#0173b2",
+        saturating=True,
+        rnn=True,
     ),
     "relu": Activation(
-        make=nn.ReLU, modules=(nn.ReLU,), max_derivative=1.0,
+        make=nn.ReLU,
+        modules=(nn.ReLU,),
+        max_derivative=1.0,
         # 1[a > 0] as sign(a) (a ≥ 0), in place: a float kernel, which vectorizes (a bool mask is several times slower).
-        from_output_=lambda a: a.sign_(), binary=True,
-        fused_kind=1, theory=Theory(lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(float), homogeneous=True),
-        color="#d55e00", saturating=False, rnn=True,
+        from_output_=lambda a: a.sign_(),
+        binary=True,
+        fused_kind=1,
+        theory=Theory(lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(float), homogeneous=True),
+        color="#d55e00",
+        saturating=False,
+        rnn=True,
     ),
     "leaky_relu": Activation(
-        make=lambda: nn.LeakyReLU(LEAKY_SLOPE), modules=(nn.LeakyReLU,), max_derivative=1.0,
+        make=lambda: nn.LeakyReLU(LEAKY_SLOPE),
+        modules=(nn.LeakyReLU,),
+        max_derivative=1.0,
         from_output_=lambda a: a.clamp_(min=0).ceil_().clamp_(max=1).mul_(1 - LEAKY_SLOPE).add_(LEAKY_SLOPE),
         # fused.c's kind 1 counts a ≤ 0 as saturated: right here because LEAKY_SLOPE < SATURATION_SHARE.
         fused_kind=1,
-        theory=Theory(lambda z: np.where(z > 0, z, LEAKY_SLOPE * z), lambda z: np.where(z > 0, 1.0, LEAKY_SLOPE),
-                      homogeneous=True),
-        color="#de8f05", saturating=False, rnn=True,
+        theory=Theory(
+            lambda z: np.where(z > 0, z, LEAKY_SLOPE * z), lambda z: np.where(z > 0, 1.0, LEAKY_SLOPE), homogeneous=True
+        ),
+        color="#de8f05",
+        saturating=False,
+        rnn=True,
     ),
     "gelu": Activation(
-        make=nn.GELU, modules=(nn.GELU,), max_derivative=GELU_MAX_DERIVATIVE, from_input=_gelu_derivative,
+        make=nn.GELU,
+        modules=(nn.GELU,),
+        max_derivative=GELU_MAX_DERIVATIVE,
+        from_input=_gelu_derivative,
         fused_kind=None,  # φ' needs z, which the kernels do not see
         theory=Theory(lambda z: z * _np_gelu_cdf(z), lambda z: _np_gelu_cdf(z) + z * _np_gelu_pdf(z)),  # exact GELU
-        color="#cc78bc", saturating=False, rnn=False,
+        color="#cc78bc",
+        saturating=False,
+        rnn=False,
     ),
     "linear": Activation(
-        make=nn.Identity, modules=(nn.Identity,), max_derivative=1.0, from_output_=lambda a: a.fill_(1),
+        make=nn.Identity,
+        modules=(nn.Identity,),
+        max_derivative=1.0,
+        from_output_=lambda a: a.fill_(1),
         fused_kind=0,
         theory=Theory(lambda z: np.asarray(z, dtype=float), lambda z: np.ones_like(z, dtype=float), homogeneous=True),
-        color="#949494", saturating=False, rnn=True,
+        color="#949494",
+        saturating=False,
+        rnn=True,
     ),
-}  # fmt: skip
+}
 
 
 def make_activation(name: str) -> nn.Module:
@@ -159,8 +190,9 @@ def name_of(module: nn.Module) -> str | None:
     return None
 
 
-def saturation(name: str, a: Tensor, z: Tensor | None = None, dim: int | None = None, *,
-               overwrite: bool = False) -> Tensor:  # fmt: skip
+def saturation(
+    name: str, a: Tensor, z: Tensor | None = None, dim: int | None = None, *, overwrite: bool = False
+) -> Tensor:
     """Share of units whose local derivative is below SATURATION_SHARE of its maximum (over `dim`, or all).
 
     `overwrite` lets it use a as its scratch space (the probe's own copy of a layer's outputs).

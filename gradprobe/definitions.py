@@ -23,16 +23,32 @@ class Statistic:
     about: str
 
 
-GRAD = Statistic("grad", ("l2", "rms", "absmax", "mean", "std", "nonfinite"), "grad_table",
-                 "the main weight's gradient before clipping: L2 norm, RMS, largest |g|, mean, std, non-finite entries")  # fmt: skip
+GRAD = Statistic(
+    "grad",
+    ("l2", "rms", "absmax", "mean", "std", "nonfinite"),
+    "grad_table",
+    "the main weight's gradient before clipping: L2 norm, RMS, largest |g|, mean, std, non-finite entries",
+)
 BACKPROP = Statistic("backprop", ("l2",), "norm", "‖∂loss/∂(the layer's output)‖ over the batch")
-ACT = Statistic("act", ("mean", "std", "saturation"), "layer_activation_stats",
-                "the activations after the layer: mean, std, share of saturated units (φ' below 5 % of its peak)")  # fmt: skip
+ACT = Statistic(
+    "act",
+    ("mean", "std", "saturation"),
+    "layer_activation_stats",
+    "the activations after the layer: mean, std, share of saturated units (φ' below 5 % of its peak)",
+)
 UPDATE = Statistic("update", ("ratio",), "update_ratios", "‖W_after − W_before‖ / ‖W_before‖ of the optimizer step")
-BPTT = Statistic("bptt", ("first", "last", "ratio"), "bptt_summary",
-                 "‖∂loss/∂h_t‖ of a recurrent layer: at t = 0, at t = T−1, first / last (and every t: `t0000`, …)")  # fmt: skip
-GATE = Statistic("gate", ("mean", "saturation"), "gate_stats",
-                 "the LSTM forget gate / GRU update gate: mean, share saturated; stat names `<gate>_<stat>`")  # fmt: skip
+BPTT = Statistic(
+    "bptt",
+    ("first", "last", "ratio"),
+    "bptt_summary",
+    "‖∂loss/∂h_t‖ of a recurrent layer: at t = 0, at t = T−1, first / last (and every t: `t0000`, …)",
+)
+GATE = Statistic(
+    "gate",
+    ("mean", "saturation"),
+    "gate_stats",
+    "the LSTM forget gate / GRU update gate: mean, share saturated; stat names `<gate>_<stat>`",
+)
 # log10|g| histograms of the main weight's gradient before clipping (gradprobe/histogram.py; with `histograms=True`):
 # half-open bins [e_i, e_i+1) on fixed edges, named by their lower edge (`b-30.0`); `under` below the first
 # edge, `over` from the last one on, exact zeros and non-finite entries apart. Parquet only (keys.browsable).
@@ -46,10 +62,18 @@ def hist_stat_names(edges: tuple[float, ...]) -> tuple[str, ...]:
     return (HIST_UNDER, *(f"b{edge:.1f}" for edge in edges[:-1]), HIST_OVER, HIST_ZEROS, HIST_NONFINITE)
 
 
-HIST = Statistic("hist", hist_stat_names(HIST_EDGES), "histograms",
-                 "counts of log10|g| of the main weight's gradient before clipping on fixed bins, zeros, non-finite")  # fmt: skip
+HIST = Statistic(
+    "hist",
+    hist_stat_names(HIST_EDGES),
+    "histograms",
+    "counts of log10|g| of the main weight's gradient before clipping on fixed bins, zeros, non-finite",
+)
 STATISTICS = (GRAD, BACKPROP, ACT, UPDATE, BPTT, GATE, HIST)
-CELL_KINDS = ("rnn", "lstm", "gru")  # the recurrent cells the probe replays: torch.nn.RNN, LSTM, GRU; the lab's model names
+CELL_KINDS = (
+    "rnn",
+    "lstm",
+    "gru",
+)  # the recurrent cells the probe replays: torch.nn.RNN, LSTM, GRU; the lab's model names
 GATE_NAMES = {"lstm": "forget", "gru": "update"}  # the gate recorded for each cell kind
 
 

@@ -159,9 +159,17 @@ class Diagnosis:
         ]
         for e in self.layers:
             gain_end = _num(e.gain_end) + ("" if e.judged or math.isnan(e.gain_end) else " (readout, not judged)")
-            cells = [f"`{_escape(e.layer, code=True)}`", e.verdict, _num(e.gain_start), gain_end, _num(e.predicted),
-                     f"{_share(e.inactive_start)} → {_share(e.inactive_end)}", _num(e.update_ratio, ".2g"),
-                     _num(e.nonfinite, ".0f"), _escape("; ".join(e.notes))]  # fmt: skip
+            cells = [
+                f"`{_escape(e.layer, code=True)}`",
+                e.verdict,
+                _num(e.gain_start),
+                gain_end,
+                _num(e.predicted),
+                f"{_share(e.inactive_start)} → {_share(e.inactive_end)}",
+                _num(e.update_ratio, ".2g"),
+                _num(e.nonfinite, ".0f"),
+                _escape("; ".join(e.notes)),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", _THRESHOLDS, ""]
         return "\n".join(lines)
@@ -171,42 +179,61 @@ class Diagnosis:
         sentences = []
         if self.diverged_step is not None:
             where = _listing(self.named("diverged"))
-            sentences.append(f"Training diverged at step {self.diverged_step}: the gradients became NaN or inf"
-                             f"{' in ' + where if where else ''}. Lower the learning rate or clip the gradients.")  # fmt: skip
+            sentences.append(
+                f"Training diverged at step {self.diverged_step}: the gradients became NaN or inf"
+                f"{' in ' + where if where else ''}. Lower the learning rate or clip the gradients."
+            )
         if dead := self.named("dead units"):
-            sentences.append(f"{_listing(dead)} {_have(dead)} dead units: at least {V.DEAD_SHARE:.0%} of the "
-                             "ReLU entries pass no gradient, so those units stop learning. Check for large negative "
-                             "biases or a learning rate that pushed them off; a leaky ReLU or a smaller step helps.")  # fmt: skip
+            sentences.append(
+                f"{_listing(dead)} {_have(dead)} dead units: at least {V.DEAD_SHARE:.0%} of the "
+                "ReLU entries pass no gradient, so those units stop learning. Check for large negative "
+                "biases or a learning rate that pushed them off; a leaky ReLU or a smaller step helps."
+            )
         if saturated := self.named("saturated"):
-            sentences.append(f"{_listing(saturated)} {_are(saturated)} saturated: at least {V.SATURATED_SHARE:.0%} "
-                             "of the entries sit in the flat tails of the nonlinearity. Scale the initialization down "
-                             "or normalize the pre-activations (batch or layer norm).")  # fmt: skip
+            sentences.append(
+                f"{_listing(saturated)} {_are(saturated)} saturated: at least {V.SATURATED_SHARE:.0%} "
+                "of the entries sit in the flat tails of the nonlinearity. Scale the initialization down "
+                "or normalize the pre-activations (batch or layer norm)."
+            )
         sentences += self._gain_sentences()
         advice = V.learning_rate_advice(self.update_ratio)
         if advice:
             # Tiny updates behind a blocked gradient are its consequence: raising the learning rate cures neither.
             blocked = self.update_ratio < V.UPDATE_RATIO_LOW and any(self.named(v) for v in BLOCKED)
             why = "; fix the gradient flow first, the small updates follow from it" if blocked else ""
-            sentences.append(f"The median update ratio ‖ΔW‖/‖W‖ is {self.update_ratio:.2g} per step against the usual "
-                             f"1e-3: {advice}{why}.")  # fmt: skip
+            sentences.append(
+                f"The median update ratio ‖ΔW‖/‖W‖ is {self.update_ratio:.2g} per step against the usual "
+                f"1e-3: {advice}{why}."
+            )
         if not sentences:
-            sentences.append("Nothing in the gradients looks pathological: every layer passes the gradient on "
-                             "without shrinking or growing it much, few units are dead or saturated and the updates "
-                             "are of the usual size. If the network still does not learn, look at the data, the "
-                             "loss and the learning-rate schedule.")  # fmt: skip
+            sentences.append(
+                "Nothing in the gradients looks pathological: every layer passes the gradient on "
+                "without shrinking or growing it much, few units are dead or saturated and the updates "
+                "are of the usual size. If the network still does not learn, look at the data, the "
+                "loss and the learning-rate schedule."
+            )
         if math.isfinite(self.predicted_gain):
-            sentences.append(f"Mean-field theory ({self.theory}) predicts a gain of {self.predicted_gain:.3g} per "
-                             "layer at initialization for this architecture.")  # fmt: skip
+            sentences.append(
+                f"Mean-field theory ({self.theory}) predicts a gain of {self.predicted_gain:.3g} per "
+                "layer at initialization for this architecture."
+            )
         return " ".join(sentences)
 
     def _gain_sentences(self) -> list[str]:
         out = []
         for verdict, how, fix in (
-            ("vanishing", "shrinks", "Use an initialization matched to the activation (Kaiming for ReLU, Xavier for "
-             "tanh), a non-saturating activation, normalization or residual connections."),
-            ("exploding", "grows", "Scale the initialization down (Kaiming for ReLU, Xavier for tanh), normalize, or "
-             "clip the gradients."),
-        ):  # fmt: skip
+            (
+                "vanishing",
+                "shrinks",
+                "Use an initialization matched to the activation (Kaiming for ReLU, Xavier for "
+                "tanh), a non-saturating activation, normalization or residual connections.",
+            ),
+            (
+                "exploding",
+                "grows",
+                "Scale the initialization down (Kaiming for ReLU, Xavier for tanh), normalize, or clip the gradients.",
+            ),
+        ):
             layers = self.named(verdict)
             if not layers:
                 continue
@@ -214,8 +241,10 @@ class Diagnosis:
             g = self.gain_start
             if g is not None and math.isfinite(g.gain) and g.last > g.first:
                 total = g.gain ** (g.last - g.first)
-                span = (f" Over the network it changes by {g.gain:.3g} per layer: the first layer receives "
-                        f"{total:.3g}× the gradient of the last.")  # fmt: skip
+                span = (
+                    f" Over the network it changes by {g.gain:.3g} per layer: the first layer receives "
+                    f"{total:.3g}× the gradient of the last."
+                )
             out.append(f"The gradient {how} from layer to layer ({verdict}) at {_listing(layers)}.{span} {fix}")
         return out
 
@@ -272,8 +301,13 @@ def layer_order(table: pd.DataFrame) -> list[str]:
 def _wide(table: pd.DataFrame, family: str, stat: str, layers: list[str]) -> pd.DataFrame:
     """step × layer values of one statistic (the last value where a step repeats)."""
     rows = table[(table["family"].astype(str) == family) & (table["stat"].astype(str) == stat)]
-    wide = rows.pivot_table(index="step", columns=rows["layer"].astype(str), values="value", aggfunc="last",
-                            dropna=False, observed=True) if len(rows) else pd.DataFrame()  # fmt: skip
+    wide = (
+        rows.pivot_table(
+            index="step", columns=rows["layer"].astype(str), values="value", aggfunc="last", dropna=False, observed=True
+        )
+        if len(rows)
+        else pd.DataFrame()
+    )
     return wide.reindex(columns=layers).sort_index().astype(float)
 
 
@@ -305,9 +339,11 @@ def _nonfinite_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Rows that show a diverged step: NaN/inf gradient entries, a gradient norm past the probe's guard
     (stats.LARGEST_NORM: beyond it norm clipping cannot work), or a non-finite training loss."""
     fam, stat, value = table["family"].astype(str), table["stat"].astype(str), table["value"]
-    return table[((fam == "grad") & (stat == "nonfinite") & (value > 0))
-                 | ((fam == "grad") & (stat == "l2") & ~(value <= LARGEST_NORM))
-                 | ((fam + "/" + stat == K.TRAIN_LOSS) & ~np.isfinite(value))]  # fmt: skip
+    return table[
+        ((fam == "grad") & (stat == "nonfinite") & (value > 0))
+        | ((fam == "grad") & (stat == "l2") & ~(value <= LARGEST_NORM))
+        | ((fam + "/" + stat == K.TRAIN_LOSS) & ~np.isfinite(value))
+    ]
 
 
 def diagnose(
@@ -360,8 +396,14 @@ def diagnose(
 PER_LAYER = [("backprop", "l2"), ("act", "saturation"), ("act", "mean"), ("act", "std"), ("update", "ratio")]
 
 
-def _evidence(layers: list[str], wide: dict[tuple[str, str], pd.DataFrame], span: tuple[int, int],
-              kinds: dict[str, str | None], predicted: list[float], bad: pd.DataFrame) -> tuple[LayerEvidence, ...]:
+def _evidence(
+    layers: list[str],
+    wide: dict[tuple[str, str], pd.DataFrame],
+    span: tuple[int, int],
+    kinds: dict[str, str | None],
+    predicted: list[float],
+    bad: pd.DataFrame,
+) -> tuple[LayerEvidence, ...]:
     """Each layer's evidence at the first and the last step with back-propagated norms (`span`), and its verdict."""
     first, last = span
     backprop, saturation = wide["backprop", "l2"], wide["act", "saturation"]
@@ -388,13 +430,27 @@ def _evidence(layers: list[str], wide: dict[tuple[str, str], pd.DataFrame], span
         if advice and update < V.UPDATE_RATIO_LOW and verdict in BLOCKED:
             advice = f"tiny updates: they follow from the {verdict} gradient"
         notes = (advice,) if advice else ()
-        out.append(LayerEvidence(layer, verdict, gains_start[i], gains_end[i], predicted[i], judged,
-                                 kinds[layer], *shares, update, float(nonfinite.get(layer, 0)), notes))  # fmt: skip
+        out.append(
+            LayerEvidence(
+                layer,
+                verdict,
+                gains_start[i],
+                gains_end[i],
+                predicted[i],
+                judged,
+                kinds[layer],
+                *shares,
+                update,
+                float(nonfinite.get(layer, 0)),
+                notes,
+            )
+        )
     return tuple(out)
 
 
-def _predicted(layers: list[str], arch: MeanField | None, act_mean: pd.DataFrame, act_std: pd.DataFrame,
-               first: int) -> list[float]:  # fmt: skip
+def _predicted(
+    layers: list[str], arch: MeanField | None, act_mean: pd.DataFrame, act_std: pd.DataFrame, first: int
+) -> list[float]:
     """The predicted gain of each layer (NaN where none): hidden layers 0…depth−2 of a covered chain."""
     out = [math.nan] * len(layers)
     if arch is None or len(layers) != arch.depth + 1:  # depth hidden layers and the readout, or not this chain
@@ -418,8 +474,9 @@ def table_from_history(history: Mapping[str, Iterable[tuple[int, float]]]) -> pd
     # Histories carry no forward order: lab layers sort as L000, L001, …, out; other names by their numbers.
     order = sorted({layer for layer in table["layer"] if layer}, key=_natural)
     rank = {layer: i for i, layer in enumerate(order)}
-    return table.sort_values(["layer", "step"], key=lambda c: c.map(rank).fillna(-1) if c.name == "layer" else c,
-                             kind="stable").reset_index(drop=True)  # fmt: skip
+    return table.sort_values(
+        ["layer", "step"], key=lambda c: c.map(rank).fillna(-1) if c.name == "layer" else c, kind="stable"
+    ).reset_index(drop=True)
 
 
 def _natural(name: str) -> tuple:
@@ -431,8 +488,12 @@ def _natural(name: str) -> tuple:
 # -- MLflow: read a run, log the report ------------------------------------------------------------
 
 
-def log_diagnosis(table: pd.DataFrame | Mapping[str, Iterable[tuple[int, float]]], client_or_logger: Any,
-                  run_id: str | None = None, **options: Any) -> Diagnosis | None:  # fmt: skip
+def log_diagnosis(
+    table: pd.DataFrame | Mapping[str, Iterable[tuple[int, float]]],
+    client_or_logger: Any,
+    run_id: str | None = None,
+    **options: Any,
+) -> Diagnosis | None:
     """Diagnose and log `diagnosis.md` to the run; a failure is a warning, never the training run's end.
 
     `client_or_logger` is an MlflowClient (with `run_id`) or Lightning's MLFlowLogger (its client and run).
@@ -443,7 +504,7 @@ def log_diagnosis(table: pd.DataFrame | Mapping[str, Iterable[tuple[int, float]]
         result = diagnose(table, **options)
         client.log_text(run_id, result.markdown(), DIAGNOSIS_ARTIFACT)
         return result
-    except Exception as exc:  # noqa: BLE001 - the diagnosis is a report on the run, not part of training
+    except Exception as exc:
         warnings.warn(f"no {DIAGNOSIS_ARTIFACT} for run {run_id}: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
 
@@ -465,8 +526,11 @@ def read_run(client: Any, run_id: str) -> tuple[pd.DataFrame, dict[str, str]]:
         with tempfile.TemporaryDirectory() as tmp:  # only the artifact we name, into a folder of our own
             table = pd.read_parquet(client.download_artifacts(run_id, STATS_ARTIFACT, tmp))  # data, no pickle
         return table, dict(run.data.params)
-    history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
-               for k in run.data.metrics if _per_layer_or_loss(k)}  # fmt: skip
+    history = {
+        k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+        for k in run.data.metrics
+        if _per_layer_or_loss(k)
+    }
     return table_from_history(history), dict(run.data.params)
 
 
@@ -482,22 +546,29 @@ def _impatient() -> Any:
     no download progress bar on stderr; the environment as it was after the block."""
     from unittest import mock  # patch.dict restores os.environ on exit, whatever happens in the block
 
-    return mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})  # fmt: skip
+    return mock.patch.dict(
+        os.environ,
+        {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        },
+    )
 
 
 def _check_sqlite(uri: str) -> None:
     """A `sqlite:` URI must name an existing file: reading a run never creates a store."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):].split("?")[0])
+        path = Path(uri[len("sqlite:///") :].split("?")[0])
         if not path.is_file():
             raise UsageError("--tracking-uri", uri, f"an existing SQLite store; {path} is not a file")
 
 
 def make_parser() -> argparse.ArgumentParser:
     """--run-id, --tracking-uri, --out, --log."""
-    parser = argparse.ArgumentParser(prog="python -m gradprobe.diagnose", description=__doc__.split("\n")[0],
-                                     exit_on_error=False, allow_abbrev=False)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m gradprobe.diagnose", description=__doc__.split("\n")[0], exit_on_error=False, allow_abbrev=False
+    )
     parser.add_argument("--run-id", required=True, help="the MLflow run to diagnose")
     parser.add_argument("--tracking-uri", default=None, help="the tracking store (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--out", default=None, help="also write the markdown report to this file")
@@ -537,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client = MlflowClient(uri)
             try:
                 table, params = read_run(client, args.run_id)
-            except Exception as exc:  # noqa: BLE001 - a bad id and an unreachable store are both one line
+            except Exception as exc:
                 raise UsageError("--run-id", args.run_id, f"the id of a run in {uri} ({type(exc).__name__})") from None
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

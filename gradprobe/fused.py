@@ -55,8 +55,10 @@ _SIGNATURES = {  # name: (argument types, result type)
     "gpl_norms": ([ctypes.c_int64, _P, _P, _P], None),
     "gpl_grad_rows": ([ctypes.c_int64, _P, _P, ctypes.c_double, _P, _P, _P], ctypes.c_int64),
     "gpl_update_ratios": ([ctypes.c_int64, _P, _P, _P, ctypes.c_int32, _P], None),
-    "gpl_act_rows": ([ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, ctypes.c_double, _P, _P, _P],
-                     ctypes.c_int64),
+    "gpl_act_rows": (
+        [ctypes.c_int64, _P, _P, ctypes.c_int32, ctypes.c_float, ctypes.c_double, _P, _P, _P],
+        ctypes.c_int64,
+    ),
 }
 
 
@@ -78,7 +80,9 @@ def build(threading: str = "openmp", directory: Path | None = None) -> Path:
     if not compiler_path:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     flags = (*FLAGS, *THREADING[threading])
-    key = b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler_path.encode(), platform.machine().encode()])
+    key = b"\0".join(
+        [SOURCE.read_bytes(), " ".join(flags).encode(), compiler_path.encode(), platform.machine().encode()]
+    )
     target = _private_folder(directory or cache_dir()) / f"fused-{threading}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     problem = _problem(target)
     if problem is None:
@@ -181,8 +185,11 @@ def _library() -> ctypes.CDLL | None:
             continue
         break
     if lib is None:
-        warnings.warn(f"fused statistics unavailable, using eager PyTorch (slower logging steps): {'; '.join(errors)}",
-                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"fused statistics unavailable, using eager PyTorch (slower logging steps): {'; '.join(errors)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     for name, (argtypes, restype) in _SIGNATURES.items():
         getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
@@ -196,8 +203,11 @@ def enabled() -> bool:
 
 def usable(tensors: Sequence[Tensor]) -> bool:
     """Whether the kernels can read these tensors as they are: contiguous float32 on the CPU, and built."""
-    return bool(tensors) and all(t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) \
-        and enabled()  # fmt: skip
+    return (
+        bool(tensors)
+        and all(t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+        and enabled()
+    )
 
 
 def _pointers(tensors: Sequence[Tensor]) -> tuple[ctypes.Array, ctypes.Array]:
@@ -223,8 +233,9 @@ def grad_rows(tensors: Sequence[Tensor], limit: float) -> tuple[Tensor, list[int
     """(k, 5) float32 rows l2, rms, absmax, mean, std, and the rows whose one-pass std needs two passes
     (mean square > `limit` × variance); None if a tensor holds NaN or inf."""
     rows, flags = torch.empty(len(tensors), 5), torch.empty(2, len(tensors), dtype=torch.int32)
-    count = _library().gpl_grad_rows(len(tensors), *_pointers(tensors), limit, rows.data_ptr(), flags[0].data_ptr(),
-                                     flags[1].data_ptr())  # fmt: skip
+    count = _library().gpl_grad_rows(
+        len(tensors), *_pointers(tensors), limit, rows.data_ptr(), flags[0].data_ptr(), flags[1].data_ptr()
+    )
     return _rows(count, flags, rows)
 
 
@@ -239,6 +250,14 @@ def update_ratios(a: Sequence[Tensor], b: Sequence[Tensor], refresh: bool = Fals
 def act_rows(tensors: Sequence[Tensor], kind: int, threshold: float, limit: float) -> tuple[Tensor, list[int]] | None:
     """(k, 3) float32 rows mean, std, saturation (`KINDS`: φ' below `threshold`), as `grad_rows` returns them."""
     rows, flags = torch.empty(len(tensors), 3), torch.empty(2, len(tensors), dtype=torch.int32)
-    count = _library().gpl_act_rows(len(tensors), *_pointers(tensors), kind, threshold, limit, rows.data_ptr(),
-                                    flags[0].data_ptr(), flags[1].data_ptr())  # fmt: skip
+    count = _library().gpl_act_rows(
+        len(tensors),
+        *_pointers(tensors),
+        kind,
+        threshold,
+        limit,
+        rows.data_ptr(),
+        flags[0].data_ptr(),
+        flags[1].data_ptr(),
+    )
     return _rows(count, flags, rows)

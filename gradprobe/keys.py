@@ -27,7 +27,15 @@ VAL_KNN_ACC = "val/knn_acc"  # metric learning: leave-one-out 1-nearest-neighbou
 VAL_HIGH_QUALITY, VAL_MODES = "val/high_quality", "val/modes"
 # The official test split (mnist1d, mnist, cifar10), evaluated once after training; never a study's objective.
 TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
-VAL_METRICS = (VAL_LOSS, VAL_ACC, VAL_DICE, VAL_IOU, VAL_KNN_ACC, VAL_HIGH_QUALITY, VAL_MODES)  # every validation key a run can record
+VAL_METRICS = (
+    VAL_LOSS,
+    VAL_ACC,
+    VAL_DICE,
+    VAL_IOU,
+    VAL_KNN_ACC,
+    VAL_HIGH_QUALITY,
+    VAL_MODES,
+)  # every validation key a run can record
 # GAN, at each logging step: mean D probability on the real batch and on the points the generator step
 # saw (both after the step's D updates); the last D loss (before its update); the generator loss = train/loss.
 GAN_D_REAL, GAN_D_FAKE, GAN_D_LOSS, GAN_G_LOSS = "gan/d_real", "gan/d_fake", "gan/d_loss", "gan/g_loss"

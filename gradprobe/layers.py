@@ -26,8 +26,19 @@ from gradprobe.recurrent import replayable
 LayerFilter = Callable[[str, nn.Module], bool]
 Selection = LayerFilter | Iterable[str | nn.Module] | None
 
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-            nn.Embedding, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # fmt: skip
+WEIGHTED = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Embedding,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
 IN_PROJ, OUT_PROJ = "in_proj", "out_proj"
 ROOT = "model"  # the id of the probed module itself, when it is a layer
 
@@ -75,7 +86,10 @@ def _weighted(module: nn.Module) -> bool:
 def _attention_layers(name: str, mha: nn.MultiheadAttention) -> list[Layer]:
     """The two projections of an attention module; both seen through its output (in_proj's own is internal)."""
     in_weight = mha.in_proj_weight if mha.in_proj_weight is not None else mha.q_proj_weight
-    return [Layer(_join(name, IN_PROJ), in_weight, None, mha), Layer(_join(name, OUT_PROJ), mha.out_proj.weight, mha, mha)]
+    return [
+        Layer(_join(name, IN_PROJ), in_weight, None, mha),
+        Layer(_join(name, OUT_PROJ), mha.out_proj.weight, mha, mha),
+    ]
 
 
 def _join(prefix: str, name: str) -> str:

@@ -42,10 +42,20 @@ class GradientProbe(pl.Callback):
     another logger's `log_dir` as a file (needs pandas: `pip install 'gradprobe[parquet]'`).
     """
 
-    def __init__(self, log_every: int = 10, *, model: nn.Module | str | None = None, layers: Selection = None,
-                 names: Mapping[str, str] | None = None, sink: Sink | None = None,
-                 stop_on_divergence: bool = False, max_steps: int | None = None, histograms: bool = False,
-                 record_cost: bool | None = None, diagnose: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        log_every: int = 10,
+        *,
+        model: nn.Module | str | None = None,
+        layers: Selection = None,
+        names: Mapping[str, str] | None = None,
+        sink: Sink | None = None,
+        stop_on_divergence: bool = False,
+        max_steps: int | None = None,
+        histograms: bool = False,
+        record_cost: bool | None = None,
+        diagnose: bool = True,
+    ) -> None:
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.log_every, self.model, self.layers, self.names = log_every, model, layers, names
@@ -77,43 +87,52 @@ class GradientProbe(pl.Callback):
             return pl_module.get_submodule(self.model.replace("/", "."))
         return self.model
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
-        max_steps = self.max_steps if self.max_steps is not None else trainer.max_steps if trainer.max_steps > 0 else None
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        max_steps = (
+            self.max_steps if self.max_steps is not None else trainer.max_steps if trainer.max_steps > 0 else None
+        )
         sink = self.sink if self.sink is not None or not trainer.is_global_zero else _logger_sink(trainer)
-        self.probe = Probe(self._probed_module(pl_module), log_every=self.log_every, max_steps=max_steps,
-                           layers=self.layers, names=self.names, sink=sink,
-                           stop_on_divergence=self.stop_on_divergence, record=trainer.is_global_zero,
-                           histograms=self.histograms,
-                           record_cost=self.sink is None if self.record_cost is None else self.record_cost)  # fmt: skip
+        self.probe = Probe(
+            self._probed_module(pl_module),
+            log_every=self.log_every,
+            max_steps=max_steps,
+            layers=self.layers,
+            names=self.names,
+            sink=sink,
+            stop_on_divergence=self.stop_on_divergence,
+            record=trainer.is_global_zero,
+            histograms=self.histograms,
+            record_cost=self.sink is None if self.record_cost is None else self.record_cost,
+        )
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for optimizer in trainer.optimizers:
             self.probe.watch(getattr(optimizer, "optimizer", optimizer))
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.probe.close()
         if self.diagnose and trainer.is_global_zero and self.probe.history:
             self.diagnosis = _diagnose_and_log(self.probe.history, trainer.loggers)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:  # noqa: D102
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.probe is not None:
             self.probe.close(finish=False)  # an interrupted step is not a result
 
     # -- one step ---------------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._loss = None
         self.probe.begin(trainer.global_step)
 
-    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:  # noqa: D102
+    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
         self._loss = loss  # the probed optimizer's loss is the last one before its step
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not self.probe.holds(getattr(optimizer, "optimizer", optimizer)):
             return  # not the probed network's step (a GAN's discriminator)
         if self.probe.gradients(self._loss):
             trainer.should_stop = True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         extra = getattr(pl_module, "step_stats", None) or {}
         self.probe.end(_returned_loss(outputs), extra=extra)
 

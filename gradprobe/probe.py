@@ -73,10 +73,20 @@ class Probe:
     is the first such step. `record=False` (a DDP rank other than 0) runs the divergence guard only.
     """
 
-    def __init__(self, model: nn.Module, *, log_every: int = 10, max_steps: int | None = None,
-                 layers: Selection = None, names: Mapping[str, str] | None = None, sink: Sink | None = None,
-                 stop_on_divergence: bool = False, record: bool = True, histograms: bool = False,
-                 record_cost: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        log_every: int = 10,
+        max_steps: int | None = None,
+        layers: Selection = None,
+        names: Mapping[str, str] | None = None,
+        sink: Sink | None = None,
+        stop_on_divergence: bool = False,
+        record: bool = True,
+        histograms: bool = False,
+        record_cost: bool = False,
+    ) -> None:
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every={log_every!r}: a positive integer")
         self.model, self.log_every, self.max_steps = model, log_every, max_steps
@@ -243,8 +253,9 @@ class Probe:
         if seq.requires_grad:
             # ∂loss/∂(the outputs) from the consumers, then the cell's own recursion back through time;
             # run during backward, before the optimizer changes W_hh.
-            seq.register_hook(self._timed_hook(
-                lambda g: self.bptt.__setitem__(name, stats.state_norms(played.state_gradients(g)))))  # fmt: skip
+            seq.register_hook(
+                self._timed_hook(lambda g: self.bptt.__setitem__(name, stats.state_norms(played.state_gradients(g))))
+            )
 
     def _timed_hook(self, fn: Callable[[Tensor], None]) -> Callable[[Tensor], None]:
         def hook(g: Tensor) -> None:
@@ -303,8 +314,11 @@ class Probe:
         if not first_divergence:
             return False
         if not self.stop_on_divergence:
-            warnings.warn(f"gradprobe: non-finite loss or gradient norm at step {self.step}; training goes on",
-                          RuntimeWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"gradprobe: non-finite loss or gradient norm at step {self.step}; training goes on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return False
         for p in self.params:  # divergence is a result: record what this step produced, take no step
             p.grad = None
@@ -389,8 +403,12 @@ class Probe:
         add(D.UPDATE, ids, self.update if self.update is not None else nan.expand(len(ids)))
         for layer in self.layers:
             if (per_t := self.bptt.get(layer.name)) is not None:
-                add(D.BPTT, (layer.id,), torch.cat([per_t, stats.bptt_summary(per_t)]),
-                    tuple(K.time_stat(t) for t in range(len(per_t))) + D.BPTT.stats)  # fmt: skip
+                add(
+                    D.BPTT,
+                    (layer.id,),
+                    torch.cat([per_t, stats.bptt_summary(per_t)]),
+                    tuple(K.time_stat(t) for t in range(len(per_t))) + D.BPTT.stats,
+                )
             if (gate := self.gates.get(layer.name)) is not None:
                 add(D.GATE, (layer.id,), gate, D.gate_stat_names(cell_kind(layer.recurrent)))
         return keys, parts
@@ -417,9 +435,12 @@ class Probe:
         for name, members in groups.items():
             outputs, inputs = [m[1] for m in members], [m[2] for m in members]
             known = name is not None
-            values = stats.layer_activation_stats(name if known else "linear", outputs,
-                                                  inputs if all(z is not None for z in inputs) else None,
-                                                  self._workspace)  # fmt: skip
+            values = stats.layer_activation_stats(
+                name if known else "linear",
+                outputs,
+                inputs if all(z is not None for z in inputs) else None,
+                self._workspace,
+            )
             if not known:  # a functional activation (or none): the output's mean and std, saturation unknown
                 values = torch.cat([values[:, :2], nan.expand(len(members), 1).to(values.dtype)], dim=1)
             if len(groups) == 1 and not rows and len(members) == len(self._act_source_names()):

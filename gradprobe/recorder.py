@@ -49,8 +49,16 @@ def with_headlines(metrics: list[Metric]) -> list[Metric]:
 class Recorder:
     """Collects (step, key, value) records for one run and ships them to MLflow and parquet."""
 
-    def __init__(self, client: MlflowClient, run_id: str, *, expected_records: int, metric_points: int,
-                 heartbeat: Callable[[], None] | None = None, heartbeat_seconds: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        *,
+        expected_records: int,
+        metric_points: int,
+        heartbeat: Callable[[], None] | None = None,
+        heartbeat_seconds: float = 30.0,
+    ) -> None:
         self.client, self.run_id = client, run_id
         # The thread also calls `heartbeat` (the lab's liveness tag, common/liveness.py) this often.
         self.heartbeat = heartbeat

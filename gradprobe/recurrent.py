@@ -36,8 +36,12 @@ def state_activation(rnn: nn.RNNBase) -> str:
 
 def replayable(rnn: nn.RNNBase) -> bool:
     """Whether `replay` covers this module (one layer, one direction, no projection, a known nonlinearity)."""
-    return (rnn.num_layers == 1 and not rnn.bidirectional and getattr(rnn, "proj_size", 0) == 0
-            and state_activation(rnn) in ACTIVATIONS)  # fmt: skip
+    return (
+        rnn.num_layers == 1
+        and not rnn.bidirectional
+        and getattr(rnn, "proj_size", 0) == 0
+        and state_activation(rnn) in ACTIVATIONS
+    )
 
 
 def _time_first(t: Tensor, batch_first: bool, batched: bool) -> Tensor:
@@ -99,9 +103,18 @@ class CellReplay:
     lstm  dc_t = dh_t·o_t(1 − tanh²c_t) + dc_{t+1}·f_{t+1};  dh_{t−1} += ([dc_t, dc_t, dc_t, dh_t]·coef_t) W_hh
     """
 
-    def __init__(self, cell: str, w_hh: Tensor, h: Tensor, coef: Tensor, *, gate: Tensor | None = None,
-                 carry: Tensor | None = None, keep: Tensor | None = None,
-                 layout: tuple[bool, bool] = (True, True)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cell: str,
+        w_hh: Tensor,
+        h: Tensor,
+        coef: Tensor,
+        *,
+        gate: Tensor | None = None,
+        carry: Tensor | None = None,
+        keep: Tensor | None = None,
+        layout: tuple[bool, bool] = (True, True),
+    ) -> None:
         self.cell, self.w_hh, self.h, self.coef = cell, w_hh, h, coef  # h: (T, B, H)
         self.gate = gate  # (T, B, H): LSTM forget gate, GRU update gate
         self.carry, self.keep = carry, keep  # LSTM: ∂c_t/∂h_t's share o(1 − tanh²c); f_t (LSTM) or z_t (GRU)

@@ -31,8 +31,10 @@ class Stacked:
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(like):
             groups.setdefault((t.shape, t.dtype, t.device), []).append(i)
-        self.groups = [(idx, torch.empty((len(idx), *shape), dtype=dtype, device=device))
-                       for (shape, dtype, device), idx in groups.items()]  # fmt: skip
+        self.groups = [
+            (idx, torch.empty((len(idx), *shape), dtype=dtype, device=device))
+            for (shape, dtype, device), idx in groups.items()
+        ]
         self.rows: list[Tensor] = [torch.empty(0)] * len(like)
         for idx, buffer in self.groups:
             for j, i in enumerate(idx):
@@ -203,8 +205,9 @@ def activation_stats(activation: str, a: Tensor, z: Tensor | None = None) -> Ten
     return layer_activation_stats(activation, [a], None if z is None else [z])[0]
 
 
-def layer_activation_stats(activation: str, outputs: list[Tensor], inputs: list[Tensor] | None = None,
-                           workspace: dict | None = None) -> Tensor:  # fmt: skip
+def layer_activation_stats(
+    activation: str, outputs: list[Tensor], inputs: list[Tensor] | None = None, workspace: dict | None = None
+) -> Tensor:
     """(layers, 3): [mean, std, saturation] of each layer's a = φ(z), batched by shape (`by_shape`).
 
     The pre-activations z are needed only where φ' cannot be read off a (GELU). Fused, the outputs are

@@ -90,7 +90,9 @@ def verdict(gain_per_layer: float, tolerance: float = 0.05) -> str:
 def step0_gain(table: pd.DataFrame) -> float:
     """measured_gain of one run's step-0 `backprop/l2` of its hidden layers (recorder table), NaN if under two."""
     rows = table[(table["family"] == "backprop") & (table["stat"] == "l2") & (table["step"] == 0)]
-    hidden = {str(layer): value for layer, value in zip(rows["layer"], rows["value"]) if HIDDEN_LAYER.fullmatch(str(layer))}
+    hidden = {
+        str(layer): value for layer, value in zip(rows["layer"], rows["value"]) if HIDDEN_LAYER.fullmatch(str(layer))
+    }
     norms = [hidden[layer] for layer in sorted(hidden, key=lambda name: int(name[1:]))]  # input side first
     return measured_gain(norms) if len(norms) >= 2 else math.nan
 

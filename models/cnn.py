@@ -48,10 +48,10 @@ class ConvBlock(nn.Module):
         self.total_stride = total_stride
 
     @property
-    def main_weight(self) -> nn.Parameter:  # noqa: D102
+    def main_weight(self) -> nn.Parameter:
         return self.conv.weight
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.act(self.norm(self.conv(x))))
 
 
@@ -120,7 +120,7 @@ class CNN(Family):
             outs.append(x)
         return outs
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)[-1]
         if self.head == "dense":
             out = self.readout(x.movedim(1, -1))  # (B, *positions, n_outputs)

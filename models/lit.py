@@ -40,16 +40,16 @@ class LitModel(pl.LightningModule):
         self.last_loss: Tensor | None = None  # the training loss of the current step (the run's final loss)
         self.val_outputs: list[tuple[Tensor, Tensor]] = []  # kept for SET_METRICS until the epoch ends
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:  # noqa: D102
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.loss_fn(self.net(x), y)
         self.last_loss = loss.detach()
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # noqa: D102
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         out = self.net(x)
         self.log(K.VAL_LOSS, self.loss_fn(out, y), on_epoch=True, batch_size=len(x))
@@ -67,14 +67,14 @@ class LitModel(pl.LightningModule):
         if K.VAL_ACC in (metrics := BATCH_METRICS.get(self.task, lambda *_: {})(out, y)):
             self.log(K.TEST_ACC, metrics[K.VAL_ACC], on_epoch=True, batch_size=len(x))
 
-    def on_validation_epoch_end(self) -> None:  # noqa: D102
+    def on_validation_epoch_end(self) -> None:
         if self.val_outputs:
             out, y = (torch.cat(parts) for parts in zip(*self.val_outputs))
             self.val_outputs.clear()
             for key, value in SET_METRICS[self.task](out, y).items():
                 self.log(key, value)
 
-    def configure_optimizers(self):  # noqa: D102
+    def configure_optimizers(self):
         args = dict(self.optim_args)
         opt = make_optimizer(args.pop("optimizer"), self.parameters(), **args)
         sched = make_schedule(self.schedule, opt, lr=args["lr"], max_steps=self.max_steps)

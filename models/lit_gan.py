@@ -63,14 +63,14 @@ class LitGAN(pl.LightningModule):
         self.last_loss: Tensor | None = None  # the generator loss of the current step (the run's final loss)
         self.step_stats: dict[str, Tensor] = {}  # run-wide statistics of the step, recorded by the probe
 
-    def forward(self, z: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n standard normal latent vectors."""
         return torch.randn(n, self.latent_dim, generator=generator).to(self.device)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # noqa: D102
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
         d_opt, g_opt = self.optimizers()
         for _ in range(self.d_steps):
@@ -111,22 +111,22 @@ class LitGAN(pl.LightningModule):
         if self.clip_args is not None:
             self.clip_gradients(optimizer, **self.clip_args)
 
-    def on_validation_epoch_start(self) -> None:  # noqa: D102
+    def on_validation_epoch_start(self) -> None:
         self.val_counts, self.val_seen = torch.zeros(len(self.centers), dtype=torch.long, device=self.device), 0
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # noqa: D102
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
         fake = self.net(self.noise(len(x), torch.Generator().manual_seed(VAL_NOISE_SEED + batch_idx)))
         self.log(K.VAL_LOSS, self.gan_loss.generator(self.disc(fake)), on_epoch=True, batch_size=len(x))
         self.val_counts += mode_counts(fake, self.centers, self.std)
         self.val_seen += len(x)
 
-    def on_validation_epoch_end(self) -> None:  # noqa: D102
+    def on_validation_epoch_end(self) -> None:
         high_quality, modes = coverage(self.val_counts, self.val_seen)
         self.log(K.VAL_HIGH_QUALITY, high_quality.float())
         self.log(K.VAL_MODES, modes.float())
 
-    def configure_optimizers(self):  # noqa: D102
+    def configure_optimizers(self):
         args = dict(self.optim_args)
         name = args.pop("optimizer")
         d_opt = make_optimizer(name, self.disc.parameters(), **args)

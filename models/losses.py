@@ -141,11 +141,7 @@ LOSSES: dict[str, Loss] = {
         segmentation=nn.BCEWithLogitsLoss(),  # per position, averaged over every position
     ),
     "hinge": Loss(classification=nn.MultiMarginLoss(), binary=binary_hinge),
-    "kl": Loss(
-        classification=lambda z, y: F.kl_div(
-            z.log_softmax(-1), _soft_targets(y, z), reduction="batchmean"
-        )
-    ),
+    "kl": Loss(classification=lambda z, y: F.kl_div(z.log_softmax(-1), _soft_targets(y, z), reduction="batchmean")),
     "dice": Loss(segmentation=soft_dice),
     "iou": Loss(segmentation=soft_iou),
     "contrastive": Loss(metric=contrastive),

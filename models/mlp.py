@@ -21,10 +21,10 @@ class DenseBlock(nn.Module):
         self.act = make_activation(activation)
 
     @property
-    def main_weight(self) -> nn.Parameter:  # noqa: D102
+    def main_weight(self) -> nn.Parameter:
         return self.linear.weight
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return self.act(self.norm(self.linear(x)))
 
 
@@ -42,7 +42,7 @@ class MLP(Family):
         )
         self.readout = nn.Linear(width, n_outputs)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         x = self.flatten(x)
         for block in self.layers:
             x = block(x)

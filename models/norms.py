@@ -10,7 +10,7 @@ NORMS = ("none", "batch", "layer")
 class SequenceBatchNorm(nn.BatchNorm1d):
     """Batch norm over (batch, time) for a (B, T, H) sequence: statistics per hidden unit."""
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 

@@ -32,7 +32,7 @@ class SteppedRNN(nn.RNN):
         self.nonlinearity = activation  # what the probe's replay differentiates; nn.RNN's kernel is never run
         self.phi = make_activation(activation)
 
-    def forward(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:  # noqa: D102
+    def forward(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         xs = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)  # input part of every step at once
         h = x.new_zeros(x.shape[0], self.hidden_size) if hx is None else hx[0]
         states = []
@@ -64,10 +64,10 @@ class RecurrentLayer(nn.Module):
         self.kept: tuple[Tensor, Tensor] | None = None
 
     @property
-    def main_weight(self) -> nn.Parameter:  # noqa: D102
+    def main_weight(self) -> nn.Parameter:
         return self.rnn.weight_hh_l0
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         seq = self.rnn(x)[0]
         if self.keep_sequence:
             self.kept = (x, seq)
@@ -103,7 +103,7 @@ class Recurrent(Family):
         )
         self.readout = nn.Linear(width, n_outputs)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         if self.channels_first:
             x = x.transpose(1, 2)
         for layer in self.layers:

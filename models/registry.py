@@ -40,29 +40,54 @@ def _mlp(in_shape, layout, n_outputs, *, depth, width, activation, norm, **_) ->
 
 @register("resmlp", accepts=LAYOUTS)
 def _resmlp(in_shape, layout, n_outputs, *, depth, width, activation, norm, res_scale=1.0, **_) -> Family:
-    return ResMLP(
-        in_shape, n_outputs, depth=depth, width=width, activation=activation, norm=norm, res_scale=res_scale
-    )
+    return ResMLP(in_shape, n_outputs, depth=depth, width=width, activation=activation, norm=norm, res_scale=res_scale)
 
 
 @register("cnn", accepts=("image", "signal", "sequence"))
 def _cnn(
-    in_shape, layout, n_outputs, *, depth, width, activation, norm,
-    kernel_size=3, padding="zeros", stride=1, pool="none", head="gap", **_,
-) -> Family:  # fmt: skip
+    in_shape,
+    layout,
+    n_outputs,
+    *,
+    depth,
+    width,
+    activation,
+    norm,
+    kernel_size=3,
+    padding="zeros",
+    stride=1,
+    pool="none",
+    head="gap",
+    **_,
+) -> Family:
     return CNN(
-        in_shape, n_outputs, depth=depth, width=width, activation=activation, norm=norm,
-        kernel_size=kernel_size, padding=padding, stride=stride, pool=pool, head=head,
+        in_shape,
+        n_outputs,
+        depth=depth,
+        width=width,
+        activation=activation,
+        norm=norm,
+        kernel_size=kernel_size,
+        padding=padding,
+        stride=stride,
+        pool=pool,
+        head=head,
         channels_last=layout == "sequence",
-    )  # fmt: skip
+    )
 
 
 def _recurrent(cell: str) -> Builder:
     def build(in_shape, layout, n_outputs, *, depth, width, activation, norm, **_) -> Family:
         return Recurrent(
-            in_shape, n_outputs, cell=cell, depth=depth, width=width, activation=activation, norm=norm,
+            in_shape,
+            n_outputs,
+            cell=cell,
+            depth=depth,
+            width=width,
+            activation=activation,
+            norm=norm,
             channels_first=layout == "signal",
-        )  # fmt: skip
+        )
 
     return build
 

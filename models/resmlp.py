@@ -20,10 +20,10 @@ class ResidualBlock(nn.Module):
         self.res_scale = res_scale
 
     @property
-    def main_weight(self) -> nn.Parameter:  # noqa: D102
+    def main_weight(self) -> nn.Parameter:
         return self.branch.linear.weight
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return x + self.res_scale * self.branch(x)
 
 
@@ -49,7 +49,7 @@ class ResMLP(Family):
         self.layers = nn.ModuleList(ResidualBlock(width, activation, norm, res_scale) for _ in range(depth))
         self.readout = nn.Linear(width, n_outputs)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         x = self.stem(self.flatten(x))
         for block in self.layers:
             x = block(x)

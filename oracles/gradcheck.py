@@ -101,9 +101,15 @@ def model_cases(seed: int = 0) -> list[ModelCase]:
             with torch.random.fork_rng():  # seeded init without touching the caller's random state
                 torch.manual_seed(seed)
                 net = create_model(
-                    family, in_shape=shape, layout=layout, n_outputs=TINY["outputs"], depth=TINY["depth"],
-                    width=TINY["width"], activation=TINY["activation"], norm=norm,
-                ).double()  # fmt: skip
+                    family,
+                    in_shape=shape,
+                    layout=layout,
+                    n_outputs=TINY["outputs"],
+                    depth=TINY["depth"],
+                    width=TINY["width"],
+                    activation=TINY["activation"],
+                    norm=norm,
+                ).double()
             x = torch.randn(TINY["batch"], *shape, generator=gen, dtype=torch.float64)
             cases.append(ModelCase(f"{family}-{norm}", net, x))
     return cases
@@ -192,7 +198,9 @@ def probe_step(cfg: RunConfig) -> tuple[dict[str, float], nn.Module, tuple[Tenso
     data, lit = train.build(cfg)
     net0 = copy.deepcopy(lit.net)
     records: dict[str, float] = {}
-    probe = train.make_probe(dataclasses.replace(cfg, log_every=1), lit, lambda step, keys, values: records.update(zip(keys, values)))
+    probe = train.make_probe(
+        dataclasses.replace(cfg, log_every=1), lit, lambda step, keys, values: records.update(zip(keys, values))
+    )
     first = _FirstBatch()
     train.make_trainer(cfg, [probe, first], progress_bar=False).fit(lit, datamodule=data)
     return records, net0, first.batch
@@ -207,8 +215,13 @@ def reference_stats(bp: ref.Backprop, names: list[str]) -> dict[str, tuple[float
     for i, name in enumerate(names):
         g = bp.dW[i]
         rms = float(np.sqrt(np.mean(g**2)))
-        values = {"l2": float(np.linalg.norm(g)), "rms": rms, "absmax": float(np.abs(g).max()),
-                  "mean": float(g.mean()), "std": float(g.std())}  # fmt: skip
+        values = {
+            "l2": float(np.linalg.norm(g)),
+            "rms": rms,
+            "absmax": float(np.abs(g).max()),
+            "mean": float(g.mean()),
+            "std": float(g.std()),
+        }
         for stat, v in values.items():
             out[K.key("grad", name, stat)] = (v, rms if stat == "mean" else abs(v))
         signal = bp.delta[-1] if name == "out" else bp.da[i + 1]  # ∂L/∂logits; ∂L/∂(block output)
@@ -268,10 +281,14 @@ def fd_gradients(
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """(∂L/∂W per layer, ∂L/∂b per layer, ∂L/∂x) of `reference.mlp_loss`, by central differences."""
     W, b, act = weights, biases, activation
-    dW = [ref.numerical_gradient(lambda v, i=i: ref.mlp_loss(x, y, _replaced(W, i, v), b, act, loss), w)
-          for i, w in enumerate(W)]  # fmt: skip
-    db = [ref.numerical_gradient(lambda v, i=i: ref.mlp_loss(x, y, W, _replaced(b, i, v), act, loss), c)
-          for i, c in enumerate(b)]  # fmt: skip
+    dW = [
+        ref.numerical_gradient(lambda v, i=i: ref.mlp_loss(x, y, _replaced(W, i, v), b, act, loss), w)
+        for i, w in enumerate(W)
+    ]
+    db = [
+        ref.numerical_gradient(lambda v, i=i: ref.mlp_loss(x, y, W, _replaced(b, i, v), act, loss), c)
+        for i, c in enumerate(b)
+    ]
     dx = ref.numerical_gradient(lambda v: ref.mlp_loss(v, y, W, b, act, loss), x)
     return dW, db, dx
 

@@ -51,8 +51,11 @@ class RunConfig:
     padding: str = _f("zeros", "cnn padding mode", ("zeros", "circular"))
     stride: int = _f(1, "cnn stride of every conv block (≥ 1)")
     pool: str = _f("none", "cnn 2× max-pooling after every conv block", ("none", "max"))
-    head: str = _f("gap", "cnn head: global average pool, flatten, or dense (one output per position, "
-                   "a 1×1 conv readout: segmentation)", ("gap", "flatten", "dense"))  # fmt: skip
+    head: str = _f(
+        "gap",
+        "cnn head: global average pool, flatten, or dense (one output per position, a 1×1 conv readout: segmentation)",
+        ("gap", "flatten", "dense"),
+    )
     optimizer: str = _f("sgd", "optimizer", tuple(OPTIMIZERS))
     lr: float = _f(0.05, "learning rate (> 0; the peak for onecycle)")
     momentum: float = _f(0.9, "momentum of the momentum/nesterov optimizers (0 ≤ m < 1)")
@@ -71,7 +74,9 @@ class RunConfig:
     log_every: int = _f(1, "record gradient statistics every N steps (1 = every step; step 0 always)")
     seq_len: int = _f(50, "sequence length of the adding task (≥ 2)")
     metric_points: int = _f(200, "at most this many MLflow points per metric key (0: all); parquet keeps all")
-    histograms: str = _f("off", "log10|g| histograms of each layer's gradient on logging steps (parquet only)", ("off", "on"))
+    histograms: str = _f(
+        "off", "log10|g| histograms of each layer's gradient on logging steps (parquet only)", ("off", "on")
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -159,14 +164,18 @@ def _check_outputs(cfg: RunConfig) -> None:
         for name, needed in SEGMENTATION_NEEDS.items():
             if getattr(cfg, name) != needed:
                 raise ConfigError(
-                    name, getattr(cfg, name), f"{needed!r} for the segmentation task {cfg.dataset!r} (one logit "
+                    name,
+                    getattr(cfg, name),
+                    f"{needed!r} for the segmentation task {cfg.dataset!r} (one logit "
                     f"per position needs {', '.join(f'{k}={v!r}' for k, v in SEGMENTATION_NEEDS.items())})",
-                )  # fmt: skip
+                )
     elif cfg.model == "cnn" and cfg.head == "dense":
         raise ConfigError(
-            "head", cfg.head, f"gap, flatten for the {cfg.task} task {cfg.dataset!r}; dense (one output per "
+            "head",
+            cfg.head,
+            f"gap, flatten for the {cfg.task} task {cfg.dataset!r}; dense (one output per "
             f"position) is for the segmentation datasets: {', '.join(segmenting)}",
-        )  # fmt: skip
+        )
     if cfg.task == "metric" and cfg.batch_size < 2:
         raise ConfigError("batch_size", cfg.batch_size, "an integer ≥ 2 for a metric task (pairs come from the batch)")
 
@@ -192,10 +201,12 @@ def validate(cfg: RunConfig) -> None:
     if data.layout not in ACCEPTS[cfg.model]:
         readable = [name for name, d in DATASETS.items() if d.layout in ACCEPTS[cfg.model]]
         raise ConfigError(
-            "model", cfg.model, f"for dataset={cfg.dataset!r} ({data.layout} inputs): "
+            "model",
+            cfg.model,
+            f"for dataset={cfg.dataset!r} ({data.layout} inputs): "
             + ", ".join(m for m in MODELS if data.layout in ACCEPTS[m])
             + f"; model={cfg.model!r} needs one of the datasets {', '.join(readable)}",
-        )  # fmt: skip
+        )
     if cfg.model == "rnn" and cfg.activation not in RNN_ACTIVATIONS:
         raise ConfigError("activation", cfg.activation, f"for model='rnn': {', '.join(RNN_ACTIVATIONS)}")
     if cfg.task not in tasks_for(cfg.loss):
@@ -204,4 +215,3 @@ def validate(cfg: RunConfig) -> None:
     _check_outputs(cfg)
     if cfg.norm == "batch" and cfg.batch_size < 2:
         raise ConfigError("batch_size", cfg.batch_size, "an integer ≥ 2 with norm='batch'")
-

@@ -142,8 +142,12 @@ def adding_problem(n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.n
     return x, y
 
 
-def _generated(make: Callable[[int, int, np.random.Generator], tuple[np.ndarray, np.ndarray]],
-               seq_len: int, n_train: int, n_val: int) -> Arrays:  # fmt: skip
+def _generated(
+    make: Callable[[int, int, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    seq_len: int,
+    n_train: int,
+    n_val: int,
+) -> Arrays:
     rng = np.random.default_rng(DATA_SEED)  # training then validation sequences from one fixed stream
     xt, yt = make(n_train, seq_len, rng)
     xv, yv = make(n_val, seq_len, rng)
@@ -266,8 +270,10 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(data) != 4 + 4 * ndim + math.prod(shape):  # a cut file would otherwise fail deep inside numpy
-        raise ValueError(f"{path}: {len(data)} bytes, but its header {shape} needs {4 + 4 * ndim + math.prod(shape)} "
-                         "(a truncated or damaged file)")  # fmt: skip
+        raise ValueError(
+            f"{path}: {len(data)} bytes, but its header {shape} needs {4 + 4 * ndim + math.prod(shape)} "
+            "(a truncated or damaged file)"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -301,10 +307,15 @@ class _BatchUnpickler(pickle.Unpickler):
     a pickle can call any importable function, so a file in a data_dir must not name anything else."""
 
     # NumPy 1 and 2 name _reconstruct differently; _codecs.encode is how protocol 2 writes Python 3 bytes.
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
-    def find_class(self, module: str, name: str) -> object:  # noqa: D102
+    def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds")
         return super().find_class(module, name)
@@ -318,7 +329,12 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         images, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
     except Exception as err:  # whatever a foreign file makes the unpickler raise, it is not a batch
         raise BadBatch(f"{path} is not a CIFAR-10 python batch ({' '.join(str(err).split())})") from None
-    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or labels.shape != images.shape[:1]:
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 2
+        or images.shape[1] != 3 * 32 * 32
+        or labels.shape != images.shape[:1]
+    ):
         raise BadBatch(f"{path} is not a CIFAR-10 python batch (b'data' must be (N, 3072) uint8, b'labels' N labels)")
     return images.reshape(-1, 3, 32, 32), labels
 
@@ -439,13 +455,13 @@ class TaskData(pl.LightningDataModule):
         # instead of collating examples one by one.
         return DataLoader(data, batch_size=None, sampler=sampler)
 
-    def train_dataloader(self) -> DataLoader:  # noqa: D102
+    def train_dataloader(self) -> DataLoader:
         n = len(self.train)
         generator = torch.Generator().manual_seed(self.seed)
         sampler = BatchSampler(RandomSampler(self.train, generator=generator), min(self.batch_size, n), drop_last=True)
         return self._loader(self.train, sampler)
 
-    def val_dataloader(self) -> DataLoader:  # noqa: D102
+    def val_dataloader(self) -> DataLoader:
         return self._loader(self.val, BatchSampler(SequentialSampler(self.val), VAL_BATCH, drop_last=False))
 
     def test_loader(self) -> DataLoader | None:

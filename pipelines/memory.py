@@ -48,7 +48,9 @@ class DataShape:
     n_test: int = 0  # the official test split, held in memory beside train and validation
 
 
-def _shape(in_shape: tuple[int, ...], n_train: int, n_val: int, n_outputs: int, target: int = 1, n_test: int = 0) -> Callable:
+def _shape(
+    in_shape: tuple[int, ...], n_train: int, n_val: int, n_outputs: int, target: int = 1, n_test: int = 0
+) -> Callable:
     def at(seq_len: int) -> DataShape:
         shape = tuple(seq_len if n == SEQUENCE_STEPS else n for n in in_shape)
         return DataShape(shape, n_train, n_val, n_outputs, seq_len if target == SEQUENCE_STEPS else target, n_test)
@@ -230,5 +232,9 @@ def check_fits(cfg: RunConfig) -> None:
     parts = ", ".join(
         f"{part} {gib(getattr(need, part))}" for part in ("parameters", "activations", "data", "statistics")
     )
-    raise ConfigError(name, getattr(cfg, name), f"a run that fits in memory: this one needs about {gib(need.total)} "
-                      f"({parts}), the limit is {gib(limit)} ({source})")  # fmt: skip
+    raise ConfigError(
+        name,
+        getattr(cfg, name),
+        f"a run that fits in memory: this one needs about {gib(need.total)} "
+        f"({parts}), the limit is {gib(limit)} ({source})",
+    )

@@ -78,7 +78,7 @@ class ValidationRelay(pl.Callback):
         self.step = -1
         self.pruned = False
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.step = trainer.global_step
         self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in K.VAL_METRICS}
         self.recorder.log_metrics(self.step, self.metrics)
@@ -108,37 +108,76 @@ def build(cfg: RunConfig) -> tuple[TaskData, LitModel | LitGAN]:
     gan = cfg.task == ADVERSARIAL
     in_shape, layout = ((cfg.latent_dim,), "vector") if gan else (data.in_shape, data.info.layout)
     net = create_model(
-        cfg.model, in_shape=in_shape, layout=layout, n_outputs=n_outputs,
-        depth=cfg.depth, width=cfg.width, activation=cfg.activation, norm=cfg.norm, res_scale=cfg.res_scale,
-        kernel_size=cfg.kernel_size, padding=cfg.padding, stride=cfg.stride, pool=cfg.pool, head=cfg.head,
-    )  # fmt: skip
+        cfg.model,
+        in_shape=in_shape,
+        layout=layout,
+        n_outputs=n_outputs,
+        depth=cfg.depth,
+        width=cfg.width,
+        activation=cfg.activation,
+        norm=cfg.norm,
+        res_scale=cfg.res_scale,
+        kernel_size=cfg.kernel_size,
+        padding=cfg.padding,
+        stride=cfg.stride,
+        pool=cfg.pool,
+        head=cfg.head,
+    )
     initialize(net, cfg.init, cfg.init_gain)
     set_forget_bias(net, cfg.forget_bias)
     if gan:
         return data, build_gan(cfg, net)
     lit = LitModel(
-        net, task=cfg.task, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum, schedule=cfg.schedule, max_steps=cfg.max_steps,
-    )  # fmt: skip
+        net,
+        task=cfg.task,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        schedule=cfg.schedule,
+        max_steps=cfg.max_steps,
+    )
     return data, lit
 
 
 def build_gan(cfg: RunConfig, generator: Family) -> LitGAN:
     """The adversarial task's module: `generator` against the fixed discriminator, scored on the gmm modes."""
     return LitGAN(
-        generator, make_discriminator(generator.readout.out_features), loss=cfg.loss,
-        centers=torch.from_numpy(gmm_centers()), std=GMM_STD, latent_dim=cfg.latent_dim, d_steps=cfg.d_steps,
-        optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-        schedule=cfg.schedule, max_steps=cfg.max_steps, clip=cfg.clip, clip_threshold=cfg.clip_threshold,
-    )  # fmt: skip
+        generator,
+        make_discriminator(generator.readout.out_features),
+        loss=cfg.loss,
+        centers=torch.from_numpy(gmm_centers()),
+        std=GMM_STD,
+        latent_dim=cfg.latent_dim,
+        d_steps=cfg.d_steps,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        schedule=cfg.schedule,
+        max_steps=cfg.max_steps,
+        clip=cfg.clip,
+        clip_threshold=cfg.clip_threshold,
+    )
 
 
-def make_probe(cfg: RunConfig, lit: pl.LightningModule, sink: Callable[[int, list[str], list[float]], None]) -> GradientProbe:
+def make_probe(
+    cfg: RunConfig, lit: pl.LightningModule, sink: Callable[[int, list[str], list[float]], None]
+) -> GradientProbe:
     """The lab's probe: the zoo network's blocks under their contract ids (L000…, out), stopping on divergence."""
     names = lit.net.probe_names()
-    return GradientProbe(cfg.log_every, model="net", layers=list(names), names=names, sink=sink,
-                         stop_on_divergence=True, max_steps=cfg.max_steps, diagnose=False,
-                         histograms=cfg.histograms == "on")  # fmt: skip
+    return GradientProbe(
+        cfg.log_every,
+        model="net",
+        layers=list(names),
+        names=names,
+        sink=sink,
+        stop_on_divergence=True,
+        max_steps=cfg.max_steps,
+        diagnose=False,
+        histograms=cfg.histograms == "on",
+    )
 
 
 def make_trainer(cfg: RunConfig, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
@@ -203,15 +242,23 @@ def run(
     tags = {**(tags or {}), "n_train": str(len(data.train)), **liveness.identity(), **liveness.beat()}
     # A nested run belongs to its parent's experiment, whatever experiment this process has active.
     experiment_id = client.get_run(parent_run_id).info.experiment_id if parent_run_id else None
-    with mlflow.start_run(run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags, experiment_id=experiment_id) as active:
+    with mlflow.start_run(
+        run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags, experiment_id=experiment_id
+    ) as active:
         run_id = active.info.run_id
         liveness.close_dead_runs(client, [active.info.experiment_id])  # runs of killed processes end KILLED
         if on_start is not None:
             on_start(run_id)
         mlflow.log_params(cfg.to_dict())
         expected = math.ceil(cfg.max_steps / cfg.log_every) + 1
-        recorder = Recorder(client, run_id, expected_records=expected, metric_points=cfg.metric_points,
-                            heartbeat=liveness.heartbeat(client, run_id), heartbeat_seconds=liveness.HEARTBEAT_SECONDS)
+        recorder = Recorder(
+            client,
+            run_id,
+            expected_records=expected,
+            metric_points=cfg.metric_points,
+            heartbeat=liveness.heartbeat(client, run_id),
+            heartbeat_seconds=liveness.HEARTBEAT_SECONDS,
+        )
         probe = make_probe(cfg, lit, recorder.record)
         relay = ValidationRelay(recorder, on_validation)
         trainer = make_trainer(cfg, [probe, relay], progress_bar)
@@ -263,9 +310,12 @@ def run(
 def make_parser() -> argparse.ArgumentParser:
     """One `--kebab-case` flag per RunConfig field, with its default and allowed values in --help."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False, exit_on_error=False,  # exact flags; config_from_args turns bad ones into ConfigError
-    )  # fmt: skip
+        prog="python -m pipelines.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        exit_on_error=False,  # exact flags; config_from_args turns bad ones into ConfigError
+    )
     for f in dataclasses.fields(RunConfig):
         allowed = choices(f.name)
         text = f.metadata["help"] + (f" [{', '.join(allowed)}]" if allowed else "") + f" (default: {f.default})"
@@ -294,15 +344,21 @@ def config_from_args(argv: Sequence[str] | None = None) -> RunConfig:
     except argparse.ArgumentError as exc:  # a flag without its value
         name = flags.get(exc.argument_name or "", "argument")
         kind = ", ".join(choices(name) or ()) or {f.name: f.type for f in dataclasses.fields(RunConfig)}.get(name, "")
-        raise ConfigError(name, None, f"{exc.argument_name} followed by one value ({kind}; "
-                                      f"{exc.argument_name}=VALUE if it starts with '-')") from None  # fmt: skip
+        raise ConfigError(
+            name,
+            None,
+            f"{exc.argument_name} followed by one value ({kind}; {exc.argument_name}=VALUE if it starts with '-')",
+        ) from None
     if extra:
         flag, sep, value = extra[0].partition("=")
         if not sep:
             value = extra[1] if len(extra) > 1 and not extra[1].startswith("-") else ""
         name = flag.lstrip("-").replace("-", "_") if flag.startswith("-") else "argument"
-        raise ConfigError(name, value if flag.startswith("-") else extra[0],
-                          f"a run-config flag, each followed by one value: {', '.join(flags)}")  # fmt: skip
+        raise ConfigError(
+            name,
+            value if flag.startswith("-") else extra[0],
+            f"a run-config flag, each followed by one value: {', '.join(flags)}",
+        )
     args = vars(args)
     return RunConfig.from_dict({name: _convert(name, args[name]) for name in field_names()})
 
@@ -339,8 +395,10 @@ def result_line(result: RunResult, cfg: RunConfig, gain: float, experiment_id: s
         judged = "verdict: none (needs two hidden layers with finite step-0 gradients)"
     else:
         judged = f"per-layer gradient gain at init {gain:.3g}: {verdict(gain)}"
-    return (f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
-            f"{metrics}; {judged}; {ui_base()}/{run_link(experiment_id, result.run_id)}")  # fmt: skip
+    return (
+        f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
+        f"{metrics}; {judged}; {ui_base()}/{run_link(experiment_id, result.run_id)}"
+    )
 
 
 if __name__ == "__main__":

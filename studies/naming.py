@@ -15,14 +15,39 @@ from typing import Any
 from pipelines.config import RunConfig, field_names
 from studies.spec import StudySpec
 
-INIT_SHORT = {"torch_default": "tdef", "xavier_uniform": "xavu", "xavier_normal": "xav", "kaiming_uniform": "heu",
-              "kaiming_normal": "he", "orthogonal": "orth", "normal": "normal", "identity": "ident"}  # fmt: skip
+INIT_SHORT = {
+    "torch_default": "tdef",
+    "xavier_uniform": "xavu",
+    "xavier_normal": "xav",
+    "kaiming_uniform": "heu",
+    "kaiming_normal": "he",
+    "orthogonal": "orth",
+    "normal": "normal",
+    "identity": "ident",
+}
 NORM_SHORT = {"none": "", "batch": "bn", "layer": "ln", "group": "gn", "weight": "wn"}
 CLIP_SHORT = {"none": "noclip", "norm": "clip", "value": "vclip"}
 OPTIMIZER_SHORT = {"momentum": "mom", "nesterov": "nest", "rmsprop": "rms", "adagrad": "adag"}
 # Name order: what the data and the network are, then how they are trained.
-FIELD_ORDER = ("dataset", "loss", "model", "activation", "depth", "width", "init", "init_gain", "norm", "res_scale",
-               "optimizer", "lr", "momentum", "weight_decay", "schedule", "clip", "seed")  # fmt: skip
+FIELD_ORDER = (
+    "dataset",
+    "loss",
+    "model",
+    "activation",
+    "depth",
+    "width",
+    "init",
+    "init_gain",
+    "norm",
+    "res_scale",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "clip",
+    "seed",
+)
 
 
 def number(value: float) -> str:
@@ -47,7 +72,9 @@ TOKENS: dict[str, Callable[[RunConfig], str]] = {
     "weight_decay": lambda c: f"wd{number(c.weight_decay)}",
     "seed": lambda c: f"s{c.seed}",
     "seq_len": lambda c: f"T{c.seq_len}",
-    "forget_bias": lambda c: f"fb{number(c.forget_bias)}" if c.model == "lstm" else "",  # only an LSTM has a forget gate
+    "forget_bias": lambda c: (
+        f"fb{number(c.forget_bias)}" if c.model == "lstm" else ""
+    ),  # only an LSTM has a forget gate
 }
 
 

@@ -83,7 +83,9 @@ def objective_for(spec: StudySpec, study_name: str, parent_run_id: str) -> Calla
                 tags=tree.trial_tags(study_name, trial.number),
                 on_validation=_reporter(trial, spec.metric),
                 on_start=started,
-                on_recorded=lambda run_id, table: ui.log_trial_figure(client, run_id, table, f"trial {trial.number}: {name}"),
+                on_recorded=lambda run_id, table: ui.log_trial_figure(
+                    client, run_id, table, f"trial {trial.number}: {name}"
+                ),
                 progress_bar=False,
             )
         except KeyboardInterrupt:
@@ -109,10 +111,16 @@ def _point(params: dict[str, Any]) -> tuple:
 
 def space_size(spec: StudySpec) -> float:
     """How many distinct points the search space holds (inf with a continuous parameter)."""
-    sizes = [len(p.grid_values()) if p.kind in ("categorical", "bundle")
-             else (int(p.high) - int(p.low)) // (p.step or 1) + 1 if p.kind == "int"
-             else math.floor((p.high - p.low) / p.step + 1e-9) + 1 if p.step
-             else math.inf for p in spec.space]  # fmt: skip
+    sizes = [
+        len(p.grid_values())
+        if p.kind in ("categorical", "bundle")
+        else (int(p.high) - int(p.low)) // (p.step or 1) + 1
+        if p.kind == "int"
+        else math.floor((p.high - p.low) / p.step + 1e-9) + 1
+        if p.step
+        else math.inf
+        for p in spec.space
+    ]
     return math.prod(sizes)
 
 
@@ -127,8 +135,13 @@ def skip_duplicate(trial: optuna.Trial, spec: StudySpec) -> None:
     """
     trials = trial.study.get_trials(deepcopy=False, states=TAKEN)
     retried = retried_trials(trials)  # a retry re-runs its failed or interrupted trial's point: that one is not a twin
-    others = [t for t in trials if t.number != trial.number and t.number not in retried
-              and t.user_attrs.get("outcome") not in (DUPLICATE, "interrupted")]  # fmt: skip
+    others = [
+        t
+        for t in trials
+        if t.number != trial.number
+        and t.number not in retried
+        and t.user_attrs.get("outcome") not in (DUPLICATE, "interrupted")
+    ]
     taken = {_point(t.params): t.number for t in others}
     mine = _point(trial.params)
     if mine not in taken:
@@ -143,5 +156,3 @@ def skip_duplicate(trial: optuna.Trial, spec: StudySpec) -> None:
 def retried_trials(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Numbers of the failed trials that already have a retry (Optuna's retry_history)."""
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-
-

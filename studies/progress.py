@@ -41,8 +41,9 @@ class StudyProgress:
 
     def __init__(self, study: optuna.Study, total: int) -> None:
         self.total = total
-        self.bar = tqdm(total=total, initial=min(finished_trials(study), total), unit="trial", desc="study",
-                        dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=total, initial=min(finished_trials(study), total), unit="trial", desc="study", dynamic_ncols=True
+        )
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: after each of this worker's trials, the study's count and best value."""
@@ -57,5 +58,3 @@ class StudyProgress:
 
     def close(self) -> None:
         self.bar.close()
-
-

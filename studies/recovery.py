@@ -52,7 +52,11 @@ def recover(study: optuna.Study, spec: StudySpec, storage: str, client: MlflowCl
                     retry(spec.retries)(study, study.get_trials()[t.number])
     trials = study.get_trials(deepcopy=False)
     for t in trials:
-        if t.user_attrs.get("outcome") == "interrupted" and t.state.is_finished() and t.number not in retried_trials(trials):
+        if (
+            t.user_attrs.get("outcome") == "interrupted"
+            and t.state.is_finished()
+            and t.number not in retried_trials(trials)
+        ):
             retry()(study, t)
     close_orphans(study, client)
     return failed
@@ -76,5 +80,3 @@ def close_orphans(study: optuna.Study, client: MlflowClient) -> list[str]:
             liveness.end_killed(client, run.info.run_id)
             closed.append(run.info.run_id)
     return closed + liveness.close_dead_runs(client, [experiment], where)
-
-

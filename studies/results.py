@@ -20,13 +20,23 @@ def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
     outcomes = Counter(t.user_attrs.get("outcome", t.state.name.lower()) for t in trials)
-    summary: dict[str, Any] = {"study": study.study_name, "spec": spec.name, "objective": f"{spec.direction} {spec.metric}",
-                               "trials": len(trials), "states": dict(states), "outcomes": dict(outcomes)}  # fmt: skip
+    summary: dict[str, Any] = {
+        "study": study.study_name,
+        "spec": spec.name,
+        "objective": f"{spec.direction} {spec.metric}",
+        "trials": len(trials),
+        "states": dict(states),
+        "outcomes": dict(outcomes),
+    }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
-                           "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}  # fmt: skip
+        summary["best"] = {
+            "trial": best.number,
+            "value": best.value,
+            "params": best.params,
+            "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+        }
     return summary
 
 
@@ -45,5 +55,3 @@ def log_summary(study: optuna.Study, spec: StudySpec, run_id: str, client: Mlflo
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     return summary
-
-

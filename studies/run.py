@@ -1,8 +1,8 @@
 """Run or resume a study: `python -m studies.run --spec default` (MLproject entry point `study`).
 
-    mlflow run . -e study --env-manager local                       # the default spec
-    mlflow run . -e study -P spec=vanishing -P workers=2 --env-manager local
-    PGPASSWORD=… python -m studies.run --spec studies/specs/recurrent.yaml --storage postgresql://user@host/db
+mlflow run . -e study --env-manager local                       # the default spec
+mlflow run . -e study -P spec=vanishing -P workers=2 --env-manager local
+PGPASSWORD=… python -m studies.run --spec studies/specs/recurrent.yaml --storage postgresql://user@host/db
 """
 
 from __future__ import annotations
@@ -21,15 +21,21 @@ from studies.workers import WarmWorkers
 
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `study` parameters."""
-    parser = OneLineParser(prog="python -m studies.run", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(
+        prog="python -m studies.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", default="default", help=f"a shipped spec ({', '.join(list_specs())}) or a YAML path")
     parser.add_argument("--n-trials", type=int, default=0, help="the study's total trials (0: the spec's n_trials)")
     parser.add_argument("--study-name", default="", help="Optuna study name (default: the spec's name)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage: a journal file path or an RDB URL")
     parser.add_argument("--workers", type=int, default=0, help="worker processes on this machine (0: one per CPU core)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a fixed run-config field of the spec (repeatable), e.g. --set max_steps=20")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a fixed run-config field of the spec (repeatable), e.g. --set max_steps=20",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="no set-up messages: warnings, errors and results only")
@@ -81,7 +87,9 @@ def max_workers() -> int:
 def _bad_counts(args: argparse.Namespace) -> str | None:
     """The one-line problem with --workers or --n-trials, or None."""
     if not 0 <= args.workers <= max_workers():
-        return f"workers={args.workers!r} is not allowed; allowed: an integer in [0, {max_workers()}] (two per CPU core)"
+        return (
+            f"workers={args.workers!r} is not allowed; allowed: an integer in [0, {max_workers()}] (two per CPU core)"
+        )
     if args.n_trials < 0:
         return f"n_trials={args.n_trials!r} is not allowed; allowed: an integer ≥ 0"
     return None
@@ -116,9 +124,16 @@ def _main(args: argparse.Namespace, warm: WarmWorkers | None) -> int:
         return 2
     try:
         with sigterm_interrupts():  # SIGTERM ends the study as Ctrl-C does: trials KILLED, resumable
-            run_study(spec.source, n_trials=args.n_trials or None, study_name=args.study_name or None,
-                      storage=args.storage, workers=args.workers, report=not args.no_report,
-                      overrides=overrides, warm=warm)  # fmt: skip
+            run_study(
+                spec.source,
+                n_trials=args.n_trials or None,
+                study_name=args.study_name or None,
+                storage=args.storage,
+                workers=args.workers,
+                report=not args.no_report,
+                overrides=overrides,
+                warm=warm,
+            )
     except KeyboardInterrupt:
         return 130
     except AfterTrialsError as exc:  # the run says why (tag failure); one line here, not a traceback

@@ -44,9 +44,17 @@ class AfterTrialsError(RuntimeError):
     """Something failed after the trials (summary, report): the invocation's run ended FAILED with the reason."""
 
 
-def run_study(spec_name: str, *, n_trials: int | None = None, study_name: str | None = None,
-              storage: str = DEFAULT_STORAGE, workers: int = 1, report: bool = True,
-              overrides: dict[str, Any] | None = None, warm: WarmWorkers | None = None) -> dict[str, Any]:  # fmt: skip
+def run_study(
+    spec_name: str,
+    *,
+    n_trials: int | None = None,
+    study_name: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    workers: int = 1,
+    report: bool = True,
+    overrides: dict[str, Any] | None = None,
+    warm: WarmWorkers | None = None,
+) -> dict[str, Any]:
     """Run (or resume) a study to its total of n_trials and return its summary.
 
     `workers=0` runs one single-threaded worker per CPU core: small networks gain nothing from
@@ -112,12 +120,23 @@ def _print_links(spec: StudySpec, experiment_id: str, parent: str, index: Path |
     if index is not None:
         print(f"report: {index.resolve()} (and the parent run's artifact report/index.html)", file=sys.stderr)
     if "best_run_id" in best:
-        print(f"best: trial {best['best_trial']} {best['best_run_name']}, {spec.metric} = {best['best_value']}: "
-              f"{base}/{ui.run_link(experiment_id, best['best_run_id'])}", file=sys.stderr)  # fmt: skip
+        print(
+            f"best: trial {best['best_trial']} {best['best_run_name']}, {spec.metric} = {best['best_value']}: "
+            f"{base}/{ui.run_link(experiment_id, best['best_run_id'])}",
+            file=sys.stderr,
+        )
 
 
-def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, storage: str, workers: int,
-               report: bool, overrides: dict[str, Any] | None, warm: WarmWorkers) -> dict[str, Any]:  # fmt: skip
+def _run_study(
+    spec_name: str,
+    n_trials: int | None,
+    study_name: str | None,
+    storage: str,
+    workers: int,
+    report: bool,
+    overrides: dict[str, Any] | None,
+    warm: WarmWorkers,
+) -> dict[str, Any]:
     spec = load_spec(spec_name, overrides)
     n_trials = n_trials or spec.n_trials
     study_name = study_name or spec.name
@@ -125,15 +144,36 @@ def _run_study(spec_name: str, n_trials: int | None, study_name: str | None, sto
     study, created = _open(spec, study_name, storage)
     parent, own, role = attach_parent(study, spec, storage, client, n_trials, created)
     experiment_id = client.get_run(parent).info.experiment_id
-    ctx = StudyContext(spec.source, study_name, storage, parent, experiment_id, mlflow.get_tracking_uri(), n_trials,
-                       dict(overrides or {}))  # fmt: skip
+    ctx = StudyContext(
+        spec.source,
+        study_name,
+        storage,
+        parent,
+        experiment_id,
+        mlflow.get_tracking_uri(),
+        n_trials,
+        dict(overrides or {}),
+    )
     dead = recover(study, spec, storage, client)
     if dead:
-        print(f"trials {dead} were left RUNNING by a worker that died: marked failed"
-              + (f", retried up to {spec.retries} times" if spec.retries else ""), file=sys.stderr)  # fmt: skip
-    log.info("study %r (%s) %s: %d/%d trials done; %d worker(s); storage %s; experiment %s; this run %s is the "
-             "study's %s", study_name, spec.name, "created" if created else "resumed", finished_trials(study),
-             n_trials, workers, mask(storage), experiment_id, own, role)  # fmt: skip
+        print(
+            f"trials {dead} were left RUNNING by a worker that died: marked failed"
+            + (f", retried up to {spec.retries} times" if spec.retries else ""),
+            file=sys.stderr,
+        )
+    log.info(
+        "study %r (%s) %s: %d/%d trials done; %d worker(s); storage %s; experiment %s; this run %s is the study's %s",
+        study_name,
+        spec.name,
+        "created" if created else "resumed",
+        finished_trials(study),
+        n_trials,
+        workers,
+        mask(storage),
+        experiment_id,
+        own,
+        role,
+    )
     started = time.perf_counter()
     status = _run_trials(ctx, workers, warm)
     try:

@@ -35,9 +35,13 @@ PRUNERS = ("none", "median", "percentile", "hyperband")
 OBJECTIVE_METRICS = (VAL_ACC, VAL_LOSS, TRAIN_LOSS, VAL_MODES, VAL_HIGH_QUALITY, VAL_DICE, VAL_IOU, VAL_KNN_ACC)
 # Objective metrics only some tasks record (models/metrics.py); larger is better for each.
 TASK_METRICS = {
-    VAL_ACC: ("classification", "binary"), VAL_DICE: ("segmentation",), VAL_IOU: ("segmentation",),
-    VAL_KNN_ACC: ("metric",), VAL_MODES: ("adversarial",), VAL_HIGH_QUALITY: ("adversarial",),
-}  # fmt: skip
+    VAL_ACC: ("classification", "binary"),
+    VAL_DICE: ("segmentation",),
+    VAL_IOU: ("segmentation",),
+    VAL_KNN_ACC: ("metric",),
+    VAL_MODES: ("adversarial",),
+    VAL_HIGH_QUALITY: ("adversarial",),
+}
 GRID_CHECK_LIMIT = 20_000  # grids up to this size are validated point by point
 YAML_NODE_LIMIT = 100_000  # nodes of a spec with its aliases expanded: far beyond any real spec, far below a bomb
 # The arguments each Optuna pruner takes: (lowest integer, or "percent" for a number in [0, 100]). Optuna checks
@@ -81,7 +85,11 @@ class Param:
         if self.kind == "bundle":
             return dict(self.bundles[trial.suggest_categorical(self.name, list(self.bundles))])
         if self.kind == "int":
-            return {self.name: trial.suggest_int(self.name, int(self.low), int(self.high), step=self.step or 1, log=self.log)}
+            return {
+                self.name: trial.suggest_int(
+                    self.name, int(self.low), int(self.high), step=self.step or 1, log=self.log
+                )
+            }
         return {self.name: trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)}
 
     def grid_values(self) -> list[Any]:
@@ -180,7 +188,9 @@ def _bundles(source: str, name: str, bundles: Any) -> Param:
             raise SpecError(source, f"{where}.{label}", f"expected a mapping of run-config fields, got {values!r}")
         for key in values:
             if key not in field_names():
-                raise SpecError(source, f"{where}.{label}.{key}", f"unknown run-config field; allowed: {', '.join(field_names())}")
+                raise SpecError(
+                    source, f"{where}.{label}.{key}", f"unknown run-config field; allowed: {', '.join(field_names())}"
+                )
     return Param(name, "bundle", bundles={str(k): v for k, v in bundles.items()})
 
 
@@ -195,7 +205,9 @@ def _range(source: str, name: str, kind: str, raw: dict[str, Any]) -> Param:
         raise SpecError(source, where, f"log must be true or false, got {log!r}")
     number = int if kind == "int" else (int, float)
     if step is not None and (isinstance(step, bool) or not isinstance(step, number) or not step > 0 or log):
-        raise SpecError(source, where, f"step={step!r}; allowed: a{'n integer' if kind == 'int' else ' number'} > 0, without log")
+        raise SpecError(
+            source, where, f"step={step!r}; allowed: a{'n integer' if kind == 'int' else ' number'} > 0, without log"
+        )
     if low > high:
         raise SpecError(source, where, f"low={low} > high={high}")
     if log and low <= 0:
@@ -210,7 +222,11 @@ def _check_configs(spec: StudySpec) -> None:
     """Every value the space can produce must make a valid run config together with `fixed`."""
     for p in spec.space:
         if p.kind not in ("bundle",) and p.name not in field_names():
-            raise SpecError(spec.source, f"space.{p.name}", f"not a run-config field (allowed: {', '.join(field_names())}); use bundles for grouped values")
+            raise SpecError(
+                spec.source,
+                f"space.{p.name}",
+                f"not a run-config field (allowed: {', '.join(field_names())}); use bundles for grouped values",
+            )
     try:
         check_fits(spec.config({}))
     except ConfigError as exc:
@@ -250,7 +266,14 @@ def _try(spec: StudySpec, values: dict[str, Any], combo: tuple) -> None:
         check_fits(spec.config(values))  # a value the machine cannot hold is refused like an invalid one
     except ConfigError as exc:
         named = f"fixed.{exc.field}" if exc.field in spec.fixed and exc.field not in values else f"space.{exc.field}"
-        where = next((f"space.{item[0].name}" for item in combo if isinstance(item, tuple) and exc.field in item[0].expand(item[1])), named)
+        where = next(
+            (
+                f"space.{item[0].name}"
+                for item in combo
+                if isinstance(item, tuple) and exc.field in item[0].expand(item[1])
+            ),
+            named,
+        )
         shown = {k: v for k, v in values.items()}
         raise SpecError(spec.source, where, f"{exc} (with {shown})") from None
 
@@ -263,13 +286,17 @@ def _check_pruner_args(source: str, pruner: dict[str, Any]) -> None:
             continue
         if key not in allowed:
             names = ", ".join(["type", *allowed])
-            raise SpecError(source, f"pruner.{key}", f"not an argument of the {pruner['type']} pruner; allowed: {names}")
+            raise SpecError(
+                source, f"pruner.{key}", f"not an argument of the {pruner['type']} pruner; allowed: {names}"
+            )
         low = allowed[key]
         number = not isinstance(value, bool) and isinstance(value, (int, float))
         if low == "percent":
             if not (number and 0 <= value <= 100):
                 raise SpecError(source, f"pruner.{key}", f"{value!r}; allowed: a number in [0, 100]")
-        elif not (value == "auto" and key == "max_resource") and not (number and isinstance(value, int) and value >= low):
+        elif not (value == "auto" and key == "max_resource") and not (
+            number and isinstance(value, int) and value >= low
+        ):
             auto = " or 'auto'" if key == "max_resource" else ""
             raise SpecError(source, f"pruner.{key}", f"{value!r}; allowed: an integer ≥ {low}{auto}")
 
@@ -323,24 +350,40 @@ def _objective(raw: dict[str, Any], source: str) -> tuple[str, str]:
     """(metric, direction) of the objective; the direction defaults to the metric's natural one."""
     objective = raw["objective"]
     if not isinstance(objective, dict) or objective.get("metric") not in OBJECTIVE_METRICS:
-        raise SpecError(source, "objective.metric", f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; allowed: {', '.join(OBJECTIVE_METRICS)}")
+        raise SpecError(
+            source,
+            "objective.metric",
+            f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; allowed: {', '.join(OBJECTIVE_METRICS)}",
+        )
     maximized = objective["metric"] in TASK_METRICS
     direction = objective.get("direction", "maximize" if maximized else "minimize")
     if direction not in ("minimize", "maximize"):
         raise SpecError(source, "objective.direction", f"{direction!r}; allowed: minimize, maximize")
     if set(objective) - {"metric", "direction"}:
-        raise SpecError(source, "objective", f"unknown keys {sorted(map(str, set(objective) - {'metric', 'direction'}))}; allowed: metric, direction")
+        raise SpecError(
+            source,
+            "objective",
+            f"unknown keys {sorted(map(str, set(objective) - {'metric', 'direction'}))}; allowed: metric, direction",
+        )
     return objective["metric"], direction
 
 
 def _check_sampler_options(sampler: dict[str, Any], space: tuple[Param, ...], source: str) -> None:
     """The sampler's options are known integers in range; a grid sweeps no range."""
     if set(sampler) - {"type", "seed", "n_startup_trials"}:
-        raise SpecError(source, "sampler", f"unknown keys {sorted(map(str, set(sampler) - {'type', 'seed', 'n_startup_trials'}))}; allowed: type, seed, n_startup_trials")
+        raise SpecError(
+            source,
+            "sampler",
+            f"unknown keys {sorted(map(str, set(sampler) - {'type', 'seed', 'n_startup_trials'}))}; allowed: type, seed, n_startup_trials",
+        )
     for key, top in (("seed", 2**31), ("n_startup_trials", math.inf)):  # numpy takes seeds below 2**32, one per worker
         value = sampler.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < top:
-            raise SpecError(source, f"sampler.{key}", f"{value!r}; allowed: an integer ≥ 0" + (" and < 2**31" if key == "seed" else ""))
+            raise SpecError(
+                source,
+                f"sampler.{key}",
+                f"{value!r}; allowed: an integer ≥ 0" + (" and < 2**31" if key == "seed" else ""),
+            )
     ranged = [p.name for p in space if p.kind in ("int", "float")]
     if sampler["type"] == "grid" and ranged:
         raise SpecError(source, f"space.{ranged[0]}", "a grid sampler needs choices or bundles, not ranges")
@@ -366,7 +409,11 @@ def _check_runnable(spec: StudySpec) -> None:
     _check_configs(spec)
     task = spec.config({}).task
     if spec.metric in TASK_METRICS and task not in TASK_METRICS[spec.metric]:
-        raise SpecError(spec.source, "objective.metric", f"{spec.metric} needs a {' or '.join(TASK_METRICS[spec.metric])} dataset, not {spec.config({}).dataset!r} ({task})")
+        raise SpecError(
+            spec.source,
+            "objective.metric",
+            f"{spec.metric} needs a {' or '.join(TASK_METRICS[spec.metric])} dataset, not {spec.config({}).dataset!r} ({task})",
+        )
     try:
         spec.make_pruner()
     except (TypeError, ValueError) as exc:  # Optuna's own checks of the pruner's arguments
@@ -385,10 +432,18 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     _check_sampler_options(sampler, space, source)
     n_trials, retries = _counts(raw, source, sampler, space)
     spec = StudySpec(
-        name=str(raw["name"]), source=source, description=str(raw.get("description", "")).strip(), fixed=fixed,
-        space=space, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
-        n_trials=n_trials, retries=retries,
-    )  # fmt: skip
+        name=str(raw["name"]),
+        source=source,
+        description=str(raw.get("description", "")).strip(),
+        fixed=fixed,
+        space=space,
+        sampler=sampler,
+        pruner=pruner,
+        metric=metric,
+        direction=direction,
+        n_trials=n_trials,
+        retries=retries,
+    )
     _check_runnable(spec)
     return spec
 
@@ -414,16 +469,25 @@ def _check_expanded_size(root: yaml.Node) -> None:
         if id(node) in sizes:
             return sizes[id(node)]
         if id(node) in busy:
-            raise yaml.YAMLError(f"a recursive alias (line {node.start_mark.line + 1}); allowed: aliases of finished nodes")
+            raise yaml.YAMLError(
+                f"a recursive alias (line {node.start_mark.line + 1}); allowed: aliases of finished nodes"
+            )
         busy.add(id(node))
-        children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv] \
-            if isinstance(node, yaml.MappingNode) else []  # fmt: skip
+        children = (
+            node.value
+            if isinstance(node, yaml.SequenceNode)
+            else [n for kv in node.value for n in kv]
+            if isinstance(node, yaml.MappingNode)
+            else []
+        )
         total = 1
         for child in children:
             total += size(child)
             if total > YAML_NODE_LIMIT:
-                raise yaml.YAMLError(f"the document expands to more than {YAML_NODE_LIMIT} nodes (aliases included); "
-                                     "allowed: a spec of that size at most")  # fmt: skip
+                raise yaml.YAMLError(
+                    f"the document expands to more than {YAML_NODE_LIMIT} nodes (aliases included); "
+                    "allowed: a spec of that size at most"
+                )
         busy.discard(id(node))
         sizes[id(node)] = total
         return total

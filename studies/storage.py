@@ -59,8 +59,9 @@ def _rdb_storage(url: str, retries: int, attempts: int = 5) -> RDBStorage:
     def make() -> RDBStorage:
         with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna; we rely on it deliberately
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                              heartbeat_stale_trial_callback=callback)  # fmt: skip
+            return RDBStorage(
+                url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=callback
+            )
 
     for _ in range(attempts - 1):
         try:

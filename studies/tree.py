@@ -38,8 +38,13 @@ def tag_parent(client: MlflowClient, run_id: str, study: str) -> None:
 
 def tag_worker(client: MlflowClient, run_id: str, parent: str, study: str) -> None:
     """Nest `run_id` (a later invocation's own run) under the study's parent with role=worker."""
-    tags = {"mlflow.parentRunId": parent, "mlflow.runName": f"{study}-worker", "study": study, "role": WORKER,
-            **liveness.identity()}  # fmt: skip
+    tags = {
+        "mlflow.parentRunId": parent,
+        "mlflow.runName": f"{study}-worker",
+        "study": study,
+        "role": WORKER,
+        **liveness.identity(),
+    }
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
@@ -83,15 +88,20 @@ def _recorded_parent(study: optuna.Study, client: MlflowClient, created: bool) -
     if parent is None and not created:
         parent = _wait_for_parent(study)
         if parent is None:
-            print(f"warning: study {study.study_name!r} has no parent run after {PARENT_WAIT_SECONDS} s "
-                  "(its creator stopped early?): this run becomes the parent", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: study {study.study_name!r} has no parent run after {PARENT_WAIT_SECONDS} s "
+                "(its creator stopped early?): this run becomes the parent",
+                file=sys.stderr,
+            )
     if parent is None:
         return None, None
     try:
         return parent, client.get_run(parent).info.experiment_id
     except mlflow.exceptions.MlflowException:
-        print(f"warning: the study's parent run {parent} is not in this tracking store; starting a new tree",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the study's parent run {parent} is not in this tracking store; starting a new tree",
+            file=sys.stderr,
+        )
         return None, None
 
 
@@ -122,9 +132,14 @@ def attach_parent(
 
 def _log_spec(client: MlflowClient, run_id: str, spec: StudySpec, storage: str, n_trials: int) -> None:
     # Prefixed: `mlflow run` already logged the entry point's own parameters (spec, n_trials, …) here.
-    params = {"study_spec": spec.name, "study_sampler": spec.sampler["type"], "study_pruner": spec.pruner["type"],
-              "study_objective": f"{spec.direction} {spec.metric}", "study_n_trials": n_trials,
-              "study_storage": mask(storage)}  # fmt: skip
+    params = {
+        "study_spec": spec.name,
+        "study_sampler": spec.sampler["type"],
+        "study_pruner": spec.pruner["type"],
+        "study_objective": f"{spec.direction} {spec.metric}",
+        "study_n_trials": n_trials,
+        "study_storage": mask(storage),
+    }
     for key, value in params.items():
         client.log_param(run_id, key, value)
     client.log_artifact(run_id, spec.source, artifact_path="study")

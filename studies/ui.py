@@ -72,8 +72,10 @@ def experiment_named(client: MlflowClient, name: str) -> str:
             if found is None:
                 raise
     if found.lifecycle_stage == "deleted":
-        raise SystemExit(f"error: experiment {name!r} is deleted; restore it (mlflow experiments restore) or "
-                         "set MLFLOW_EXPERIMENT_NAME")  # fmt: skip
+        raise SystemExit(
+            f"error: experiment {name!r} is deleted; restore it (mlflow experiments restore) or "
+            "set MLFLOW_EXPERIMENT_NAME"
+        )
     return found.experiment_id
 
 
@@ -88,9 +90,13 @@ def own_run(client: MlflowClient, launcher: Run | None, experiment_id: str, run_
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     if launcher is not None:
         old = launcher.info.run_id
-        tags = {"mlflow.runName": f"{run_name} (launcher)", "launched_study": run_name.removesuffix("-worker"),
-                MOVED_TAG: experiment_id, NOTE: f"This `mlflow run` started a study whose runs are in experiment "
-                f"{experiment_id}: [its run there]({run_link(experiment_id, run_id)})."}  # fmt: skip
+        tags = {
+            "mlflow.runName": f"{run_name} (launcher)",
+            "launched_study": run_name.removesuffix("-worker"),
+            MOVED_TAG: experiment_id,
+            NOTE: f"This `mlflow run` started a study whose runs are in experiment "
+            f"{experiment_id}: [its run there]({run_link(experiment_id, run_id)}).",
+        }
         for key, value in tags.items():
             client.set_tag(old, key, value)
         client.set_terminated(old, "FINISHED")
@@ -130,8 +136,11 @@ def _plotters(study: optuna.Study) -> dict[str, Any]:
     }
     chosen = {"timeline": plots.plot_timeline} if trials else {}
     if complete:
-        chosen |= {"optimization_history": plots.plot_optimization_history,
-                   "parallel_coordinate": plots.plot_parallel_coordinate, "slice": plots.plot_slice}  # fmt: skip
+        chosen |= {
+            "optimization_history": plots.plot_optimization_history,
+            "parallel_coordinate": plots.plot_parallel_coordinate,
+            "slice": plots.plot_slice,
+        }
     if len(complete) >= 2 and varying:  # importances need two values of a parameter to compare
         chosen["param_importances"] = plots.plot_param_importances
     if any(t.intermediate_values for t in trials):
@@ -200,23 +209,39 @@ def best_tags(study: optuna.Study, client: MlflowClient) -> dict[str, str]:
     return tags
 
 
-def description(study: optuna.Study, spec: StudySpec, parent_run_id: str, experiment_id: str,
-                tags: dict[str, str], outcomes: dict[str, int], figures: list[tuple[str, str]]) -> str:  # fmt: skip
+def description(
+    study: optuna.Study,
+    spec: StudySpec,
+    parent_run_id: str,
+    experiment_id: str,
+    tags: dict[str, str],
+    outcomes: dict[str, int],
+    figures: list[tuple[str, str]],
+) -> str:
     """The parent run's markdown description: the best trial (linked), what was swept, where the figures are."""
     lines = [f"### Study `{study.study_name}`: {spec.direction} `{spec.metric}`", ""]
     if "best_trial" in tags:
         name = tags.get("best_run_name", f"trial {tags['best_trial']}")
         link = f"[{name}]({run_link(experiment_id, tags['best_run_id'])})" if "best_run_id" in tags else name
-        lines += [f"**Best trial #{tags['best_trial']}**: {link}, `{spec.metric}` = {tags['best_value']}"
-                  + (f" (run `{tags['best_run_id']}`)" if "best_run_id" in tags else ""), ""]  # fmt: skip
+        lines += [
+            f"**Best trial #{tags['best_trial']}**: {link}, `{spec.metric}` = {tags['best_value']}"
+            + (f" (run `{tags['best_run_id']}`)" if "best_run_id" in tags else ""),
+            "",
+        ]
     else:
         lines += ["**No completed trial yet.**", ""]
-    lines += [f"**Swept** ({spec.sampler['type']} sampler, pruner {spec.pruner['type']}, {spec.n_trials} trials): "
-              f"{_space_text(spec)}.", "",
-              "**Fixed**: " + ", ".join(f"{k}={v}" for k, v in spec.fixed.items()) + ".", "",
-              "**Trials**: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ".", "",
-              "The report is the artifact `report/index.html`; Optuna's plots are under `optuna/`; each trial "
-              "shows its gradient profile under `figures/`.", ""]  # fmt: skip
+    lines += [
+        f"**Swept** ({spec.sampler['type']} sampler, pruner {spec.pruner['type']}, {spec.n_trials} trials): "
+        f"{_space_text(spec)}.",
+        "",
+        "**Fixed**: " + ", ".join(f"{k}={v}" for k, v in spec.fixed.items()) + ".",
+        "",
+        "**Trials**: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ".",
+        "",
+        "The report is the artifact `report/index.html`; Optuna's plots are under `optuna/`; each trial "
+        "shows its gradient profile under `figures/`.",
+        "",
+    ]
     if spec.description:
         lines += [" ".join(spec.description.split()), ""]
     for folder, name in figures:
@@ -224,8 +249,9 @@ def description(study: optuna.Study, spec: StudySpec, parent_run_id: str, experi
     return "\n".join(lines)
 
 
-def describe_parent(client: MlflowClient, study: optuna.Study, spec: StudySpec, parent_run_id: str,
-                    summary: dict[str, Any]) -> dict[str, str]:  # fmt: skip
+def describe_parent(
+    client: MlflowClient, study: optuna.Study, spec: StudySpec, parent_run_id: str, summary: dict[str, Any]
+) -> dict[str, str]:
     """Tag the parent with the best trial, log Optuna's plots to it and write its description; the tags."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     tags = best_tags(study, client)

@@ -91,18 +91,35 @@ def postgres_server() -> Iterator[Postgres]:
     run = dict(check=True, capture_output=True, text=True)
     try:
         try:
-            subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                                         "--auth-local=trust", "--auth-host=scram-sha-256",
-                                         f"--pwfile={pwfile}"]), **run)  # fmt: skip
+            subprocess.run(
+                _as_postgres(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        "postgres",
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                    ]
+                ),
+                **run,
+            )
             options = f"-p {port} -k {folder} -c listen_addresses={HOST} -c max_connections=200 -c fsync=off"
-            subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
-                                         "-l", str(folder / "log"), "-w", "start"]), **run)  # fmt: skip
+            subprocess.run(
+                _as_postgres(
+                    [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
+                ),
+                **run,
+            )
         except subprocess.CalledProcessError as exc:  # only the start: the caller's own failures stay theirs
             raise RuntimeError(f"PostgreSQL failed to start: {exc.stderr or exc.stdout}") from exc
         yield Postgres(port)
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -111,9 +128,23 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 120.0) -> 
     """`mlflow server` on 127.0.0.1 at a free port, serving artifacts from `artifacts`; yields its URL."""
     port = free_port()
     url = f"http://{HOST}:{port}"
-    log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 (closed below)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
-           "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]  # fmt: skip
+    log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
     # MLflow 3's job execution (GenAI scorers) starts seven more processes that runs and artifacts never use.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)

@@ -160,14 +160,17 @@ def _tree(root: Path, files: dict[str, str]) -> None:
 
 
 def test_the_checker_sees_lazy_relative_and_dynamic_imports_upwards(tmp_path: Path) -> None:
-    _tree(tmp_path, {
-        "low/__init__.py": "",
-        "low/a.py": "def f():\n    from high import b  # lazy, inside a function\n",
-        "low/c.py": "from .a import f\nimport importlib\nimportlib.import_module('high.d')\n",
-        "high/__init__.py": "",
-        "high/b.py": "import low.a\n",
-        "high/d.py": "import os\n",
-    })  # fmt: skip
+    _tree(
+        tmp_path,
+        {
+            "low/__init__.py": "",
+            "low/a.py": "def f():\n    from high import b  # lazy, inside a function\n",
+            "low/c.py": "from .a import f\nimport importlib\nimportlib.import_module('high.d')\n",
+            "high/__init__.py": "",
+            "high/b.py": "import low.a\n",
+            "high/d.py": "import os\n",
+        },
+    )
     graph = import_graph(tmp_path, ["low", "high"])
     assert graph["low.a"] == {"high", "high.b"} and graph["low.c"] == {"low.a", "high.d"}
     layers = {"low": frozenset(), "high": frozenset({"low"})}
@@ -176,7 +179,10 @@ def test_the_checker_sees_lazy_relative_and_dynamic_imports_upwards(tmp_path: Pa
 
 
 def test_the_checker_passes_a_clean_tree(tmp_path: Path) -> None:
-    _tree(tmp_path, {"low/__init__.py": "", "low/a.py": "X = 1\n", "high/__init__.py": "", "high/b.py": "from low.a import X\n"})
+    _tree(
+        tmp_path,
+        {"low/__init__.py": "", "low/a.py": "X = 1\n", "high/__init__.py": "", "high/b.py": "from low.a import X\n"},
+    )
     graph = import_graph(tmp_path, ["low", "high"])
     assert upward_arrows(graph, {"low": frozenset(), "high": frozenset({"low"})}) == set()
     assert find_cycle(graph) is None

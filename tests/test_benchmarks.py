@@ -21,8 +21,9 @@ STEPS = 7 * bench.BLOCK + 1
 
 
 @pytest.mark.parametrize("log_every", [1, 10])
-def test_interleaved_probes_the_on_blocks_only(tracking: str, tiny_cfg: RunConfig, tmp_path: Path,
-                                                log_every: int) -> None:  # fmt: skip
+def test_interleaved_probes_the_on_blocks_only(
+    tracking: str, tiny_cfg: RunConfig, tmp_path: Path, log_every: int
+) -> None:
     out = bench.interleaved(tiny_cfg.replace(max_steps=STEPS, log_every=log_every))
 
     assert out["outcome"] == "completed" and out["steps"] == STEPS
@@ -31,7 +32,9 @@ def test_interleaved_probes_the_on_blocks_only(tracking: str, tiny_cfg: RunConfi
     table = pd.read_parquet(path)
     recorded = sorted(table.loc[table.family == "grad", "step"].unique().tolist())
     # The second step of every "on" block and then every log_every-th; never a block's first step or an "off" block.
-    expected = [s for s in range(STEPS) if (s // bench.BLOCK) % 2 == 0 and s % bench.BLOCK in range(1, bench.BLOCK, log_every)]
+    expected = [
+        s for s in range(STEPS) if (s // bench.BLOCK) % 2 == 0 and s % bench.BLOCK in range(1, bench.BLOCK, log_every)
+    ]
     assert recorded == expected
     # Each recorded step got its whole record: the weights' copy before the step for ΔW, the hooks for ∂loss/∂output.
     update = table[(table.family == "update") & (table.stat == "ratio")]
@@ -96,8 +99,11 @@ def test_peers_bad_input_is_refused_before_anything_runs(tmp_path: Path, capsys:
     from benchmarks import peers
 
     out = tmp_path / "peers.json"
-    for argv, field in ((["--rows", "probe1", "nope"], "--rows 'nope'"), (["--steps", "0"], "--steps 0"),
-                        (["--warmup", "-1"], "--warmup -1")):  # fmt: skip
+    for argv, field in (
+        (["--rows", "probe1", "nope"], "--rows 'nope'"),
+        (["--steps", "0"], "--steps 0"),
+        (["--warmup", "-1"], "--warmup -1"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             peers.main([*argv, "--out", str(out)])
         assert exit_.value.code == 2
@@ -129,10 +135,14 @@ def test_cockpit_counts_split_per_parameter_numbers_from_network_wide_ones() -> 
     from benchmarks.peer_rows import cockpit_counts
 
     output = {
-        0: {"GradNorm": [1.0, 2.0, 3.0], "UpdateSize": [0.1, 0.2, 0.3], "Alpha": 0.5, "Loss": 2.3,
-            "GradHist1d": {"hist": [[1, 2], [3, 4]], "edges": [0.0, 1.0, 2.0]}},
-        1: {"GradNorm": [1.0, 2.0, 3.0], "Distance": [1.0, 1.0, 1.0],
-            "InnerTest": 0.1},
-    }  # fmt: skip
+        0: {
+            "GradNorm": [1.0, 2.0, 3.0],
+            "UpdateSize": [0.1, 0.2, 0.3],
+            "Alpha": 0.5,
+            "Loss": 2.3,
+            "GradHist1d": {"hist": [[1, 2], [3, 4]], "edges": [0.0, 1.0, 2.0]},
+        },
+        1: {"GradNorm": [1.0, 2.0, 3.0], "Distance": [1.0, 1.0, 1.0], "InnerTest": 0.1},
+    }
     counts = cockpit_counts(output)
     assert (counts.layer_scalars, counts.layer_histograms, counts.global_numbers) == (3 + 3 + 3 + 3, 0, 1 + 1 + 1 + 1)

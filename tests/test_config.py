@@ -53,8 +53,14 @@ def test_fields_are_flat_scalars() -> None:
 @pytest.mark.parametrize("name", sorted(DESIGN_VALUES))
 def test_choices_include_the_documented_values_and_the_registries(name: str) -> None:
     assert DESIGN_VALUES[name] <= set(choices(name))
-    registry = {"dataset": DATASETS, "model": list_models(), "activation": ACTIVATIONS, "init": INITS,
-                "optimizer": OPTIMIZERS, "loss": LOSSES}.get(name)  # fmt: skip
+    registry = {
+        "dataset": DATASETS,
+        "model": list_models(),
+        "activation": ACTIVATIONS,
+        "init": INITS,
+        "optimizer": OPTIMIZERS,
+        "loss": LOSSES,
+    }.get(name)
     if registry is not None:
         assert set(choices(name)) == set(registry)
 

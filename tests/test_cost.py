@@ -37,11 +37,22 @@ class Tiny(pl.LightningModule):
 
 def _fit(log_every: int) -> tuple[list[tuple[int, list[str], list[float]]], GradientProbe]:
     calls: list[tuple[int, list[str], list[float]]] = []
-    probe = GradientProbe(log_every, sink=lambda step, keys, values: calls.append((step, keys, values)), record_cost=True)
+    probe = GradientProbe(
+        log_every, sink=lambda step, keys, values: calls.append((step, keys, values)), record_cost=True
+    )
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(STEPS * 8, 8, generator=g), torch.randint(0, 2, (STEPS * 8,), generator=g))
-    trainer = pl.Trainer(max_steps=STEPS, callbacks=[probe], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    data = torch.utils.data.TensorDataset(
+        torch.randn(STEPS * 8, 8, generator=g), torch.randint(0, 2, (STEPS * 8,), generator=g)
+    )
+    trainer = pl.Trainer(
+        max_steps=STEPS,
+        callbacks=[probe],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))
     return calls, probe
 
@@ -102,8 +113,15 @@ def test_callback_sends_the_cost_to_the_trainers_loggers_by_default(tmp_path) ->
     calls = []
     for sink in (None, lambda *record: calls.append(record)):
         logger = CSVLogger(str(tmp_path), name="run")
-        trainer = pl.Trainer(max_steps=3, callbacks=[GradientProbe(1, sink=sink)], logger=logger, accelerator="cpu",
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer = pl.Trainer(
+            max_steps=3,
+            callbacks=[GradientProbe(1, sink=sink)],
+            logger=logger,
+            accelerator="cpu",
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         g = torch.Generator().manual_seed(1)
         data = torch.utils.data.TensorDataset(torch.randn(24, 8, generator=g), torch.randint(0, 2, (24,), generator=g))
         trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))

@@ -376,8 +376,10 @@ def test_a_run_records_test_metrics_once_at_the_end(tracking: str) -> None:
     _, _, x_test, y_test = D.load_mnist1d()
     with torch.no_grad():
         out = kept["net"](torch.from_numpy(x_test))
-    expected = {K.TEST_ACC: (out.argmax(1).numpy() == y_test).mean(),
-                K.TEST_LOSS: torch.nn.functional.cross_entropy(out, torch.from_numpy(y_test)).item()}  # fmt: skip
+    expected = {
+        K.TEST_ACC: (out.argmax(1).numpy() == y_test).mean(),
+        K.TEST_LOSS: torch.nn.functional.cross_entropy(out, torch.from_numpy(y_test)).item(),
+    }
     for key, value in expected.items():
         history = client.get_metric_history(result.run_id, key)
         assert len(history) == 1 and history[0].step == cfg.max_steps

@@ -24,8 +24,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, PER_RANK, N = 3, 8, 64
 
-SCRIPT = textwrap.dedent(
-    """
+SCRIPT = (
+    textwrap.dedent(
+        """
     import json, os, sys
     import numpy as np
     import pytorch_lightning as pl
@@ -84,7 +85,10 @@ SCRIPT = textwrap.dedent(
                              callbacks=[GradientProbe(sink=sink, log_every=1, record_cost=True), Applied()])
         trainer.fit(Net(), loader)
     """
-).replace("PER_RANK", str(PER_RANK)).replace("STEPS", str(STEPS))
+    )
+    .replace("PER_RANK", str(PER_RANK))
+    .replace("STEPS", str(STEPS))
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +100,9 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, str(script), str(out)], cwd=out, env=env, capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), str(out)], cwd=out, env=env, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

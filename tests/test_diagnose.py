@@ -166,12 +166,31 @@ def test_the_prediction_matches_a_monte_carlo_of_the_tanh_chain() -> None:
 
 
 def test_no_prediction_outside_the_plain_chain() -> None:
-    assert D.mean_field_from_params({"model": "mlp", "norm": "batch", "activation": "relu", "init": "kaiming_normal",
-                                     "width": "8", "depth": "3"}) is None  # fmt: skip
-    assert D.mean_field_from_params({"model": "cnn", "activation": "relu", "init": "kaiming_normal", "width": 8,
-                                     "depth": 3}) is None  # fmt: skip
-    assert D.mean_field_from_params({"activation": "relu", "init": "kaiming_normal", "width": "8",
-                                     "depth": "__import__('os')"}) is None  # untrusted params are parsed, not run
+    assert (
+        D.mean_field_from_params(
+            {
+                "model": "mlp",
+                "norm": "batch",
+                "activation": "relu",
+                "init": "kaiming_normal",
+                "width": "8",
+                "depth": "3",
+            }
+        )
+        is None
+    )
+    assert (
+        D.mean_field_from_params(
+            {"model": "cnn", "activation": "relu", "init": "kaiming_normal", "width": 8, "depth": 3}
+        )
+        is None
+    )
+    assert (
+        D.mean_field_from_params(
+            {"activation": "relu", "init": "kaiming_normal", "width": "8", "depth": "__import__('os')"}
+        )
+        is None
+    )  # untrusted params are parsed, not run
 
 
 # -- reports, histories, the command line ------------------------------------------------------------
@@ -206,8 +225,11 @@ def _metrics_only_run(uri: str, table: pd.DataFrame) -> str:
 
     client = MlflowClient(uri)
     run_id = client.create_run("0").info.run_id
-    metrics = [Metric(K.key(r.family, r.layer or None, r.stat), float(r.value), 0, int(r.step))
-               for r in table.itertuples() if r.family != "val"]  # fmt: skip
+    metrics = [
+        Metric(K.key(r.family, r.layer or None, r.stat), float(r.value), 0, int(r.step))
+        for r in table.itertuples()
+        if r.family != "val"
+    ]
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.set_terminated(run_id)
@@ -229,8 +251,14 @@ def test_a_run_with_metric_histories_only_gives_the_same_verdicts(runs, tmp_path
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "gradprobe.diagnose", *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "gradprobe.diagnose", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
@@ -265,8 +293,14 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, case) -> None:
         "missing run": ["--run-id", "0" * 32, "--tracking-uri", uri],
         "no store": ["--run-id", results["healthy"].run_id, "--tracking-uri", f"sqlite:///{absent}"],
         "bad flag": ["--run-id", results["healthy"].run_id, "--tracking-uri", uri, "--colour", "red"],
-        "bad out": ["--run-id", results["healthy"].run_id, "--tracking-uri", uri,
-                    "--out", str(tmp_path / "no" / "x.md")],
+        "bad out": [
+            "--run-id",
+            results["healthy"].run_id,
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "no" / "x.md"),
+        ],
     }[case]
     done = _cli(*args)
     assert done.returncode == 2 and done.stdout == ""
@@ -292,7 +326,12 @@ def test_layers_keep_the_order_they_first_appear_in() -> None:
 def test_verdict_rules_at_their_thresholds() -> None:
     band = V.LAYER_GAIN_BAND
     assert [V.gain_verdict(g) for g in (0.0, 0.99 / band, 1.0, band * 1.01, math.nan)] == [
-        "vanishing", "vanishing", "healthy", "exploding", "healthy"]  # fmt: skip
+        "vanishing",
+        "vanishing",
+        "healthy",
+        "exploding",
+        "healthy",
+    ]
     assert V.saturation_verdict(V.DEAD_SHARE, "relu") == "dead units"
     assert V.saturation_verdict(V.DEAD_SHARE * 0.99, "relu") == "healthy"
     assert V.saturation_verdict(V.SATURATED_SHARE, "tanh") == "saturated"
@@ -306,9 +345,11 @@ def test_verdict_rules_at_their_thresholds() -> None:
 
 
 def test_without_mlflow_the_package_diagnoses_and_the_command_says_what_is_missing() -> None:
-    code = ("import sys; sys.modules['mlflow'] = None; import pandas as pd; from gradprobe import diagnose as D; "
-            "rows = [(0, n, 'backprop', 'l2', 1.0) for n in ('a', 'b', 'c')]; "
-            "print(D.diagnose(pd.DataFrame(rows, columns=D.COLUMNS)).verdict); sys.exit(D.main(['--run-id', 'x']))")  # fmt: skip
+    code = (
+        "import sys; sys.modules['mlflow'] = None; import pandas as pd; from gradprobe import diagnose as D; "
+        "rows = [(0, n, 'backprop', 'l2', 1.0) for n in ('a', 'b', 'c')]; "
+        "print(D.diagnose(pd.DataFrame(rows, columns=D.COLUMNS)).verdict); sys.exit(D.main(['--run-id', 'x']))"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)

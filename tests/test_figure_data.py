@@ -20,11 +20,30 @@ from gradprobe import keys
 
 def run(run_id: str, **fields) -> dict:
     """One runs row: a plain ReLU MLP with He init on digits unless `fields` say otherwise."""
-    base = {"run_id": run_id, "model": "mlp", "norm": "none", "activation": "relu", "init": "kaiming_normal",
-            "init_gain": 1.0, "res_scale": 1.0, "depth": 4, "width": 64, "batch_size": 64, "dataset": "digits",
-            "loss": "ce", "optimizer": "sgd", "lr": 0.1, "clip": "none", "clip_threshold": math.nan, "seed": 0,
-            "seq_len": math.nan, "outcome": "completed", "diverged_step": math.nan, "n_train": 1000,
-            "schedule": "none"}  # fmt: skip
+    base = {
+        "run_id": run_id,
+        "model": "mlp",
+        "norm": "none",
+        "activation": "relu",
+        "init": "kaiming_normal",
+        "init_gain": 1.0,
+        "res_scale": 1.0,
+        "depth": 4,
+        "width": 64,
+        "batch_size": 64,
+        "dataset": "digits",
+        "loss": "ce",
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "clip": "none",
+        "clip_threshold": math.nan,
+        "seed": 0,
+        "seq_len": math.nan,
+        "outcome": "completed",
+        "diverged_step": math.nan,
+        "n_train": 1000,
+        "schedule": "none",
+    }
     return {**base, **fields}
 
 
@@ -32,8 +51,16 @@ def rows(run_id: str, family: str, stat: str, values, layer: str = "", steps=Non
     """Stats rows of one (family, layer, stat) of one run, at steps 0, 10, 20, … unless given."""
     values = list(values)
     steps = list(steps) if steps is not None else [10 * i for i in range(len(values))]
-    return pd.DataFrame({"run_id": run_id, "step": steps, "layer": layer, "family": family, "stat": stat,
-                         "value": np.asarray(values, float)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "run_id": run_id,
+            "step": steps,
+            "layer": layer,
+            "family": family,
+            "stat": stat,
+            "value": np.asarray(values, float),
+        }
+    )
 
 
 def frames(runs: list[dict], *parts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -62,11 +89,17 @@ def loss_curve(run_id: str, values) -> pd.DataFrame:
 def test_backprop_by_layer_draws_one_line_per_step0_configuration_with_anchored_theory() -> None:
     he, xavier = [8.0, 4.0, 2.0, 1.0], [0.8, 0.4, 0.2, 0.1]
     runs, stats = frames(
-        [run("he"), run("he-adam", optimizer="adam"), run("xavier", init="xavier_normal"),
-         run("he-mse", loss="mse")],  # the loss changes the gradient at step 0: its own line
-        step0_backprop("he", he), step0_backprop("he-adam", he), step0_backprop("xavier", xavier),
+        [
+            run("he"),
+            run("he-adam", optimizer="adam"),
+            run("xavier", init="xavier_normal"),
+            run("he-mse", loss="mse"),
+        ],  # the loss changes the gradient at step 0: its own line
+        step0_backprop("he", he),
+        step0_backprop("he-adam", he),
+        step0_backprop("xavier", xavier),
         step0_backprop("he-mse", [4.0, 2.0, 1.0, 0.5]),
-    )  # fmt: skip
+    )
     (ax,) = panels(figures.backprop_by_layer(runs, stats))
     measured = [line for line in ax.lines if line.get_linestyle() == "-"]
     assert len(measured) == 3  # he and he-adam share step 0
@@ -79,8 +112,12 @@ def test_backprop_by_layer_draws_one_line_per_step0_configuration_with_anchored_
 
 def test_backprop_by_layer_theory_line_is_anchored_and_falls_by_the_predicted_factor() -> None:
     norms = [8.0, 4.0, 2.0, 1.0]
-    act = pd.concat([rows("x", "act", "mean", [0.5], layer="L000", steps=[0]),
-                     rows("x", "act", "std", [0.8], layer="L000", steps=[0])])  # fmt: skip
+    act = pd.concat(
+        [
+            rows("x", "act", "mean", [0.5], layer="L000", steps=[0]),
+            rows("x", "act", "std", [0.8], layer="L000", steps=[0]),
+        ]
+    )
     runs, stats = frames([run("x", init="xavier_normal")], step0_backprop("x", norms), act)
     (ax,) = panels(figures.backprop_by_layer(runs, stats))
     (dotted,) = [line for line in ax.lines if line.get_linestyle() == ":"]
@@ -94,13 +131,22 @@ def test_backprop_by_layer_theory_line_is_anchored_and_falls_by_the_predicted_fa
 
 
 def test_gain_scatter_one_point_per_predicted_run_limits_around_them_and_singular_count() -> None:
-    act = lambda r: pd.concat([rows(r, "act", "mean", [0.5], layer="L000", steps=[0]),  # noqa: E731
-                               rows(r, "act", "std", [0.8], layer="L000", steps=[0])])  # fmt: skip
+    def act(r: str) -> pd.DataFrame:
+        return pd.concat(
+            [
+                rows(r, "act", "mean", [0.5], layer="L000", steps=[0]),
+                rows(r, "act", "std", [0.8], layer="L000", steps=[0]),
+            ]
+        )
+
     runs, stats = frames(
         [run("a"), run("b", init="xavier_normal"), run("ln", norm="layer")],
-        step0_backprop("a", [1, 1, 1, 1]), act("a"), step0_backprop("b", [8, 4, 2, 1]), act("b"),
+        step0_backprop("a", [1, 1, 1, 1]),
+        act("a"),
+        step0_backprop("b", [8, 4, 2, 1]),
+        act("b"),
         step0_backprop("ln", [1, 1, 1, 1]),
-    )  # fmt: skip
+    )
     fig = figures.gain_scatter(runs, stats)
     (ax,) = panels(fig)
     points = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
@@ -115,9 +161,12 @@ def test_gain_scatter_one_point_per_predicted_run_limits_around_them_and_singula
 
 
 def test_gain_scatter_leaves_the_healthy_band_out_of_the_legend_when_out_of_view() -> None:
-    runs, stats = frames([run("b", init="xavier_normal")], step0_backprop("b", [1, 2, 4, 8]),
-                         rows("b", "act", "mean", [0.5], layer="L000", steps=[0]),
-                         rows("b", "act", "std", [0.8], layer="L000", steps=[0]))  # fmt: skip
+    runs, stats = frames(
+        [run("b", init="xavier_normal")],
+        step0_backprop("b", [1, 2, 4, 8]),
+        rows("b", "act", "mean", [0.5], layer="L000", steps=[0]),
+        rows("b", "act", "std", [0.8], layer="L000", steps=[0]),
+    )
     fig = figures.gain_scatter(runs, stats)
     (ax,) = panels(fig)
     assert ax.get_ylim()[1] < 0.95 and not any(t.startswith("healthy") for t in legend_texts(fig))
@@ -139,8 +188,10 @@ def test_gradient_heatmaps_one_cell_per_layer_and_step() -> None:
 
 
 def test_gradient_heatmaps_of_a_run_that_diverged_at_once_has_whole_step_ticks() -> None:
-    runs, stats = frames([run("a", depth=2, outcome="diverged", diverged_step=1)],
-                         *(rows("a", "grad", "l2", [1.0], layer=f"L{k:03d}", steps=[0]) for k in range(2)))  # fmt: skip
+    runs, stats = frames(
+        [run("a", depth=2, outcome="diverged", diverged_step=1)],
+        *(rows("a", "grad", "l2", [1.0], layer=f"L{k:03d}", steps=[0]) for k in range(2)),
+    )
     (ax,) = panels(figures.gradient_heatmaps(runs, stats))
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks == [0.0]
@@ -171,8 +222,11 @@ def test_phase_diagram_cells_counts_and_the_unsampled_legend() -> None:
 
 def test_clipping_share_bars_match_the_steps_clipped() -> None:
     before, after = [4.0, 2.0, 0.4, 0.3], [1.0, 1.0, 0.4, 0.3]  # clipped at 2 of 4 steps
-    runs, stats = frames([run("c", clip="norm", clip_threshold=1.0)],
-                         rows("c", "grad", "global_l2", before), rows("c", "grad", "global_l2_clipped", after))  # fmt: skip
+    runs, stats = frames(
+        [run("c", clip="norm", clip_threshold=1.0)],
+        rows("c", "grad", "global_l2", before),
+        rows("c", "grad", "global_l2_clipped", after),
+    )
     left, right = panels(figures.clipping(runs, stats))
     heights = [p.get_height() for p in right.patches if isinstance(p, Rectangle) and p.get_height() > 0]
     assert heights == [pytest.approx(0.5)]
@@ -184,8 +238,12 @@ def test_clipping_share_bars_match_the_steps_clipped() -> None:
 
 def test_saturation_panels_by_activation_and_depth_with_mean_lines() -> None:
     sat = lambda r, v: pd.concat([rows(r, "act", "saturation", [v, v, v], layer=f"L{i:03d}") for i in range(2)])  # noqa: E731
-    runs, stats = frames([run("a", depth=2), run("b", depth=2, seed=1), run("t", depth=2, activation="tanh")],
-                         sat("a", 0.4), sat("b", 0.6), sat("t", 0.1))  # fmt: skip
+    runs, stats = frames(
+        [run("a", depth=2), run("b", depth=2, seed=1), run("t", depth=2, activation="tanh")],
+        sat("a", 0.4),
+        sat("b", 0.6),
+        sat("t", 0.1),
+    )
     axes = panels(figures.saturation(runs, stats))
     assert [ax.get_title().split(",")[0] for ax in axes] == ["tanh", "relu"]
     relu = axes[1]
@@ -202,17 +260,21 @@ def _clock(run_id: str, seconds_per_step: float, steps: int = 3) -> pd.DataFrame
 
 
 def test_optimizer_curves_legend_counts_runs_per_setting() -> None:
-    runs, stats = frames([run("s1"), run("s2", seed=1), run("a", optimizer="adam")],
-                         *(loss_curve(r, [2, 1, 0.5]) for r in ("s1", "s2", "a")),
-                         *(_clock(r, 0.01) for r in ("s1", "s2", "a")))  # fmt: skip
+    runs, stats = frames(
+        [run("s1"), run("s2", seed=1), run("a", optimizer="adam")],
+        *(loss_curve(r, [2, 1, 0.5]) for r in ("s1", "s2", "a")),
+        *(_clock(r, 0.01) for r in ("s1", "s2", "a")),
+    )
     fig = figures.optimizer_curves(runs, stats)
     assert legend_texts(fig) == ["sgd (2 runs)", "adam (1 run)"]
     top_left = panels(fig)[0]
     assert top_left.get_yscale() == "log" and len(top_left.lines) == 2
 
 
-@pytest.mark.parametrize(("seeds", "title"), [(1, "one run per setting (bar = its value)"),
-                                              (2, "bar = mean over each setting's 2 runs, dots = runs")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("seeds", "title"),
+    [(1, "one run per setting (bar = its value)"), (2, "bar = mean over each setting's 2 runs, dots = runs")],
+)
 def test_optimizer_results_title_says_what_the_bar_is(seeds: int, title: str) -> None:
     chosen = [run(f"{o}{s}", optimizer=o, seed=s) for o in ("sgd", "adam") for s in range(seeds)]
     runs, stats = frames(chosen, *(_clock(r["run_id"], 0.002) for r in chosen))
@@ -242,19 +304,26 @@ def test_update_ratio_one_line_per_optimizer_and_whole_layer_ticks() -> None:
 
 def test_bptt_one_line_per_run_in_each_panel() -> None:
     def through_time(run_id: str) -> pd.DataFrame:
-        return pd.concat([rows(run_id, "bptt", keys.time_stat(t), [0.5**t, 0.9**t], layer="L000", steps=[0, 20])
-                          for t in range(5)])  # fmt: skip
+        return pd.concat(
+            [rows(run_id, "bptt", keys.time_stat(t), [0.5**t, 0.9**t], layer="L000", steps=[0, 20]) for t in range(5)]
+        )
 
-    runs, stats = frames([run("r", model="rnn", depth=1, seq_len=5), run("l", model="lstm", depth=1, seq_len=5)],
-                         through_time("r"), through_time("l"))  # fmt: skip
+    runs, stats = frames(
+        [run("r", model="rnn", depth=1, seq_len=5), run("l", model="lstm", depth=1, seq_len=5)],
+        through_time("r"),
+        through_time("l"),
+    )
     axes = panels(figures.bptt(runs, stats))
     assert [len(ax.lines) for ax in axes] == [2, 2]
     np.testing.assert_allclose(axes[0].lines[0].get_ydata(), [0.5**t for t in range(5)])
 
 
 def test_recurrent_curves_a_panel_per_sequence_length() -> None:
-    chosen = [run(f"{m}{n}", model=m, depth=1, seq_len=n, dataset="adding", loss="mse")
-              for m in ("rnn", "lstm") for n in (10, 50)]  # fmt: skip
+    chosen = [
+        run(f"{m}{n}", model=m, depth=1, seq_len=n, dataset="adding", loss="mse")
+        for m in ("rnn", "lstm")
+        for n in (10, 50)
+    ]
     runs, stats = frames(chosen, *(loss_curve(r["run_id"], [0.3, 0.2, 0.1]) for r in chosen))
     axes = panels(figures.recurrent_curves(runs, stats))
     assert [ax.get_title() for ax in axes] == ["seq_len 10", "seq_len 50"]
@@ -265,9 +334,11 @@ def test_recurrent_curves_a_panel_per_sequence_length() -> None:
 
 
 def _pair(objective: str, off: float, on: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    runs, stats = frames([run("off"), run("on", clip="norm", clip_threshold=1.0)],
-                         rows("off", "grad", "global_l2", [1.0, 2.0, 3.0]),
-                         rows("on", "grad", "global_l2", [1.0, 1.5, 2.0]))  # fmt: skip
+    runs, stats = frames(
+        [run("off"), run("on", clip="norm", clip_threshold=1.0)],
+        rows("off", "grad", "global_l2", [1.0, 2.0, 3.0]),
+        rows("on", "grad", "global_l2", [1.0, 1.5, 2.0]),
+    )
     runs[f"metrics.{objective}"] = [off, on]
     return runs, stats
 
@@ -297,10 +368,16 @@ def test_clipping_effect_loss_on_log_axes() -> None:
 
 def test_gan_gradient_lines_and_run_counts() -> None:
     d_fake = [0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02]
-    chosen = [run("s", loss="gan_saturating", dataset="gmm"), run("n1", loss="gan_nonsaturating", dataset="gmm"),
-              run("n2", loss="gan_nonsaturating", dataset="gmm", seed=1)]  # fmt: skip
-    runs, stats = frames(chosen, *(rows(r["run_id"], "grad", "l2", [1.0, 0.1, 0.01], layer="out") for r in chosen),
-                         *(rows(r["run_id"], "gan", "d_fake", d_fake) for r in chosen))  # fmt: skip
+    chosen = [
+        run("s", loss="gan_saturating", dataset="gmm"),
+        run("n1", loss="gan_nonsaturating", dataset="gmm"),
+        run("n2", loss="gan_nonsaturating", dataset="gmm", seed=1),
+    ]
+    runs, stats = frames(
+        chosen,
+        *(rows(r["run_id"], "grad", "l2", [1.0, 0.1, 0.01], layer="out") for r in chosen),
+        *(rows(r["run_id"], "gan", "d_fake", d_fake) for r in chosen),
+    )
     fig = figures.gan_gradient(runs, stats)
     left, right = panels(fig)
     assert len(left.lines) == len(right.lines) == 2  # a median line per loss
@@ -316,8 +393,13 @@ def test_gan_gradient_lines_and_run_counts() -> None:
 
 
 def test_a_single_gan_configuration_needs_leave_out_what_cannot_say_anything() -> None:
-    gan = pd.DataFrame([run(f"g{s}", loss=loss, dataset="gmm", optimizer="adam", seed=s)
-                        for loss in summary.GAN_LOSSES for s in range(3)])  # fmt: skip
+    gan = pd.DataFrame(
+        [
+            run(f"g{s}", loss=loss, dataset="gmm", optimizer="adam", seed=s)
+            for loss in summary.GAN_LOSSES
+            for s in range(3)
+        ]
+    )
     unmet = {name: figures.unmet(needs, gan) for name, needs in figures.NEEDS.items()}
     for name in ("phase_diagram", "saturation", "bptt", "recurrent_curves"):
         assert unmet[name] is not None and "has no" in unmet[name], name

@@ -11,8 +11,16 @@ from studies.spec import load_spec
 
 
 def _bptt_rows(run_id: str, norms: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"run_id": run_id, "step": 0, "family": "bptt", "layer": "L000",
-                         "stat": [K.time_stat(t) for t in range(len(norms))], "value": norms})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "run_id": run_id,
+            "step": 0,
+            "family": "bptt",
+            "layer": "L000",
+            "stat": [K.time_stat(t) for t in range(len(norms))],
+            "value": norms,
+        }
+    )
 
 
 def test_the_figure_draws_each_forget_bias_in_its_own_line_style() -> None:
@@ -40,6 +48,10 @@ def test_one_forget_bias_keeps_the_plain_cell_names() -> None:
 
 def test_the_recurrent_study_sweeps_the_lstm_forget_bias() -> None:
     spec = load_spec("recurrent")
-    values = {fields.get("forget_bias") for param in spec.space for fields in param.bundles.values()
-              if fields.get("model") == "lstm"}  # fmt: skip
+    values = {
+        fields.get("forget_bias")
+        for param in spec.space
+        for fields in param.bundles.values()
+        if fields.get("model") == "lstm"
+    }
     assert {0.0, 1.0} <= values

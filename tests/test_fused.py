@@ -36,8 +36,13 @@ def _tensors(seed: int = 0) -> list[torch.Tensor]:
 
 def _reference_rows(t: torch.Tensor) -> list[float]:
     x = t.double()
-    return [x.norm().item(), x.square().mean().sqrt().item(), x.abs().max().item(), x.mean().item(),
-            x.std(correction=0).item()]  # fmt: skip
+    return [
+        x.norm().item(),
+        x.square().mean().sqrt().item(),
+        x.abs().max().item(),
+        x.mean().item(),
+        x.std(correction=0).item(),
+    ]
 
 
 def test_grad_rows_are_the_float64_statistics_of_the_float32_values() -> None:
@@ -65,7 +70,9 @@ def test_norms_and_update_ratios() -> None:
     assert torch.isnan(got[0]) and torch.isinf(got[3])
     assert got[1:3].tolist() == pytest.approx([8**0.5 * 1e19, 8**0.5 * 1e18], rel=1e-7)  # squares summed in double
     ratios = fused.update_ratios(a, b)
-    expected = torch.stack([(x - y).double().norm() / y.double().norm() for x, y in zip(a, b)]).float()  # x − y in float32
+    expected = torch.stack(
+        [(x - y).double().norm() / y.double().norm() for x, y in zip(a, b)]
+    ).float()  # x − y in float32
     torch.testing.assert_close(ratios, expected, rtol=1e-6, atol=0)
     kept = [t.clone() for t in b]
     assert torch.equal(fused.update_ratios(a, b, refresh=True), ratios)  # the same numbers, then b holds a
@@ -120,9 +127,15 @@ def test_the_stats_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     for setting in ("1", "0"):
         monkeypatch.setenv(fused.ENV, setting)
         assert fused.usable(tensors) == (setting == "1")
-        runs.append([stats.tensor_stats(tensors), stats.norms(tensors),
-                     stats.layer_activation_stats("relu", relu), stats.layer_activation_stats("tanh", [torch.tanh(t) for t in tensors]),
-                     stats.update_ratios(stats.Stacked(tensors).copy_(tensors), after)])  # fmt: skip
+        runs.append(
+            [
+                stats.tensor_stats(tensors),
+                stats.norms(tensors),
+                stats.layer_activation_stats("relu", relu),
+                stats.layer_activation_stats("tanh", [torch.tanh(t) for t in tensors]),
+                stats.update_ratios(stats.Stacked(tensors).copy_(tensors), after),
+            ]
+        )
     (grad_f, norms_f, relu_f, tanh_f, upd_f), (grad_e, norms_e, relu_e, tanh_e, upd_e) = runs
     for name in grad_e:
         torch.testing.assert_close(grad_f[name], grad_e[name], rtol=2e-5, atol=1e-30, msg=name)
@@ -144,7 +157,9 @@ def test_what_the_kernels_cannot_take_goes_eager() -> None:
     z = t.clone().requires_grad_(True)
     (d,) = torch.autograd.grad(torch.nn.functional.gelu(z).sum(), z)
     row = stats.layer_activation_stats("gelu", [torch.nn.functional.gelu(t)], [t])[0]
-    assert row[2].item() == pytest.approx((d < 0.05 * ACTIVATIONS["gelu"].max_derivative).float().mean().item(), abs=1e-6)
+    assert row[2].item() == pytest.approx(
+        (d < 0.05 * ACTIVATIONS["gelu"].max_derivative).float().mean().item(), abs=1e-6
+    )
     assert 0 < row[2].item() < 1
 
 
@@ -181,7 +196,9 @@ def test_without_a_compiler_the_eager_path_runs_and_says_so(tmp_path) -> None:
         "print([str(w.message)[:60] for w in caught])\n"
     )
     env = {"PATH": "/usr/bin:/bin", "CC": "/bin/false", "GPL_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.splitlines()
     assert first == "False 3.0"
@@ -199,7 +216,9 @@ def test_build_is_cached_per_source_and_flags(tmp_path) -> None:
         assert fused.enabled()
 
 
-def test_a_read_only_cache_falls_back_to_a_fresh_private_temporary_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_only_cache_falls_back_to_a_fresh_private_temporary_folder(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No predictable shared name under /tmp (someone else could make it first): a new 0700 folder, and a warning."""
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
@@ -218,8 +237,10 @@ def test_a_read_only_cache_falls_back_to_a_fresh_private_temporary_folder(tmp_pa
 def test_workers_building_at_once_share_one_library(tmp_path) -> None:
     """Study workers start together on a fresh machine: each builds, each gets a whole library, one remains."""
     script = "import sys; from pathlib import Path; from gradprobe import fused; print(fused.build('serial', Path(sys.argv[1])))"
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     paths = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs) and len(paths) == 1
     library = Path(paths.pop())

@@ -44,8 +44,11 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
 )
-junk = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                    max_leaves=6)  # fmt: skip
+junk = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 unknown_names = st.text(min_size=1, max_size=12).filter(lambda s: s not in FIELDS and s != "help")  # --help exits 0
 
 
@@ -75,14 +78,18 @@ def as_text(value: Any) -> str:
 
 
 flag_values = st.one_of(
-    st.text(max_size=10), st.sampled_from(["nan", "inf", "-inf", "1e400", "-1", "0", "2.5", "1_0", " 3 ", "", "٣"]),
-    st.integers(-5, 100).map(str), st.floats(allow_nan=True).map(repr),
-)  # fmt: skip
+    st.text(max_size=10),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "-1", "0", "2.5", "1_0", " 3 ", "", "٣"]),
+    st.integers(-5, 100).map(str),
+    st.floats(allow_nan=True).map(repr),
+)
 flag_pairs = st.lists(
     st.tuples(st.sampled_from(FLAGS) | unknown_names.map(lambda s: "--" + s), flag_values)
-    | st.sampled_from(list(FIELDS)).flatmap(lambda n: st.tuples(st.just("--" + n.replace("_", "-")), plausible(n).map(as_text))),
+    | st.sampled_from(list(FIELDS)).flatmap(
+        lambda n: st.tuples(st.just("--" + n.replace("_", "-")), plausible(n).map(as_text))
+    ),
     max_size=5,
-)  # fmt: skip
+)
 
 
 def check_config_error(exc: ConfigError) -> None:
@@ -154,12 +161,26 @@ def bad_flag(name: str) -> st.SearchStrategy:
     allowed, kind = choices(name), FIELDS[name].type
     if allowed:
         return st.text(min_size=1, max_size=10).filter(lambda s: s not in allowed)
-    floor = {"depth": 1, "width": 1, "kernel_size": 1, "stride": 1, "batch_size": 1, "max_steps": 1, "log_every": 1,
-             "seq_len": 2, "val_every": 0, "seed": 0, "metric_points": 0}.get(name)  # fmt: skip
+    floor = {
+        "depth": 1,
+        "width": 1,
+        "kernel_size": 1,
+        "stride": 1,
+        "batch_size": 1,
+        "max_steps": 1,
+        "log_every": 1,
+        "seq_len": 2,
+        "val_every": 0,
+        "seed": 0,
+        "metric_points": 0,
+    }.get(name)
     not_a_number = st.sampled_from(["x", "1.2.3", "ten", "[1]", "None", ""])
     if kind == "int":
-        return not_a_number | st.floats(0.5, 9.5).filter(lambda v: v != int(v)).map(repr) | (
-            st.integers(-50, floor - 1).map(str) if floor is not None else st.nothing())
+        return (
+            not_a_number
+            | st.floats(0.5, 9.5).filter(lambda v: v != int(v)).map(repr)
+            | (st.integers(-50, floor - 1).map(str) if floor is not None else st.nothing())
+        )
     if name in ("lr", "init_gain"):
         return not_a_number | st.sampled_from(["nan", "inf", "0", "-0.5", "1e400"])
     if name in ("weight_decay", "res_scale", "momentum"):
@@ -170,10 +191,11 @@ def bad_flag(name: str) -> st.SearchStrategy:
 bad_argv = st.tuples(
     flag_pairs,
     st.sampled_from([n for n in FIELDS if n != "data_dir"]).flatmap(
-        lambda n: st.tuples(st.just("--" + n.replace("_", "-")), bad_flag(n))),
+        lambda n: st.tuples(st.just("--" + n.replace("_", "-")), bad_flag(n))
+    ),
     st.booleans(),
     st.tuples(unknown_names.map(lambda s: "--" + s), flag_values),
-)  # fmt: skip
+)
 
 
 @FUZZ
@@ -220,32 +242,69 @@ params = st.one_of(
     st.lists(junk | st.sampled_from(["relu", "tanh", 2, 3, 0.1]), max_size=3),
     st.fixed_dictionaries({"choices": junk}),
     ranges,
-    st.fixed_dictionaries({"bundles": junk | st.dictionaries(st.text(max_size=5), junk | st.dictionaries(
-        st.sampled_from(list(FIELDS)) | st.text(max_size=5), junk, max_size=2), max_size=2)}),
-)  # fmt: skip
+    st.fixed_dictionaries(
+        {
+            "bundles": junk
+            | st.dictionaries(
+                st.text(max_size=5),
+                junk | st.dictionaries(st.sampled_from(list(FIELDS)) | st.text(max_size=5), junk, max_size=2),
+                max_size=2,
+            )
+        }
+    ),
+)
 DELETE = object()  # a mutation that removes the field
 # One top-level field at a time gets a malformed value: `where` in the error must name that field.
 mutations = st.one_of(
     st.tuples(st.just("name"), junk),
     st.tuples(st.just("description"), junk),
-    st.tuples(st.just("fixed"), junk | st.builds(lambda fv: {fv[0]: fv[1]}, field_values)
-              | st.dictionaries(unknown_names, junk, min_size=1, max_size=2)),
-    st.tuples(st.just("space"), junk | st.dictionaries(st.sampled_from(["depth", "lr", "activation", "arch", "colour"]),
-                                                       params, min_size=1, max_size=2)),
-    st.tuples(st.just("sampler"), junk | st.fixed_dictionaries(
-        {"type": junk | st.sampled_from(["grid", "tpe", "random"])},
-        optional={"seed": junk | st.integers(-2, 2**33), "n_startup_trials": junk, "bogus": junk})),
-    st.tuples(st.just("pruner"), junk | st.fixed_dictionaries(
-        {"type": junk | st.sampled_from(["none", "median", "percentile", "hyperband"])},
-        optional={"n_warmup_steps": junk | st.integers(-3, 3), "percentile": junk, "interval_steps": junk, "bogus": junk})),
-    st.tuples(st.just("objective"), junk | st.fixed_dictionaries(
-        {"metric": junk | st.sampled_from(["val/acc", "val/loss", "train/loss"])},
-        optional={"direction": junk | st.sampled_from(["minimize", "maximize"]), "bogus": junk})),
+    st.tuples(
+        st.just("fixed"),
+        junk
+        | st.builds(lambda fv: {fv[0]: fv[1]}, field_values)
+        | st.dictionaries(unknown_names, junk, min_size=1, max_size=2),
+    ),
+    st.tuples(
+        st.just("space"),
+        junk
+        | st.dictionaries(
+            st.sampled_from(["depth", "lr", "activation", "arch", "colour"]), params, min_size=1, max_size=2
+        ),
+    ),
+    st.tuples(
+        st.just("sampler"),
+        junk
+        | st.fixed_dictionaries(
+            {"type": junk | st.sampled_from(["grid", "tpe", "random"])},
+            optional={"seed": junk | st.integers(-2, 2**33), "n_startup_trials": junk, "bogus": junk},
+        ),
+    ),
+    st.tuples(
+        st.just("pruner"),
+        junk
+        | st.fixed_dictionaries(
+            {"type": junk | st.sampled_from(["none", "median", "percentile", "hyperband"])},
+            optional={
+                "n_warmup_steps": junk | st.integers(-3, 3),
+                "percentile": junk,
+                "interval_steps": junk,
+                "bogus": junk,
+            },
+        ),
+    ),
+    st.tuples(
+        st.just("objective"),
+        junk
+        | st.fixed_dictionaries(
+            {"metric": junk | st.sampled_from(["val/acc", "val/loss", "train/loss"])},
+            optional={"direction": junk | st.sampled_from(["minimize", "maximize"]), "bogus": junk},
+        ),
+    ),
     st.tuples(st.just("n_trials"), junk),
     st.tuples(st.just("retries"), junk),
     st.tuples(unknown_names.filter(lambda s: s not in TOP_LEVEL), junk),
     st.tuples(st.sampled_from(["name", "space", "objective"]), st.just(DELETE)),
-)  # fmt: skip
+)
 
 
 def dump(raw: dict) -> str:
@@ -256,7 +315,9 @@ def dump(raw: dict) -> str:
 def check_spec_error(exc: SpecError, path: Path, fields: set[str]) -> None:
     """One line `<file>: <where>: <problem>`, `where` naming the broken field."""
     message = str(exc)
-    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: {exc.where}: ") and exc.problem.strip(), message
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: {exc.where}: ") and exc.problem.strip(), (
+        message
+    )
     shown = {f if f.isprintable() else repr(f)[1:-1] for f in fields}  # keys with control characters are escaped
     assert any(exc.where == f or exc.where.startswith(f + ".") for f in shown), message
 
@@ -315,10 +376,22 @@ def test_a_fuzzed_spec_is_valid_or_a_clear_spec_error_and_the_cli_writes_nothing
 yaml_files = st.one_of(
     st.text(max_size=80).map(str.encode),
     st.binary(max_size=60),  # mostly not UTF-8
-    st.sampled_from(["name: [unclosed\n", "{a: 1, a: 2}\n", "- a\n- b\n", "name: x\n  bad indent: 1\n", "&a [*a]\n",
-                     "!!python/object:os.system x\n", "name: !!binary Zm9v\n", "\t- tab\n", "---\n...\n---\n", ""]).map(str.encode),
+    st.sampled_from(
+        [
+            "name: [unclosed\n",
+            "{a: 1, a: 2}\n",
+            "- a\n- b\n",
+            "name: x\n  bad indent: 1\n",
+            "&a [*a]\n",
+            "!!python/object:os.system x\n",
+            "name: !!binary Zm9v\n",
+            "\t- tab\n",
+            "---\n...\n---\n",
+            "",
+        ]
+    ).map(str.encode),
     st.builds(lambda raw, cut: dump(raw).encode()[:cut], st.just(BASE), st.integers(0, 200)),  # cut anywhere
-)  # fmt: skip
+)
 
 
 @FUZZ
@@ -342,8 +415,11 @@ def test_malformed_yaml_is_a_clear_spec_error_and_the_cli_writes_nothing(
 
 
 @FUZZ
-@given(items=st.lists(st.text(max_size=16) | field_values.map(lambda fv: f"{fv[0]}={dump(fv[1]).strip()}"),
-                      min_size=1, max_size=3))  # fmt: skip
+@given(
+    items=st.lists(
+        st.text(max_size=16) | field_values.map(lambda fv: f"{fv[0]}={dump(fv[1]).strip()}"), min_size=1, max_size=3
+    )
+)
 def test_fuzzed_overrides_are_a_clear_spec_error_and_the_cli_writes_nothing(
     items: list[str], study_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture
 ) -> None:
@@ -364,12 +440,18 @@ def test_fuzzed_overrides_are_a_clear_spec_error_and_the_cli_writes_nothing(
 
 # -- every entry point: bad calls write nothing --------------------------------------------------------
 
-ENTRY_POINTS = {"train": train.main, "study": study_cli.main, "report": report_cli.main,
-                "invariance": invariance_cli.main, "invariance_report": invariance_report_cli.main,
-                "gradcheck": gradcheck_cli.main}  # fmt: skip
+ENTRY_POINTS = {
+    "train": train.main,
+    "study": study_cli.main,
+    "report": report_cli.main,
+    "invariance": invariance_cli.main,
+    "invariance_report": invariance_report_cli.main,
+    "gradcheck": gradcheck_cli.main,
+}
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))  # 10**9 leaves  # fmt: skip
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)  # 10**9 leaves
 SPEC_FILES = {
     "bomb.yaml": ALIAS_BOMB,
     "pruner.yaml": dump({**BASE, "pruner": {"type": "median", "n_warmup_steps": "5"}}),
@@ -440,21 +522,34 @@ def _bad_inputs(cwd: Path) -> None:
 
     for name, text in SPEC_FILES.items():
         (cwd / name).write_text(text, encoding="utf-8")
-    damages = {"cut": lambda raw: gzip.compress(raw)[:-9], "junk": lambda raw: b"not gzip" + raw,
-               "short": lambda raw: gzip.compress(raw[:-1]), "magic": lambda raw: gzip.compress(b"\x1f" + raw[1:])}  # fmt: skip
+    damages = {
+        "cut": lambda raw: gzip.compress(raw)[:-9],
+        "junk": lambda raw: b"not gzip" + raw,
+        "short": lambda raw: gzip.compress(raw[:-1]),
+        "magic": lambda raw: gzip.compress(b"\x1f" + raw[1:]),
+    }
     for folder, damage in damages.items():
         (cwd / folder / "mnist").mkdir(parents=True)
         for name in MNIST_FILES:
             raw = bytes.fromhex("00000801") + (3).to_bytes(4, "big") + bytes([1, 2, 3])
-            (cwd / folder / "mnist" / f"{name}.gz").write_bytes(damage(raw) if name == MNIST_FILES[0] else gzip.compress(raw))
+            (cwd / folder / "mnist" / f"{name}.gz").write_bytes(
+                damage(raw) if name == MNIST_FILES[0] else gzip.compress(raw)
+            )
     (cwd / "notadb.db").write_bytes(b"SQLite format 2\0 this is not a database" * 10)
 
 
-@pytest.mark.parametrize("entry, argv, env", BAD_CALLS, ids=[f"{e}:{' '.join(a)}:{','.join(v)}" for e, a, v in BAD_CALLS])
+@pytest.mark.parametrize(
+    "entry, argv, env", BAD_CALLS, ids=[f"{e}:{' '.join(a)}:{','.join(v)}" for e, a, v in BAD_CALLS]
+)
 def test_a_bad_call_of_any_entry_point_is_one_line_exit_2_and_writes_nothing(
-    entry: str, argv: list[str], env: dict[str, str], tmp_path: Path, empty_store: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-) -> None:  # fmt: skip
+    entry: str,
+    argv: list[str],
+    env: dict[str, str],
+    tmp_path: Path,
+    empty_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     import mlflow
 
     for name in MLFLOW_ENV:
@@ -503,7 +598,9 @@ def test_a_read_only_store_is_one_line_exit_2_and_stays_as_it_was(
         before = _files(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)  # an earlier test's explicit URI would win over the variable
-        argv = {"train": ["--max-steps", "1"], "study": ["--set", "max_steps=2"], "report": ["--study", "default"]}[entry]
+        argv = {"train": ["--max-steps", "1"], "study": ["--set", "max_steps=2"], "report": ["--study", "default"]}[
+            entry
+        ]
         capsys.readouterr()
         code = ENTRY_POINTS[entry](argv)
         _, err = capsys.readouterr()

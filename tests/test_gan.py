@@ -36,8 +36,17 @@ LN3 = math.log(3.0)  # σ(ln 3) = 3/4, σ(−ln 3) = 1/4
 
 def tiny(**overrides) -> RunConfig:
     """A GAN run of a few seconds: a 2×16 ReLU generator, Adam."""
-    values = dict(dataset="gmm", loss="gan_nonsaturating", depth=2, width=16, batch_size=32, max_steps=3,
-                  optimizer="adam", lr=1e-2, log_every=1)  # fmt: skip
+    values = dict(
+        dataset="gmm",
+        loss="gan_nonsaturating",
+        depth=2,
+        width=16,
+        batch_size=32,
+        max_steps=3,
+        optimizer="adam",
+        lr=1e-2,
+        log_every=1,
+    )
     return RunConfig(**{**values, **overrides})
 
 
@@ -183,11 +192,13 @@ def test_gmm_points_are_the_mixture_and_seeded() -> None:
 def test_coverage_of_hand_placed_points() -> None:
     centers = torch.from_numpy(D.gmm_centers())
     std = 0.05
-    points = torch.cat([
-        centers[0] + torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, -0.149]]),  # within 3σ = 0.15 of mode 0
-        centers[3] + torch.tensor([[0.151, 0.0]]),  # just outside 3σ of mode 3
-        torch.zeros(1, 2),  # the origin: 2 from every mode
-    ])  # fmt: skip
+    points = torch.cat(
+        [
+            centers[0] + torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, -0.149]]),  # within 3σ = 0.15 of mode 0
+            centers[3] + torch.tensor([[0.151, 0.0]]),  # just outside 3σ of mode 3
+            torch.zeros(1, 2),  # the origin: 2 from every mode
+        ]
+    )
     counts = mode_counts(points, centers, std)
     assert counts.tolist() == [3, 0, 0, 0, 0, 0, 0, 0]
     quality, modes = coverage(counts, len(points))
@@ -221,10 +232,14 @@ class GeneratorStep(pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if optimizer is pl_module.generator_optimizer:  # runs after the probe, before clipping and the update
-            self.steps.append({
-                "z": self.z, "x": self.x,
-                "net": copy.deepcopy(pl_module.net.state_dict()), "disc": copy.deepcopy(pl_module.disc.state_dict()),
-            })  # fmt: skip
+            self.steps.append(
+                {
+                    "z": self.z,
+                    "x": self.x,
+                    "net": copy.deepcopy(pl_module.net.state_dict()),
+                    "disc": copy.deepcopy(pl_module.disc.state_dict()),
+                }
+            )
 
 
 def fit(cfg: RunConfig, lit=None, data=None) -> tuple[dict[int, dict[str, float]], GeneratorStep, object]:
@@ -300,12 +315,12 @@ def test_discriminator_takes_d_steps_per_generator_step() -> None:
     assert {int(s["step"]) for s in g_opt.state.values()} == {2}
 
 
-
 def test_schedules_step_both_optimizers_once_per_generator_step() -> None:
     cfg = tiny(schedule="step", max_steps=3, d_steps=2)  # StepLR: ×0.1 every max(1, 3 // 3) = 1 step
     _, _, lit = fit(cfg)
     for opt in lit.trainer.optimizers:
         assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * 0.1**3, rel=1e-9)
+
 
 def test_a_diverging_gan_stops_as_a_result() -> None:
     """SGD at lr 1e6 wrecks the discriminator in its first update: the generator's gradient is not finite,
@@ -380,8 +395,17 @@ def test_gan_run_records_the_generator_and_the_gan_keys(tracking, tmp_path) -> N
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["loss"] == cfg.loss
     metrics = run.data.metrics
-    expected = {"train/loss", "grad/global_l2", "gan/d_real", "gan/d_fake", "gan/d_loss", "gan/g_loss",
-                "val/loss", "val/modes", "val/high_quality"}  # fmt: skip
+    expected = {
+        "train/loss",
+        "grad/global_l2",
+        "gan/d_real",
+        "gan/d_fake",
+        "gan/d_loss",
+        "gan/g_loss",
+        "val/loss",
+        "val/modes",
+        "val/high_quality",
+    }
     for layer in ("L000", "L001", "out"):
         expected |= {f"grad/l2/{layer}", f"backprop/l2/{layer}", f"update/ratio/{layer}"}
     assert expected <= set(metrics)

@@ -92,8 +92,9 @@ def test_a_deep_net_shows_its_first_and_last_layers() -> None:
 
 
 @pytest.mark.parametrize("histograms", ["on", "off"])
-def test_a_lab_run_records_histograms_and_logs_their_figure_only_when_asked(tracking: str, tiny_cfg, tmp_path,
-                                                                            histograms: str) -> None:  # fmt: skip
+def test_a_lab_run_records_histograms_and_logs_their_figure_only_when_asked(
+    tracking: str, tiny_cfg, tmp_path, histograms: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     from pipelines import memory, train

@@ -16,8 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # A step of minutes on one thread (20 conv layers of 256 channels, 9×9 kernels, 256 images) that fits in memory:
 # Lightning's own SIGTERM handler only sets a flag it reads between steps, so before the fix the run went on
 # until the step ended (86 s here); now the signal interrupts the step.
-SLOW_STEP = ["--model", "cnn", "--width", "256", "--depth", "20", "--kernel-size", "9", "--batch-size", "256",
-             "--max-steps", "100"]  # fmt: skip
+SLOW_STEP = [
+    "--model",
+    "cnn",
+    "--width",
+    "256",
+    "--depth",
+    "20",
+    "--kernel-size",
+    "9",
+    "--batch-size",
+    "256",
+    "--max-steps",
+    "100",
+]
 STOP_WAIT = 45  # seconds: generous for "within seconds", shorter than the slow step
 
 
@@ -34,8 +46,14 @@ def test_sigterm_mid_step_stops_the_run_and_leaves_it_killed(tmp_path: Path, sto
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": store_uri, "OMP_NUM_THREADS": "1"}
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", *SLOW_STEP], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", *SLOW_STEP],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while _statuses(db) != ["RUNNING"]:  # the started marker: the run exists (training starts right after)

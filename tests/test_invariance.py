@@ -96,8 +96,14 @@ def test_subsampling_is_equivariant_only_for_multiples_of_the_stride(dims: str, 
     assert measures.equivariance_errors(net, x, 4)["L001"] <= 1e-6
     assert measures.equivariance_errors(net, x, 2)["L001"] > 1e-2  # 2 is not a multiple of L001's stride 4
     rows = pd.DataFrame(measures.equivariance_rows(net, x))
-    assert set(zip(rows["layer"], rows["shift"])) == {("L000", 1), ("L001", 1), ("L002", 1), ("L000", 2),
-                                                       ("L001", 4), ("L002", 8)}  # fmt: skip
+    assert set(zip(rows["layer"], rows["shift"])) == {
+        ("L000", 1),
+        ("L001", 1),
+        ("L002", 1),
+        ("L000", 2),
+        ("L001", 4),
+        ("L002", 8),
+    }
 
 
 # -- gradient identities against autograd ---------------------------------------------------------
@@ -106,10 +112,21 @@ def test_subsampling_is_equivariant_only_for_multiples_of_the_stride(dims: str, 
 def _model(name: str, norm: str) -> torch.nn.Module:
     torch.manual_seed(3)
     if name == "mlp":
-        return create_model("mlp", in_shape=(1, 8, 8), layout="image", n_outputs=N_OUT, depth=3, width=12,
-                            activation="relu", norm=norm)  # fmt: skip
-    return create_model("cnn", in_shape=(1, 8, 8), layout="image", n_outputs=N_OUT, depth=3, width=6,
-                        activation="relu", norm=norm, pool="max", padding="zeros")  # fmt: skip
+        return create_model(
+            "mlp", in_shape=(1, 8, 8), layout="image", n_outputs=N_OUT, depth=3, width=12, activation="relu", norm=norm
+        )
+    return create_model(
+        "cnn",
+        in_shape=(1, 8, 8),
+        layout="image",
+        n_outputs=N_OUT,
+        depth=3,
+        width=6,
+        activation="relu",
+        norm=norm,
+        pool="max",
+        padding="zeros",
+    )
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,8 +218,11 @@ def test_mlproject_entry_points_parse_with_their_defaults() -> None:
     assert command[:3] == ["python", "-m", "experiments.invariance"]
     args = experiment.make_parser().parse_args(command[3:])
     assert args.retrain is False and args.max_steps == experiment.BASE["max_steps"]
-    report = shlex.split(entries["invariance_report"]["command"].format(
-        **{n: p["default"] for n, p in entries["invariance_report"]["parameters"].items()}))  # fmt: skip
+    report = shlex.split(
+        entries["invariance_report"]["command"].format(
+            **{n: p["default"] for n, p in entries["invariance_report"]["parameters"].items()}
+        )
+    )
     assert report[:3] == ["python", "-m", "analysis.invariance_report"]
 
 
@@ -253,8 +273,18 @@ def test_report_renders_every_figure_and_the_verdict(tmp_path: Path) -> None:
 
 # -- the entry point end to end -------------------------------------------------------------------
 
-TINY = ["--models", "mlp,cnn_circ,cnn_circ_bn", "--datasets", "digits", "--max-steps", "4", "--width", "6",
-        "--threads", str(torch.get_num_threads())]  # fmt: skip
+TINY = [
+    "--models",
+    "mlp,cnn_circ,cnn_circ_bn",
+    "--datasets",
+    "digits",
+    "--max-steps",
+    "4",
+    "--width",
+    "6",
+    "--threads",
+    str(torch.get_num_threads()),
+]
 
 
 @pytest.mark.slow
@@ -276,8 +306,9 @@ def test_entry_point_trains_logs_reuses_and_reports(tracking: str, tmp_path: Pat
         assert metrics[K.shift_key(state, "prob_change", "circ")] <= 1e-6
         assert K.gradcheck_key(state, K.RELU_RESCALE, 3.0, "grad_scale_l") in metrics
     bn = trials.loc[trials[K.INVARIANCE_ZOO_TAG] == "cnn_circ_bn", "run_id"].item()
-    assert client.get_run(bn).data.metrics[K.gradcheck_key("trained", K.BN_SCALE, 3.0, "grad_scale")] == \
-        pytest.approx(1 / 3, rel=1e-6)  # fmt: skip
+    assert client.get_run(bn).data.metrics[K.gradcheck_key("trained", K.BN_SCALE, 3.0, "grad_scale")] == pytest.approx(
+        1 / 3, rel=1e-6
+    )
     table = load.invariance_metrics(trials)
     assert set(table["run_id"]) == set(trials["run_id"])
     assert (table.groupby("run_id")["key"].apply(lambda k: k.is_unique)).all()
@@ -324,8 +355,9 @@ def test_an_invocation_that_fails_ends_failed_with_the_reason(tracking: str, mon
 def test_runs_of_the_tree_left_by_a_dead_process_are_closed(tracking: str) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     client = MlflowClient()
-    orphan = client.create_run("0", tags={"study": K.INVARIANCE, "role": tree.WORKER,
-                                          **liveness.identity(int(dead.stdout))}).info.run_id  # fmt: skip
+    orphan = client.create_run(
+        "0", tags={"study": K.INVARIANCE, "role": tree.WORKER, **liveness.identity(int(dead.stdout))}
+    ).info.run_id
     other = client.create_run("0", tags={"study": "another", **liveness.identity(int(dead.stdout))}).info.run_id
     parent, own, _ = experiment.attach(client)
     assert client.get_run(orphan).info.status == "KILLED"

@@ -50,7 +50,9 @@ def test_headline_keys_form_the_first_chart_section() -> None:
     copies = [K.headline_key(k) for k in K.HEADLINE_KEYS]
     assert copies[0] == "0-headline/train_loss" and K.headline_key(K.VAL_ACC) == "0-headline/val_acc"
     assert K.headline_key(K.key("grad", "L000", "l2")) is None and K.headline_key(K.ELAPSED) is None
-    sections = {k.rsplit("/", 1)[0] for k in [K.key(f, "L000", s) for f in FAMILIES for s in STATS] + list(K.VAL_METRICS)}
+    sections = {
+        k.rsplit("/", 1)[0] for k in [K.key(f, "L000", s) for f in FAMILIES for s in STATS] + list(K.VAL_METRICS)
+    }
     headline = {c.rsplit("/", 1)[0] for c in copies}
     assert headline == {K.HEADLINE}
     assert all(K.HEADLINE < s for s in sections)  # JavaScript's default sort compares UTF-16 code units
@@ -78,14 +80,22 @@ def test_analysis_reads_a_previous_form_run_like_a_new_one(tracking, tmp_path) -
     old, new = _table(old_keys, tmp_path, "old"), _table(new_keys, tmp_path, "new")
     runs = load.runs(run_ids=[old, new], role=None)
     table = load.stats(runs)
-    by_run = {r: t.drop(columns="run_id").sort_values(["step", "family", "layer", "stat"]).reset_index(drop=True)
-              for r, t in table.groupby("run_id")}  # fmt: skip
+    by_run = {
+        r: t.drop(columns="run_id").sort_values(["step", "family", "layer", "stat"]).reset_index(drop=True)
+        for r, t in table.groupby("run_id")
+    }
     pd.testing.assert_frame_equal(by_run[old], by_run[new])
     # Hand-written: grad/L001/rms is the 6th key (index 5 of the per-layer part, after the 2 run-wide ones).
-    row = by_run[old][(by_run[old].step == 2) & (by_run[old].family == "grad") & (by_run[old].layer == "L001")
-                      & (by_run[old].stat == "rms")]  # fmt: skip
+    row = by_run[old][
+        (by_run[old].step == 2)
+        & (by_run[old].family == "grad")
+        & (by_run[old].layer == "L001")
+        & (by_run[old].stat == "rms")
+    ]
     assert row.value.tolist() == [200.0 + 2 + 3]
-    profile = {r: summary.step0_backprop(table[table.run_id == r]).drop(columns="run_id").reset_index(drop=True)
-               for r in (old, new)}  # what the report's backprop figure reads  # fmt: skip
+    profile = {
+        r: summary.step0_backprop(table[table.run_id == r]).drop(columns="run_id").reset_index(drop=True)
+        for r in (old, new)
+    }  # what the report's backprop figure reads
     assert profile[old]["layer"].tolist() == ["L000", "L001"]
     pd.testing.assert_frame_equal(profile[old], profile[new])

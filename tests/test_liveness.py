@@ -70,8 +70,14 @@ def test_the_recorder_refreshes_the_heartbeat_while_the_run_lives(tracking: str)
     client = MlflowClient()
     run_id = client.create_run("0").info.run_id
     before = int(time.time())
-    recorder = Recorder(client, run_id, expected_records=1, metric_points=0,
-                        heartbeat=liveness.heartbeat(client, run_id), heartbeat_seconds=0.05)
+    recorder = Recorder(
+        client,
+        run_id,
+        expected_records=1,
+        metric_points=0,
+        heartbeat=liveness.heartbeat(client, run_id),
+        heartbeat_seconds=0.05,
+    )
     try:
         deadline = time.monotonic() + 60
         while "heartbeat" not in client.get_run(run_id).data.tags:

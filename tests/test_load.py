@@ -73,8 +73,9 @@ def test_partial_and_unknown_studies(tracking: str) -> None:
     client = MlflowClient()
     parent = client.create_run("0", tags={"study": "partial", "role": "parent"}).info.run_id
     # A trial that crashed before its parquet table was written: a row in runs, no statistics.
-    crashed = client.create_run("0", tags={"study": "partial", "role": "trial", "trial": "0",
-                                           "mlflow.parentRunId": parent}).info.run_id  # fmt: skip
+    crashed = client.create_run(
+        "0", tags={"study": "partial", "role": "trial", "trial": "0", "mlflow.parentRunId": parent}
+    ).info.run_id
     client.log_param(crashed, "depth", "3")
     data = load.study("partial")
     assert data.parent_run_id == parent and data.runs.empty  # it never finished: skipped, and named

@@ -25,8 +25,18 @@ def lines(fig: Figure) -> list:
 
 
 def test_output_gradient_shows_the_sigmoid_mse_slowdown(tracking: str) -> None:
-    base = dict(dataset="breast_cancer", depth=2, width=16, activation="relu", init="xavier_normal", lr=0.1,
-                batch_size=64, max_steps=12, log_every=2, metric_points=0)  # fmt: skip
+    base = dict(
+        dataset="breast_cancer",
+        depth=2,
+        width=16,
+        activation="relu",
+        init="xavier_normal",
+        lr=0.1,
+        batch_size=64,
+        max_steps=12,
+        log_every=2,
+        metric_points=0,
+    )
     data = trained([RunConfig(loss=loss, init_gain=gain, **base) for loss in ("bce", "mse") for gain in (1.0, 3.0)])
     fig = figures.output_gradient(data.runs, data.stats)
     assert isinstance(fig, Figure) and "MSE" in fig.get_suptitle()
@@ -41,8 +51,21 @@ def test_output_gradient_shows_the_sigmoid_mse_slowdown(tracking: str) -> None:
 
 
 def test_gan_gradient_compares_the_generator_losses(tracking: str) -> None:
-    base = dict(dataset="gmm", model="mlp", activation="relu", depth=2, width=16, latent_dim=4, d_steps=3,
-                optimizer="adam", lr=0.003, batch_size=64, max_steps=10, log_every=2, metric_points=0)  # fmt: skip
+    base = dict(
+        dataset="gmm",
+        model="mlp",
+        activation="relu",
+        depth=2,
+        width=16,
+        latent_dim=4,
+        d_steps=3,
+        optimizer="adam",
+        lr=0.003,
+        batch_size=64,
+        max_steps=10,
+        log_every=2,
+        metric_points=0,
+    )
     data = trained([RunConfig(loss=loss, **base) for loss in ("gan_saturating", "gan_nonsaturating")])
     fig = figures.gan_gradient(data.runs, data.stats)
     assert isinstance(fig, Figure)

@@ -89,8 +89,10 @@ HAND: dict[tuple[str, str], tuple[list, list, float]] = {
     ("mse", "classification"): (Z_CLS, Y_CLS, _mean([(p - t) ** 2 for p, t in flat_cls])),
     ("mae", "classification"): (Z_CLS, Y_CLS, _mean([abs(p - t) for p, t in flat_cls])),
     ("bce", "classification"): (
-        Z_CLS, Y_CLS, _mean([_bce(z, t) for zr, tr in zip(Z_CLS, _onehot_cls()) for z, t in zip(zr, tr)]),
-    ),  # fmt: skip
+        Z_CLS,
+        Y_CLS,
+        _mean([_bce(z, t) for zr, tr in zip(Z_CLS, _onehot_cls()) for z, t in zip(zr, tr)]),
+    ),
     # Σ_{i≠y} max(0, 1 − z_y + z_i) / C: example 1 has no violation, example 2 only 1 − 0.5 + 0 = 0.5.
     ("hinge", "classification"): (Z_CLS, Y_CLS, (0 + 0.5 / 3) / 2),
     ("kl", "classification"): (Z_CLS, Y_CLS, _kl()),
@@ -101,19 +103,33 @@ HAND: dict[tuple[str, str], tuple[list, list, float]] = {
     ("hinge", "binary"): (Z_BIN, Y_BIN, (0 + 1.5 + 1.3) / 3),  # max(0, 1 − t·z): 1 − 2, 1 + 0.5, 1 + 0.3
     ("mse", "binary"): (Z_BIN, Y_BIN, _mean([(_sig(z[0]) - y[0]) ** 2 for z, y in zip(Z_BIN, Y_BIN)])),
     ("bce", "segmentation"): (
-        Z_SEG, Y_SEG, _mean([_bce(z, t) for zs, ts in zip(Z_SEG, Y_SEG) for z, t in zip(zs[0], ts[0])]),
-    ),  # fmt: skip
+        Z_SEG,
+        Y_SEG,
+        _mean([_bce(z, t) for zs, ts in zip(Z_SEG, Y_SEG) for z, t in zip(zs[0], ts[0])]),
+    ),
     ("dice", "segmentation"): (
-        Z_SEG, Y_SEG, _mean([1 - (2 * i + SMOOTHING) / (p + t + SMOOTHING) for i, p, t in _seg_overlaps()]),
-    ),  # fmt: skip
+        Z_SEG,
+        Y_SEG,
+        _mean([1 - (2 * i + SMOOTHING) / (p + t + SMOOTHING) for i, p, t in _seg_overlaps()]),
+    ),
     ("iou", "segmentation"): (
-        Z_SEG, Y_SEG, _mean([1 - (i + SMOOTHING) / (p + t - i + SMOOTHING) for i, p, t in _seg_overlaps()]),
-    ),  # fmt: skip
-    ("triplet", "metric"): (Z_MET, Y_MET, _mean([max(0.0, _dist(a, p) - _dist(a, n) + MARGIN) for a, p, n in TRIPLETS])),
+        Z_SEG,
+        Y_SEG,
+        _mean([1 - (i + SMOOTHING) / (p + t - i + SMOOTHING) for i, p, t in _seg_overlaps()]),
+    ),
+    ("triplet", "metric"): (
+        Z_MET,
+        Y_MET,
+        _mean([max(0.0, _dist(a, p) - _dist(a, n) + MARGIN) for a, p, n in TRIPLETS]),
+    ),
     ("contrastive", "metric"): (
-        Z_MET, Y_MET,
-        _mean([0.5 * _dist(a, p) ** 2 for a, p, _ in TRIPLETS] + [0.5 * max(0.0, MARGIN - _dist(a, n)) ** 2 for a, _, n in TRIPLETS]),
-    ),  # fmt: skip
+        Z_MET,
+        Y_MET,
+        _mean(
+            [0.5 * _dist(a, p) ** 2 for a, p, _ in TRIPLETS]
+            + [0.5 * max(0.0, MARGIN - _dist(a, n)) ** 2 for a, _, n in TRIPLETS]
+        ),
+    ),
 }
 
 
@@ -160,7 +176,9 @@ def _random_inputs(task: str, g: torch.Generator) -> tuple[torch.Tensor, torch.T
     if task == "regression":
         return torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64)
     if task == "binary":
-        return torch.randn(6, 1, generator=g, dtype=torch.float64), torch.tensor([[1.0], [0], [1], [1], [0], [0]], dtype=torch.float64)
+        return torch.randn(6, 1, generator=g, dtype=torch.float64), torch.tensor(
+            [[1.0], [0], [1], [1], [0], [0]], dtype=torch.float64
+        )
     if task == "segmentation":
         return torch.randn(3, 1, 7, generator=g, dtype=torch.float64), (torch.rand(3, 1, 7, generator=g) > 0.5).double()
     # metric: spread-out embeddings, so some negatives fall inside the margin and some outside
@@ -202,7 +220,9 @@ def test_soft_dice_gradient_is_the_quotient_rule() -> None:
     p = torch.sigmoid(z)
     inter = (p * y).sum(dim=(1, 2), keepdim=True)
     total = (p + y).sum(dim=(1, 2), keepdim=True)
-    expected = -(2 * y * (total + SMOOTHING) - (2 * inter + SMOOTHING)) / (total + SMOOTHING) ** 2 * p * (1 - p) / len(z)
+    expected = (
+        -(2 * y * (total + SMOOTHING) - (2 * inter + SMOOTHING)) / (total + SMOOTHING) ** 2 * p * (1 - p) / len(z)
+    )
     torch.testing.assert_close(_grad("dice", "segmentation", z, y), expected)
 
 

@@ -26,25 +26,50 @@ def test_data_shapes_are_those_of_the_loaded_data(dataset: str, seq_len: int) ->
     data, shape = TaskData(dataset, seq_len=seq_len), DATA_SHAPES[dataset](seq_len)
     assert shape.in_shape == data.in_shape
     n_test = 0 if data.test is None else len(data.test)
-    assert (shape.n_train, shape.n_val, shape.n_test, shape.n_outputs) == (len(data.train), len(data.val), n_test, data.n_outputs)
+    assert (shape.n_train, shape.n_val, shape.n_test, shape.n_outputs) == (
+        len(data.train),
+        len(data.val),
+        n_test,
+        data.n_outputs,
+    )
     assert shape.target_size == math.prod(data.train.tensors[1].shape[1:])
 
 
 CASES = [
-    *[dict(model=m, dataset=d, norm=n, depth=dp, width=w)
-      for m, d in (("mlp", "digits"), ("resmlp", "digits"), ("mlp", "mnist1d"))
-      for n, dp, w in (("none", 1, 3), ("batch", 3, 5), ("layer", 2, 4))],
-    *[dict(model="cnn", dataset=d, norm=n, depth=dp, width=3, kernel_size=k, stride=s, pool=p, head=h,
-           loss="mse" if d == "adding" else "ce")
-      for d, n, dp, k, s, p, h in (("digits", "none", 3, 3, 1, "none", "gap"), ("digits", "batch", 4, 5, 2, "max", "flatten"),
-                                   ("mnist1d", "layer", 5, 3, 2, "none", "flatten"), ("mnist1d", "none", 2, 1, 1, "max", "gap"),
-                                   ("adding", "none", 2, 3, 1, "none", "gap"))],
+    *[
+        dict(model=m, dataset=d, norm=n, depth=dp, width=w)
+        for m, d in (("mlp", "digits"), ("resmlp", "digits"), ("mlp", "mnist1d"))
+        for n, dp, w in (("none", 1, 3), ("batch", 3, 5), ("layer", 2, 4))
+    ],
+    *[
+        dict(
+            model="cnn",
+            dataset=d,
+            norm=n,
+            depth=dp,
+            width=3,
+            kernel_size=k,
+            stride=s,
+            pool=p,
+            head=h,
+            loss="mse" if d == "adding" else "ce",
+        )
+        for d, n, dp, k, s, p, h in (
+            ("digits", "none", 3, 3, 1, "none", "gap"),
+            ("digits", "batch", 4, 5, 2, "max", "flatten"),
+            ("mnist1d", "layer", 5, 3, 2, "none", "flatten"),
+            ("mnist1d", "none", 2, 1, 1, "max", "gap"),
+            ("adding", "none", 2, 3, 1, "none", "gap"),
+        )
+    ],
     dict(model="cnn", dataset="segment1d", loss="bce", depth=3, width=4, head="dense"),
-    *[dict(model=m, dataset=d, depth=dp, width=5, norm=n, **({"loss": "mse"} if d == "adding" else {}))
-      for m, (d, dp, n) in itertools.product(("rnn", "lstm", "gru"), (("adding", 2, "none"), ("mnist1d", 1, "layer")))],
+    *[
+        dict(model=m, dataset=d, depth=dp, width=5, norm=n, **({"loss": "mse"} if d == "adding" else {}))
+        for m, (d, dp, n) in itertools.product(("rnn", "lstm", "gru"), (("adding", 2, "none"), ("mnist1d", 1, "layer")))
+    ],
     dict(model="mlp", dataset="digits_metric", loss="triplet", embed_dim=7, depth=2, width=6),
     dict(model="mlp", dataset="gmm", loss="gan_nonsaturating", latent_dim=5, depth=2, width=6),
-]  # fmt: skip
+]
 
 
 def _built(cfg: RunConfig) -> torch.nn.Module:
@@ -53,10 +78,21 @@ def _built(cfg: RunConfig) -> torch.nn.Module:
     gan = cfg.task == "adversarial"
     in_shape, layout = ((cfg.latent_dim,), "vector") if gan else (data.in_shape, data.info.layout)
     return create_model(
-        cfg.model, in_shape=in_shape, layout=layout, n_outputs=n_outputs, depth=cfg.depth, width=cfg.width,
-        activation=cfg.activation, norm=cfg.norm, res_scale=cfg.res_scale, kernel_size=cfg.kernel_size,
-        padding=cfg.padding, stride=cfg.stride, pool=cfg.pool, head=cfg.head,
-    )  # fmt: skip
+        cfg.model,
+        in_shape=in_shape,
+        layout=layout,
+        n_outputs=n_outputs,
+        depth=cfg.depth,
+        width=cfg.width,
+        activation=cfg.activation,
+        norm=cfg.norm,
+        res_scale=cfg.res_scale,
+        kernel_size=cfg.kernel_size,
+        padding=cfg.padding,
+        stride=cfg.stride,
+        pool=cfg.pool,
+        head=cfg.head,
+    )
 
 
 @pytest.mark.parametrize("fields", CASES, ids=lambda f: "-".join(str(v) for v in f.values()))
@@ -65,8 +101,11 @@ def test_parameter_count_is_the_built_networks(fields: dict) -> None:
     assert n_parameters(cfg) == counted(_built(cfg))
 
 
-@pytest.mark.parametrize("fields", [f for f in CASES if f["model"] in ("mlp", "cnn") and "latent_dim" not in f],
-                         ids=lambda f: "-".join(str(v) for v in f.values()))  # fmt: skip
+@pytest.mark.parametrize(
+    "fields",
+    [f for f in CASES if f["model"] in ("mlp", "cnn") and "latent_dim" not in f],
+    ids=lambda f: "-".join(str(v) for v in f.values()),
+)
 def test_activation_numbers_are_what_the_hidden_blocks_output(fields: dict) -> None:
     cfg = RunConfig(**{"seq_len": 9, **fields})
     net, data = _built(cfg), TaskData(cfg.dataset, seq_len=cfg.seq_len)
@@ -89,10 +128,15 @@ def test_estimate_grows_with_each_sizing_field() -> None:
 
 @pytest.mark.parametrize(
     "fields, blamed",
-    [({"width": 10_000_000}, "width"), ({"depth": 100_000}, "depth"), ({"model": "cnn", "kernel_size": 100_001}, "kernel_size"),
-     ({"dataset": "adding", "loss": "mse", "model": "lstm", "seq_len": 10**9}, "seq_len"),
-     ({"model": "cnn", "depth": 10**12}, "depth"), ({"width": 10**300}, "width")],
-)  # fmt: skip
+    [
+        ({"width": 10_000_000}, "width"),
+        ({"depth": 100_000}, "depth"),
+        ({"model": "cnn", "kernel_size": 100_001}, "kernel_size"),
+        ({"dataset": "adding", "loss": "mse", "model": "lstm", "seq_len": 10**9}, "seq_len"),
+        ({"model": "cnn", "depth": 10**12}, "depth"),
+        ({"width": 10**300}, "width"),
+    ],
+)
 def test_a_config_beyond_memory_is_refused_naming_the_field_the_estimate_and_the_limit(
     fields: dict, blamed: str
 ) -> None:

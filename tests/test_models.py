@@ -29,9 +29,16 @@ def _build(model: str, activation: str = "tanh", norm: str = "none", **options) 
     in_shape, _, _ = INPUTS[_layout(model)]
     torch.manual_seed(0)
     return create_model(
-        model, in_shape=in_shape, layout=_layout(model), n_outputs=N_OUT,
-        depth=2, width=8, activation=activation, norm=norm, **options,
-    )  # fmt: skip
+        model,
+        in_shape=in_shape,
+        layout=_layout(model),
+        n_outputs=N_OUT,
+        depth=2,
+        width=8,
+        activation=activation,
+        norm=norm,
+        **options,
+    )
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -75,9 +82,20 @@ def _conv_out(n: int, kernel: int, stride: int) -> int:
 def test_cnn_shapes_and_total_stride(padding, head, size, stride, pool, depth, expected_sizes) -> None:
     width = 6
     net = create_model(
-        "cnn", in_shape=(1, size, size), layout="image", n_outputs=N_OUT, depth=depth, width=width,
-        activation="relu", norm="none", kernel_size=3, padding=padding, stride=stride, pool=pool, head=head,
-    )  # fmt: skip
+        "cnn",
+        in_shape=(1, size, size),
+        layout="image",
+        n_outputs=N_OUT,
+        depth=depth,
+        width=width,
+        activation="relu",
+        norm="none",
+        kernel_size=3,
+        padding=padding,
+        stride=stride,
+        pool=pool,
+        head=head,
+    )
     x = torch.randn(BATCH, 1, size, size)
     feats = net.features(x)
     assert [tuple(f.shape) for f in feats] == [(BATCH, width, n, n) for n in expected_sizes]
@@ -95,9 +113,19 @@ def test_cnn_shapes_and_total_stride(padding, head, size, stride, pool, depth, e
 
 def test_cnn_conv_options_reach_the_layers() -> None:
     net = create_model(
-        "cnn", in_shape=(1, 8, 8), layout="image", n_outputs=N_OUT, depth=2, width=4,
-        activation="relu", norm="none", kernel_size=5, padding="circular", stride=2, pool="max",
-    )  # fmt: skip
+        "cnn",
+        in_shape=(1, 8, 8),
+        layout="image",
+        n_outputs=N_OUT,
+        depth=2,
+        width=4,
+        activation="relu",
+        norm="none",
+        kernel_size=5,
+        padding="circular",
+        stride=2,
+        pool="max",
+    )
     conv = net.layers[0].conv
     assert isinstance(conv, torch.nn.Conv2d)
     assert conv.kernel_size == (5, 5) and conv.padding == (2, 2) and conv.stride == (2, 2)
@@ -109,9 +137,16 @@ def test_cnn_conv_options_reach_the_layers() -> None:
 def test_cnn_dense_head_is_the_readout_at_every_position(in_shape: tuple, layout: str) -> None:
     """head='dense' (segmentation): a 1×1 conv, i.e. the readout's W·h + b at each position, laid out like the input."""
     net = create_model(
-        "cnn", in_shape=in_shape, layout=layout, n_outputs=3, depth=2, width=6, activation="tanh", norm="none",
+        "cnn",
+        in_shape=in_shape,
+        layout=layout,
+        n_outputs=3,
+        depth=2,
+        width=6,
+        activation="tanh",
+        norm="none",
         head="dense",
-    ).double()  # fmt: skip
+    ).double()
     assert isinstance(net.readout, torch.nn.Linear) and net.readout.in_features == 6  # what the probe reads
     x = torch.randn(BATCH, *in_shape, dtype=torch.float64)
     out, h = net(x), net.features(x)[-1]  # h: (B, width, *positions)
@@ -128,25 +163,49 @@ def test_cnn_dense_head_is_the_readout_at_every_position(in_shape: tuple, layout
 def test_circular_stride1_cnn_with_gap_is_shift_invariant() -> None:
     """Azulay & Weiss 2019: circular stride-1 convolutions with global average pooling are exactly invariant."""
     net = create_model(
-        "cnn", in_shape=(1, 8, 8), layout="image", n_outputs=N_OUT, depth=3, width=6,
-        activation="relu", norm="none", padding="circular", head="gap",
-    ).double()  # fmt: skip
+        "cnn",
+        in_shape=(1, 8, 8),
+        layout="image",
+        n_outputs=N_OUT,
+        depth=3,
+        width=6,
+        activation="relu",
+        norm="none",
+        padding="circular",
+        head="gap",
+    ).double()
     x = torch.randn(BATCH, 1, 8, 8, dtype=torch.float64)
     shifted = torch.roll(x, shifts=(3, -2), dims=(2, 3))
     torch.testing.assert_close(net(shifted), net(x), rtol=1e-10, atol=1e-10)
     zeros = create_model(
-        "cnn", in_shape=(1, 8, 8), layout="image", n_outputs=N_OUT, depth=3, width=6,
-        activation="relu", norm="none", padding="zeros", head="gap",
-    ).double()  # fmt: skip
+        "cnn",
+        in_shape=(1, 8, 8),
+        layout="image",
+        n_outputs=N_OUT,
+        depth=3,
+        width=6,
+        activation="relu",
+        norm="none",
+        padding="zeros",
+        head="gap",
+    ).double()
     assert not torch.allclose(zeros(shifted), zeros(x))  # the check above can fail
 
 
 @pytest.mark.parametrize("head", ["gap", "flatten"])
 def test_cnn_1d_from_signal(head: str) -> None:
     net = create_model(
-        "cnn", in_shape=(3, 40), layout="signal", n_outputs=N_OUT, depth=3, width=6,
-        activation="relu", norm="batch", stride=2, head=head,
-    )  # fmt: skip
+        "cnn",
+        in_shape=(3, 40),
+        layout="signal",
+        n_outputs=N_OUT,
+        depth=3,
+        width=6,
+        activation="relu",
+        norm="batch",
+        stride=2,
+        head=head,
+    )
     assert all(isinstance(b.conv, torch.nn.Conv1d) for b in net.layers)
     x = torch.randn(BATCH, 3, 40)
     assert [tuple(f.shape) for f in net.features(x)] == [(BATCH, 6, 20), (BATCH, 6, 10), (BATCH, 6, 5)]
@@ -188,8 +247,9 @@ def _stepwise(layer: RecurrentLayer, x: torch.Tensor) -> tuple[torch.Tensor, lis
     for t in range(x.shape[1]):
         h_prev = torch.zeros(len(x), n) if not hs else hs[-1]
         if layer.always_unroll:
-            h = layer.nonlinearity(x[:, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h_prev @ rnn.weight_hh_l0.T
-                                   + rnn.bias_hh_l0)  # fmt: skip
+            h = layer.nonlinearity(
+                x[:, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h_prev @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
+            )
         else:
             out, hidden = rnn(x[:, t : t + 1], hidden)
             h = out[:, 0]

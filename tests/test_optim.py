@@ -64,13 +64,13 @@ class StepWatcher(pl.Callback):
         self.grads: list[list[torch.Tensor]] = []
         self.after: list[list[torch.Tensor]] = []
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.lrs.append(optimizer.param_groups[0]["lr"])
         params = [p for p in pl_module.parameters() if p.grad is not None]
         self.before.append([p.detach().clone() for p in params])
         self.grads.append([p.grad.detach().clone() for p in params])
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.after.append([p.detach().clone() for p in pl_module.parameters() if p.grad is not None])
 
 
@@ -125,8 +125,10 @@ def expected_lrs(schedule: str, lr: float, steps: int) -> list[float]:
         def cos(a: float, b: float, frac: float) -> float:
             return b + (a - b) * (1 + math.cos(math.pi * frac)) / 2
 
-        return [cos(start, lr, t / peak) if t <= peak else cos(lr, end, (t - peak) / (steps - 1 - peak))
-                for t in range(steps)]  # fmt: skip
+        return [
+            cos(start, lr, t / peak) if t <= peak else cos(lr, end, (t - peak) / (steps - 1 - peak))
+            for t in range(steps)
+        ]
     raise AssertionError(schedule)
 
 

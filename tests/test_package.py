@@ -96,8 +96,12 @@ USER_SCRIPT = textwrap.dedent(
 
 def _site_packages(python: Path) -> Path:
     """The purelib folder of a venv's interpreter."""
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return Path(out.stdout.strip())
 
 
@@ -129,13 +133,22 @@ def _fresh_venv(folder: Path) -> Path:
 
 
 def _pip_install(python: Path, what: str, cwd: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", what],
-                   check=True, cwd=cwd, env=_clean_env())  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", what],
+        check=True,
+        cwd=cwd,
+        env=_clean_env(),
+    )
 
 
 def _imports_gradprobe(python: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-c", "import gradprobe, torch; print(gradprobe.__file__)"], cwd=cwd,
-                          capture_output=True, text=True, env=_clean_env())  # fmt: skip
+    return subprocess.run(
+        [str(python), "-c", "import gradprobe, torch; print(gradprobe.__file__)"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +156,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(python of a fresh venv with the gradprobe wheel installed, a work folder outside the repository)."""
     tmp = tmp_path_factory.mktemp("package")
     sources = _copy_sources(tmp / "src")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(sources), "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp / "wheel")], check=True, env=_clean_env())  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(sources),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "wheel"),
+        ],
+        check=True,
+        env=_clean_env(),
+    )
     (wheel,) = (tmp / "wheel").glob("gradprobe-*.whl")
     python = _fresh_venv(tmp / "venv")
     work = tmp / "work"
@@ -175,8 +202,14 @@ def test_own_network_logs_per_layer_statistics_to_mlflow_tensorboard_and_parquet
     script = work / "user_training.py"
     script.write_text(USER_SCRIPT)
     tracking, tensorboard_dir, parquet = f"sqlite:///{work / 'mlflow.db'}", work / "tb", work / "plain.parquet"
-    done = subprocess.run([str(python), str(script), tracking, str(tensorboard_dir), str(parquet)], cwd=work,
-                          capture_output=True, text=True, env=_clean_env(), timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [str(python), str(script), tracking, str(tensorboard_dir), str(parquet)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"gradprobe from {_site_packages(python)}" in done.stdout
     per_layer = {f"grad/l2/{layer}" for layer in LAYERS} | {f"act/mean/{layer}" for layer in LAYERS[:2]}

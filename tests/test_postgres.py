@@ -70,8 +70,13 @@ class Worker:
 def start_worker(folder: Path, storage: str, tracking: str, experiment: str, *flags: str, **env: str) -> Worker:
     """One worker process on the study in folder/spec.yaml, as someone would start it on another machine."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG", "STUDY_", "GPL_TEST_"))}
-    env = {**clean, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": experiment,
-           **env}  # fmt: skip
+    env = {
+        **clean,
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": tracking,
+        "MLFLOW_EXPERIMENT_NAME": experiment,
+        **env,
+    }
     cmd = [sys.executable, "-m", "studies.run", "--spec", "spec.yaml", "--storage", storage, "--workers", "1", *flags]
     log = folder / f"worker-{len(list(folder.glob('worker-*.log')))}.log"
     with log.open("w") as out:
@@ -154,9 +159,10 @@ def two_workers(pg: Postgres, tracking_server: str, tmp_path_factory: pytest.Tem
     assert PG_PASSWORD in storage
     bare = storage.replace(f":{PG_PASSWORD}@", "@")
     hold = hold_env(folder / "hold", workers=2)  # each first run waits until both workers are in a trial
-    workers = [start_worker(folder, storage, tracking_server, "two-workers", **hold),
-               start_worker(folder, bare, tracking_server, "two-workers", "--no-report", PGPASSWORD=PG_PASSWORD,
-                            **hold)]  # fmt: skip
+    workers = [
+        start_worker(folder, storage, tracking_server, "two-workers", **hold),
+        start_worker(folder, bare, tracking_server, "two-workers", "--no-report", PGPASSWORD=PG_PASSWORD, **hold),
+    ]
     try:
         outputs = [w.finish() for w in workers]
     finally:
@@ -215,8 +221,9 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
     storage = pg.create_database("crash")
     beat = {"STUDY_HEARTBEAT_SECONDS": "1", "STUDY_GRACE_SECONDS": "4"}  # production: 10 s and 30 s
     # Its first run waits at its first step until killed: the trial cannot finish before the SIGKILL lands.
-    doomed = start_worker(tmp_path, storage, tracking_server, "crash", "--no-report", **beat,
-                          **hold_env(tmp_path / "hold"))  # fmt: skip
+    doomed = start_worker(
+        tmp_path, storage, tracking_server, "crash", "--no-report", **beat, **hold_env(tmp_path / "hold")
+    )
     try:
         ((_, run_id),) = wait_for_started(tmp_path / "hold", 1, alive=lambda: doomed.proc.poll() is None).items()
         doomed.proc.send_signal(signal.SIGKILL)

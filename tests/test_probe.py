@@ -404,23 +404,46 @@ def reference_recurrent(cell: str, net: torch.nn.Module, x: torch.Tensor, y: tor
 def test_recurrent_steps_and_bptt_match_autograd_through_time(cell: str) -> None:
     """Every step, with a validation pass between each two (the hooks stay on: it must not reach them)."""
     seq_len = 8
-    fit = run_fit(model=cell, activation="tanh", dataset="adding", loss="mse", seq_len=seq_len, depth=2, width=6,
-                  batch_size=16, init="orthogonal", init_gain=1.5, max_steps=3, val_every=1)  # fmt: skip
+    fit = run_fit(
+        model=cell,
+        activation="tanh",
+        dataset="adding",
+        loss="mse",
+        seq_len=seq_len,
+        depth=2,
+        width=6,
+        batch_size=16,
+        init="orthogonal",
+        init_gain=1.5,
+        max_steps=3,
+        val_every=1,
+    )
     assert sorted(fit.records) == [0, 1, 2]
     for step, (x, y) in enumerate(fit.batches()):
         expected = reference_recurrent(cell, fit.net_at(step), x, y)
         got = fit.records[step]
         expected_keys = contract_keys(2) | {k for k in expected if k.startswith(("bptt/", "gate/"))}
         assert set(got) == expected_keys
-        assert {k for k in got if k.startswith("bptt/t") and k.endswith("/L001")} == {f"bptt/t{t:04d}/L001" for t in range(seq_len)}
+        assert {k for k in got if k.startswith("bptt/t") and k.endswith("/L001")} == {
+            f"bptt/t{t:04d}/L001" for t in range(seq_len)
+        }
         assert_matches(got, expected)
         assert expected["bptt/t0000/L000"] != pytest.approx(expected["bptt/t0007/L000"], rel=1e-2)  # varies with t
 
 
 def test_lstm_forget_gate_by_hand() -> None:
     """Two LSTM units over two steps, the forget gate written out from PyTorch's documented equations."""
-    fit = run_fit(model="lstm", dataset="adding", loss="mse", seq_len=2, depth=1, width=2, batch_size=4,
-                  init="normal", forget_bias=0.7)  # fmt: skip
+    fit = run_fit(
+        model="lstm",
+        dataset="adding",
+        loss="mse",
+        seq_len=2,
+        depth=1,
+        width=2,
+        batch_size=4,
+        init="normal",
+        forget_bias=0.7,
+    )
     # init=normal zeroes the biases but the forget gate's (forget_bias): every gate pre-activation at t = 0 is
     # W_ih x_0 (+ 0.7 for f), at t = 1 adds W_hh h_0.
     net = fit.net_at(0)
@@ -493,8 +516,19 @@ def test_a_sigmoid_mlp_of_depth_48_records_its_vanishing_backprop_norms() -> Non
 def test_gradient_through_time_to_h0_at_init_is_recorded_as_it_is(cell: str) -> None:
     """‖∂L/∂h_0‖ of a long sequence at init: tiny but not 0, and the float64 autograd value."""
     seq_len = 100
-    fit = run_fit(model=cell, activation="tanh", dataset="adding", loss="mse", seq_len=seq_len, depth=1, width=32,
-                  batch_size=16, init="orthogonal", init_gain=0.5, forget_bias=0.0)  # fmt: skip
+    fit = run_fit(
+        model=cell,
+        activation="tanh",
+        dataset="adding",
+        loss="mse",
+        seq_len=seq_len,
+        depth=1,
+        width=32,
+        batch_size=16,
+        init="orthogonal",
+        init_gain=0.5,
+        forget_bias=0.0,
+    )
     x, y = fit.batches()[0]
     net = copy.deepcopy(fit.net_at(0)).double()
     expected = reference_recurrent(cell, net, x.double(), y.double())

@@ -46,8 +46,11 @@ def saturation(module: nn.Module, z: torch.Tensor) -> float:
 
 def act_stats(layer: str, a: torch.Tensor, sat: float) -> dict[str, float]:
     a = a.detach().double()
-    return {f"act/mean/{layer}": a.mean().item(), f"act/std/{layer}": a.std(correction=0).item(),
-            f"act/saturation/{layer}": sat}  # fmt: skip
+    return {
+        f"act/mean/{layer}": a.mean().item(),
+        f"act/std/{layer}": a.std(correction=0).item(),
+        f"act/saturation/{layer}": sat,
+    }
 
 
 @dataclass
@@ -74,9 +77,13 @@ def reference(model: nn.Module, x, target, specs: list[Spec]) -> dict[str, float
     io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
     for name in {s.output for s in specs if s.output is not None}:
-        handles.append(modules[name].register_forward_hook(lambda m, i, o, n=name: [seen.setdefault(n, first(o))][:0] or None))
+        handles.append(
+            modules[name].register_forward_hook(lambda m, i, o, n=name: [seen.setdefault(n, first(o))][:0] or None)
+        )
     for name in {s.act for s in specs if s.act not in (None, "output")}:
-        handles.append(modules[name].register_forward_hook(lambda m, i, o, n=name: [io.setdefault(n, (i[0], o))][:0] or None))
+        handles.append(
+            modules[name].register_forward_hook(lambda m, i, o, n=name: [io.setdefault(n, (i[0], o))][:0] or None)
+        )
     loss = F.mse_loss(model(x), target)
     for h in handles:
         h.remove()
@@ -106,7 +113,8 @@ def assert_matches(got: dict[str, float], expected: dict[str, float], rel: float
             assert math.isnan(got[key]), key
         elif "/mean/" in key or "/saturation/" in key:  # near-zero means: compare on the scale of the spread
             spread = abs(expected.get(key.replace("/mean/", "/std/"), 0.0)) + abs(
-                expected.get(key.replace("/mean/", "/rms/"), 0.0))  # fmt: skip
+                expected.get(key.replace("/mean/", "/rms/"), 0.0)
+            )
             assert got[key] == pytest.approx(value, rel=rel, abs=max(1e-6, rel * spread)), key
         else:
             assert got[key] == pytest.approx(value, rel=rel, abs=1e-9), key
@@ -128,8 +136,9 @@ class Run:
     probe: Probe
 
 
-def plain_loop(model: nn.Module, batches, *, lr: float = 0.1, clip: float | None = None, log_every: int = 1,
-               **probe_args) -> Run:  # fmt: skip
+def plain_loop(
+    model: nn.Module, batches, *, lr: float = 0.1, clip: float | None = None, log_every: int = 1, **probe_args
+) -> Run:
     """SGD on `batches` with the plain-loop API; the records and the weights around every step."""
     run = Run({}, {}, [], None)
 
@@ -194,33 +203,53 @@ def randn(*shape):
 
 # Every feed-forward layer kind, in a small network; the ids are the modules' qualified names.
 CASES = {
-    "linear": (lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), randn(16, 6),
-               [Spec("0", "0.weight", "0", "1"), Spec("2", "2.weight", "2", None)]),
-    "conv1d": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3)), randn(8, 2, 8),
-               [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)]),
-    "conv2d": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 25, 2)),
-               randn(8, 2, 5, 5), [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)]),
-    "conv3d": (lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.LeakyReLU(0.01), nn.Flatten(), nn.Linear(2 * 27, 2)),
-               randn(6, 1, 4, 4, 4), [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)]),
-    "convtranspose2d": (lambda: nn.Sequential(nn.ConvTranspose2d(2, 3, 2, stride=2), nn.Tanh(), nn.Flatten(),
-                                              nn.Linear(3 * 36, 2)),
-                        randn(8, 2, 3, 3), [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)]),
-    "embedding": (lambda: nn.Sequential(nn.Embedding(10, 6), nn.Flatten(), nn.Linear(6 * 5, 3)),
-                  lambda gen: torch.randint(0, 10, (16, 5), generator=gen),
-                  [Spec("0", "0.weight", "0", "output"), Spec("2", "2.weight", "2", None)]),
+    "linear": (
+        lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)),
+        randn(16, 6),
+        [Spec("0", "0.weight", "0", "1"), Spec("2", "2.weight", "2", None)],
+    ),
+    "conv1d": (
+        lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3)),
+        randn(8, 2, 8),
+        [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)],
+    ),
+    "conv2d": (
+        lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 25, 2)),
+        randn(8, 2, 5, 5),
+        [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)],
+    ),
+    "conv3d": (
+        lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.LeakyReLU(0.01), nn.Flatten(), nn.Linear(2 * 27, 2)),
+        randn(6, 1, 4, 4, 4),
+        [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)],
+    ),
+    "convtranspose2d": (
+        lambda: nn.Sequential(nn.ConvTranspose2d(2, 3, 2, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 36, 2)),
+        randn(8, 2, 3, 3),
+        [Spec("0", "0.weight", "0", "1"), Spec("3", "3.weight", "3", None)],
+    ),
+    "embedding": (
+        lambda: nn.Sequential(nn.Embedding(10, 6), nn.Flatten(), nn.Linear(6 * 5, 3)),
+        lambda gen: torch.randint(0, 10, (16, 5), generator=gen),
+        [Spec("0", "0.weight", "0", "output"), Spec("2", "2.weight", "2", None)],
+    ),
     # the ReLU follows the norm: it is the norm's activation; the conv's own output is its `act` (saturation NaN)
-    "batchnorm2d": (lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
-                                          nn.Linear(3 * 9, 2)),
-                    randn(8, 2, 5, 5), [Spec("0", "0.weight", "0", "output"), Spec("1", "1.weight", "1", "2"),
-                                        Spec("4", "4.weight", "4", None)]),
-    "layernorm": (lambda: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)), randn(16, 6),
-                  [Spec("0", "0.weight", "0", "output"), Spec("1", "1.weight", "1", "2"),
-                   Spec("3", "3.weight", "3", None)]),
-    "groupnorm": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.GroupNorm(2, 4), nn.Sigmoid(), nn.Flatten(),
-                                        nn.Linear(4 * 4, 2)),
-                  randn(8, 2, 6), [Spec("0", "0.weight", "0", "output"), Spec("1", "1.weight", "1", "2"),
-                                   Spec("4", "4.weight", "4", None)]),
-}  # fmt: skip
+    "batchnorm2d": (
+        lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 9, 2)),
+        randn(8, 2, 5, 5),
+        [Spec("0", "0.weight", "0", "output"), Spec("1", "1.weight", "1", "2"), Spec("4", "4.weight", "4", None)],
+    ),
+    "layernorm": (
+        lambda: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)),
+        randn(16, 6),
+        [Spec("0", "0.weight", "0", "output"), Spec("1", "1.weight", "1", "2"), Spec("3", "3.weight", "3", None)],
+    ),
+    "groupnorm": (
+        lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.GroupNorm(2, 4), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 4, 2)),
+        randn(8, 2, 6),
+        [Spec("0", "0.weight", "0", "output"), Spec("1", "1.weight", "1", "2"), Spec("4", "4.weight", "4", None)],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -260,11 +289,17 @@ def test_multihead_attention_projections_match_autograd(separate: bool) -> None:
     batches = batches_for(model, randn(4, 6, 8))
     run = plain_loop(model, batches)
     in_weight = "attn.q_proj_weight" if separate else "attn.in_proj_weight"
-    specs = [Spec("attn.in_proj", in_weight, None, None), Spec("attn.out_proj", "attn.out_proj.weight", "attn", "output"),
-             Spec("readout", "readout.weight", "readout", None)]  # fmt: skip
+    specs = [
+        Spec("attn.in_proj", in_weight, None, None),
+        Spec("attn.out_proj", "attn.out_proj.weight", "attn", "output"),
+        Spec("readout", "readout.weight", "readout", None),
+    ]
     if separate:
-        specs = [Spec("keys", "keys.weight", "keys", "output"), Spec("values", "values.weight", "values", "output"),
-                 *specs]  # fmt: skip
+        specs = [
+            Spec("keys", "keys.weight", "keys", "output"),
+            Spec("values", "values.weight", "values", "output"),
+            *specs,
+        ]
     assert [layer.id for layer in run.probe.layers] == [s.id for s in specs]  # forward order
     check_steps(model0, run, batches, specs)
 
@@ -299,7 +334,11 @@ def reference_recurrent(model: Sequence, x: torch.Tensor, target: torch.Tensor) 
     hidden = model.state(xt.shape[1])
     hs, gates = [], []
     for t in range(xt.shape[0]):
-        h_prev = (hidden[0] if isinstance(hidden, tuple) else hidden)[0] if hidden is not None else xt.new_zeros(xt.shape[1], n)
+        h_prev = (
+            (hidden[0] if isinstance(hidden, tuple) else hidden)[0]
+            if hidden is not None
+            else xt.new_zeros(xt.shape[1], n)
+        )
         out, hidden = rnn(x[:, t : t + 1] if model.batch_first else x[t : t + 1], hidden)
         h = out[:, 0] if model.batch_first else out[0]
         hs.append(h)
@@ -322,7 +361,11 @@ def reference_recurrent(model: Sequence, x: torch.Tensor, target: torch.Tensor) 
     expected["backprop/l2/rnn"] = torch.linalg.norm(grads[len(trainable) + len(hs) - 1]).item()
     for t, value in enumerate(per_t):
         expected[f"bptt/t{t:04d}/rnn"] = value
-    expected["bptt/first/rnn"], expected["bptt/last/rnn"], expected["bptt/ratio/rnn"] = per_t[0], per_t[-1], per_t[0] / per_t[-1]
+    expected["bptt/first/rnn"], expected["bptt/last/rnn"], expected["bptt/ratio/rnn"] = (
+        per_t[0],
+        per_t[-1],
+        per_t[0] / per_t[-1],
+    )
     h = seq.detach().double()
     expected.update(act_stats("rnn", h, ((1 - h**2) < SATURATION_SHARE).double().mean().item()))  # tanh' = 1 − h²
     if not isinstance(rnn, nn.RNN):
@@ -334,9 +377,12 @@ def reference_recurrent(model: Sequence, x: torch.Tensor, target: torch.Tensor) 
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("batch_first, initial_state", [(True, False), (False, True)], ids=["batch-first", "time-first-h0"])
-def test_recurrent_modules_and_their_gradients_through_time_match_autograd(cell: str, batch_first: bool,
-                                                                           initial_state: bool) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "batch_first, initial_state", [(True, False), (False, True)], ids=["batch-first", "time-first-h0"]
+)
+def test_recurrent_modules_and_their_gradients_through_time_match_autograd(
+    cell: str, batch_first: bool, initial_state: bool
+) -> None:
     torch.manual_seed(1)
     model = Sequence(cell, batch_first, initial_state)
     model0 = copy.deepcopy(model)
@@ -347,7 +393,9 @@ def test_recurrent_modules_and_their_gradients_through_time_match_autograd(cell:
         got = run.records[step]
         expected = reference_recurrent(at(model0, run.states[step]), x, y)
         assert_matches(got, expected)
-        assert {k for k in got if k.startswith(("bptt/", "gate/"))} == {k for k in expected if k.startswith(("bptt/", "gate/"))}
+        assert {k for k in got if k.startswith(("bptt/", "gate/"))} == {
+            k for k in expected if k.startswith(("bptt/", "gate/"))
+        }
         assert expected["bptt/t0000/rnn"] != pytest.approx(expected["bptt/t0006/rnn"], rel=1e-2)  # varies with t
 
 
@@ -400,11 +448,20 @@ def test_layer_ids_are_qualified_names_in_forward_order() -> None:
     model = Reordered()
     model0 = copy.deepcopy(model)
     probe = Probe(model)
-    assert [layer.id for layer in probe.layers] == ["head", "body.0", "body.1", "stem"]  # module order, until a step ran
+    assert [layer.id for layer in probe.layers] == [
+        "head",
+        "body.0",
+        "body.1",
+        "stem",
+    ]  # module order, until a step ran
     batches = batches_for(model, randn(16, 4), n=2)
     run = plain_loop(model, batches)
-    specs = [Spec("stem", "stem.weight", "stem", "output"), Spec("body.0", "body.0.weight", "body.0", "output"),
-             Spec("body.1", "body.1.weight", "body.1", "act"), Spec("head", "head.weight", "head", None)]  # fmt: skip
+    specs = [
+        Spec("stem", "stem.weight", "stem", "output"),
+        Spec("body.0", "body.0.weight", "body.0", "output"),
+        Spec("body.1", "body.1.weight", "body.1", "act"),
+        Spec("head", "head.weight", "head", None),
+    ]
     assert [layer.id for layer in run.probe.layers] == [s.id for s in specs]
     for step in run.order:  # every block of the record lists the layers in forward order
         assert [k.rsplit("/", 1)[1] for k in run.order[step] if k.startswith("grad/l2/")] == [s.id for s in specs]
@@ -505,11 +562,20 @@ def fit_lightning(make, batches, clip: float, **probe_args) -> tuple[dict[int, d
     lit = UserModule(make())
     model0 = copy.deepcopy(lit.model)
     records: dict[int, dict[str, float]] = {}
-    probe = gradprobe.GradientProbe(log_every=1, sink=lambda s, k, v: records.__setitem__(s, dict(zip(k, v))), **probe_args)
+    probe = gradprobe.GradientProbe(
+        log_every=1, sink=lambda s, k, v: records.__setitem__(s, dict(zip(k, v))), **probe_args
+    )
     before = Before()
-    trainer = pl.Trainer(max_steps=len(batches), callbacks=[probe, before], gradient_clip_val=clip, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=len(batches),
+        callbacks=[probe, before],
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(lit, torch.utils.data.DataLoader(batches, batch_size=None))
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in lit.modules())
     return records, before.states, model0
@@ -545,10 +611,16 @@ def test_the_callback_on_a_users_lightning_module_records_norms_before_and_after
         assert checked >= 8
     layers = {key.rsplit("/", 1)[1] for key in records[0] if key.startswith("grad/l2/")}
     if workload == "transformer":
-        assert {"model.encoder.layers.1.self_attn.in_proj", "model.encoder.layers.1.self_attn.out_proj",
-                "model.encoder.layers.0.linear2", "model.encoder.layers.0.norm1", "model.embed"} <= layers  # fmt: skip
+        assert {
+            "model.encoder.layers.1.self_attn.in_proj",
+            "model.encoder.layers.1.self_attn.out_proj",
+            "model.encoder.layers.0.linear2",
+            "model.encoder.layers.0.norm1",
+            "model.embed",
+        } <= layers
         assert got["grad/l2/model.encoder.layers.0.self_attn.in_proj"] == pytest.approx(
-            torch.linalg.norm(by_name["encoder.layers.0.self_attn.in_proj_weight"]).item(), rel=1e-4)  # fmt: skip
+            torch.linalg.norm(by_name["encoder.layers.0.self_attn.in_proj_weight"]).item(), rel=1e-4
+        )
     else:
         assert {"model.stem.0", "model.stem.1", "model.blocks.1.bn2", "model.head"} <= layers
 
@@ -593,7 +665,9 @@ def test_by_default_a_diverged_step_is_recorded_with_one_warning_and_training_go
     diverged = run.probe.diverged_step
     assert diverged is not None and sorted(run.records) == sorted({0, diverged, 5})  # schedule + the diverged step
     assert not math.isfinite(run.records[diverged]["grad/global_l2"]) or run.records[diverged]["grad/global_l2"] > 1e19
-    assert len(run.states) == 7 and not torch.equal(run.states[diverged]["0.weight"], run.states[diverged + 1]["0.weight"])
+    assert len(run.states) == 7 and not torch.equal(
+        run.states[diverged]["0.weight"], run.states[diverged + 1]["0.weight"]
+    )
 
 
 def test_importing_gradprobe_does_not_import_lightning() -> None:
@@ -612,8 +686,15 @@ def test_with_gradient_accumulation_a_record_holds_the_accumulated_gradients() -
     records: dict[int, dict[str, float]] = {}
     probe = gradprobe.GradientProbe(log_every=1, sink=lambda s, k, v: records.__setitem__(s, dict(zip(k, v))))
     before = Before()
-    trainer = pl.Trainer(max_steps=2, callbacks=[probe, before], accumulate_grad_batches=2, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=2,
+        callbacks=[probe, before],
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(lit, torch.utils.data.DataLoader(batches, batch_size=None))
     assert sorted(records) == [0, 1]
     for step in (0, 1):
@@ -622,7 +703,9 @@ def test_with_gradient_accumulation_a_record_holds_the_accumulated_gradients() -
             (F.mse_loss(net(x), y) / 2).backward()  # Lightning scales each micro-batch's loss
         norm = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in net.parameters()))
         assert records[step]["grad/global_l2"] == pytest.approx(norm, rel=1e-4)
-        assert records[step]["grad/l2/model.head"] == pytest.approx(torch.linalg.norm(net.head.weight.grad).item(), rel=1e-4)
+        assert records[step]["grad/l2/model.head"] == pytest.approx(
+            torch.linalg.norm(net.head.weight.grad).item(), rel=1e-4
+        )
 
 
 class TwoActivations(nn.Module):
@@ -645,4 +728,6 @@ def test_a_layers_activation_is_the_first_activation_module_called_after_it() ->
     model0 = copy.deepcopy(model)
     batches = batches_for(model, randn(16, 4), n=1)
     run = plain_loop(model, batches)
-    check_steps(model0, run, batches, [Spec("lin", "lin.weight", "lin", "tanh"), Spec("head", "head.weight", "head", None)])
+    check_steps(
+        model0, run, batches, [Spec("lin", "lin.weight", "lin", "tanh"), Spec("head", "head.weight", "head", None)]
+    )

@@ -20,8 +20,15 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def train(probe: Probe, model: nn.Module, steps: int, *, lr: float = 0.1, clip: float | None = None,
-          zero_grad_before_end: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+def train(
+    probe: Probe,
+    model: nn.Module,
+    steps: int,
+    *,
+    lr: float = 0.1,
+    clip: float | None = None,
+    zero_grad_before_end: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """SGD through the plain-loop API; the batches it used."""
     gen = torch.Generator().manual_seed(1)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -50,7 +57,9 @@ def train(probe: Probe, model: nn.Module, steps: int, *, lr: float = 0.1, clip: 
 def test_the_sink_receives_what_history_keeps_on_the_schedule() -> None:
     received = []
     model = mlp()
-    probe = Probe(model, log_every=3, max_steps=8, sink=lambda step, keys, values: received.append((step, keys, values)))
+    probe = Probe(
+        model, log_every=3, max_steps=8, sink=lambda step, keys, values: received.append((step, keys, values))
+    )
     train(probe, model, 8)
     assert [step for step, _, _ in received] == [s for s in range(8) if is_logging_step(s, 3, 8)] == [0, 3, 6, 7]
     assert len(probe.history) == len(received)
@@ -74,7 +83,9 @@ def test_every_key_parses_back_to_a_statistic_of_its_definition() -> None:
             if layer:
                 assert stat in families[family].stats, key
                 assert layer in {"0", "2", "4"}
-        assert [k for k in keys if K.per_layer(k) and K.parse(k)[0] == "grad"] == K.part_keys("grad", definitions.GRAD.stats, ("0", "2", "4"))
+        assert [k for k in keys if K.per_layer(k) and K.parse(k)[0] == "grad"] == K.part_keys(
+            "grad", definitions.GRAD.stats, ("0", "2", "4")
+        )
 
 
 def test_each_definition_is_complete() -> None:
@@ -91,7 +102,7 @@ def test_the_clipped_norm_and_update_come_from_the_optimizer_hook_when_grads_are
     model = mlp()
     model0 = copy.deepcopy(model)
     probe = Probe(model, log_every=1)
-    (x, y), = train(probe, model, 1, clip=0.05, zero_grad_before_end=True)
+    ((x, y),) = train(probe, model, 1, clip=0.05, zero_grad_before_end=True)
     grads = torch.autograd.grad(F.mse_loss(model0(x), y), list(model0.parameters()))
     norm = math.sqrt(sum(g.double().pow(2).sum().item() for g in grads))
     got = dict(zip(*probe.history[0][1:]))
@@ -111,8 +122,14 @@ def test_stop_on_divergence_drops_the_step_and_a_rank_that_does_not_record_still
         assert all(torch.isfinite(p).all() for p in model.parameters())  # the diverged step was not taken
 
 
-@pytest.mark.parametrize("bad, match", [(dict(log_every=0), "log_every=0"), (dict(layers=["9"]), "'9' is not a module"),
-                                        (dict(layers=lambda name, module: False), "no layer to probe")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(log_every=0), "log_every=0"),
+        (dict(layers=["9"]), "'9' is not a module"),
+        (dict(layers=lambda name, module: False), "no layer to probe"),
+    ],
+)
 def test_bad_arguments_are_refused_with_the_field_and_value(bad: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Probe(mlp(), **bad)
@@ -125,7 +142,9 @@ def test_activation_modules_are_recognised_with_their_settings() -> None:
     assert activation_name(nn.GELU(approximate="tanh")) is None and activation_name(nn.Dropout()) is None
 
 
-@pytest.mark.parametrize("layer", ["encoder.layers.0.self_attn.out_proj", "0", "features.3", "L000", "out", "model.head"])
+@pytest.mark.parametrize(
+    "layer", ["encoder.layers.0.self_attn.out_proj", "0", "features.3", "L000", "out", "model.head"]
+)
 def test_keys_of_qualified_layer_names_parse_back(layer: str) -> None:
     for family, stat in [("grad", "l2"), ("act", "saturation"), ("bptt", "t0012"), ("gate", "forget_mean")]:
         built = K.key(family, layer, stat)

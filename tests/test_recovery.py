@@ -34,14 +34,32 @@ def start(folder: Path, uri: str, workers: int = 1, hold: bool = False) -> subpr
     """`python -m studies.run` on folder/spec.yaml; with `hold`, its runs wait at their first step (tests/hold.py)."""
     # One worker by default: with several, Optuna's GridSampler can stop the study when its grid is exhausted
     # while a retry still waits (a known limitation, README "Studies").
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri,
-           **(hold_env(folder / "hold") if hold else {})}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": uri,
+        **(hold_env(folder / "hold") if hold else {}),
+    }
     env.pop("MLFLOW_RUN_ID", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "studies.run", "--spec", "spec.yaml", "--storage", "optuna.journal", "--no-report",
-         "--workers", str(workers)],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "--spec",
+            "spec.yaml",
+            "--storage",
+            "optuna.journal",
+            "--no-report",
+            "--workers",
+            str(workers),
+        ],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def study(folder: Path, name: str = "crash") -> optuna.Study:
@@ -51,7 +69,10 @@ def study(folder: Path, name: str = "crash") -> optuna.Study:
 
 def trial_runs(uri: str, name: str = "crash") -> list:
     client = MlflowClient(uri)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string=f"tags.study = '{name}' and tags.role = 'trial'")
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.study = '{name}' and tags.role = 'trial'",
+    )
 
 
 def held_trial(folder: Path, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
@@ -151,7 +172,9 @@ def test_sigkill_of_a_two_worker_study_leaves_no_trial_running(tmp_path: Path, s
         run = client.get_run(run_id)
         assert run.info.status == "KILLED", (pid, run.data.tags.get("outcome"))
         assert run.data.tags["outcome"] == ("killed" if pid == proc.pid else "interrupted")
-    everything = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="tags.study = 'pair'")
+    everything = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.study = 'pair'"
+    )
     assert not [r.data.tags.get("role") for r in everything if r.info.status == "RUNNING"]
     trials = study(tmp_path, "pair").trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

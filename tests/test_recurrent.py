@@ -28,8 +28,19 @@ def step0_bptt(run_id: str) -> np.ndarray:
 def test_linear_rnn_gradient_through_time_is_rho_to_the_lag(rho: float, tracking: str) -> None:
     """With h_t = ρQ h_{t−1} + U x_t (Q orthogonal), ‖∂L/∂h_t‖ = ρ^(T−1−t) ‖∂L/∂h_{T−1}‖ exactly."""
     T = 20
-    cfg = RunConfig(dataset="adding", seq_len=T, model="rnn", activation="linear", depth=1, width=16,
-                    init="orthogonal", init_gain=rho, loss="mse", max_steps=1, batch_size=32)  # fmt: skip
+    cfg = RunConfig(
+        dataset="adding",
+        seq_len=T,
+        model="rnn",
+        activation="linear",
+        depth=1,
+        width=16,
+        init="orthogonal",
+        init_gain=rho,
+        loss="mse",
+        max_steps=1,
+        batch_size=32,
+    )
     norms = step0_bptt(train.run(cfg, progress_bar=False).run_id)
     assert len(norms) == T
     expected = norms[-1] * rho ** np.arange(T - 1, -1, -1)
@@ -85,8 +96,17 @@ def test_the_forget_gate_bias_is_forget_bias_after_init(value: float, init: str)
 
 def _lstm_state_gradient_ratio(forget_bias: float, steps: int = 100) -> float:
     """‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ of a freshly built LSTM on one adding batch, by autograd through the step-by-step cell."""
-    cfg = RunConfig(model="lstm", dataset="adding", loss="mse", depth=1, width=64, init="orthogonal",
-                    seq_len=steps, batch_size=64, forget_bias=forget_bias)  # fmt: skip
+    cfg = RunConfig(
+        model="lstm",
+        dataset="adding",
+        loss="mse",
+        depth=1,
+        width=64,
+        init="orthogonal",
+        seq_len=steps,
+        batch_size=64,
+        forget_bias=forget_bias,
+    )
     data, lit = train.build(cfg)
     x, y = next(iter(data.train_dataloader()))
     rnn = lit.net.layers[0].rnn.double()

@@ -114,8 +114,9 @@ def test_every_intermediate_matches_autograd(activation: str, loss: str, sizes: 
 def test_the_weight_layout_is_the_pipeline_mlps() -> None:
     """The reference on the registry's MLP weights gives the MLP's own autograd gradients."""
     torch.manual_seed(0)
-    net = create_model("mlp", in_shape=(6,), layout="vector", n_outputs=3, depth=2, width=5, activation="tanh",
-                       norm="none").double()  # fmt: skip
+    net = create_model(
+        "mlp", in_shape=(6,), layout="vector", n_outputs=3, depth=2, width=5, activation="tanh", norm="none"
+    ).double()
     x = torch.randn(7, 6, dtype=torch.float64)
     y = torch.tensor([0, 2, 1, 1, 0, 2, 2])
     F.cross_entropy(net(x), y).backward()
@@ -136,9 +137,13 @@ def test_one_unit_sigmoid_mse_by_hand() -> None:
     # δ² = 2(ŷ − y) = 2; ∂L/∂W² = δ²·a¹ = 1; ∂L/∂b² = 2; ∂L/∂a¹ = W²·δ² = 4;
     # δ¹ = 4·σ′(0) = 4·¼ = 1; ∂L/∂W¹ = δ¹·x = 3; ∂L/∂b¹ = 1; ∂L/∂x = W¹·δ¹ = 0.
     bp = ref.mlp_backprop(
-        np.array([[3.0]]), np.array([[0.0]]), [np.array([[0.0]]), np.array([[2.0]])], [np.zeros(1), np.zeros(1)],
-        "sigmoid", "mse",
-    )  # fmt: skip
+        np.array([[3.0]]),
+        np.array([[0.0]]),
+        [np.array([[0.0]]), np.array([[2.0]])],
+        [np.zeros(1), np.zeros(1)],
+        "sigmoid",
+        "mse",
+    )
     assert bp.loss == 1.0
     assert [float(g.item()) for g in bp.dW] == [3.0, 1.0]
     assert [float(g.item()) for g in bp.db] == [1.0, 2.0]
@@ -151,9 +156,13 @@ def test_one_unit_tanh_softmax_cross_entropy_by_hand() -> None:
     # ∂L/∂W² = δ²·a¹ = 0; ∂L/∂b² = δ²; ∂L/∂a¹ = W²ᵀδ² = 1·(−½) + 3·½ = 1; δ¹ = 1·(1 − 0²) = 1;
     # ∂L/∂W¹ = δ¹·x = 2; ∂L/∂b¹ = 1.
     bp = ref.mlp_backprop(
-        np.array([[2.0]]), np.array([0]), [np.array([[0.0]]), np.array([[1.0], [3.0]])], [np.zeros(1), np.zeros(2)],
-        "tanh", "ce",
-    )  # fmt: skip
+        np.array([[2.0]]),
+        np.array([0]),
+        [np.array([[0.0]]), np.array([[1.0], [3.0]])],
+        [np.zeros(1), np.zeros(2)],
+        "tanh",
+        "ce",
+    )
     assert bp.loss == pytest.approx(math.log(2), rel=1e-15)
     np.testing.assert_array_equal(bp.a[-1], [[0.5], [0.5]])
     np.testing.assert_array_equal(bp.delta[1], [[-0.5], [0.5]])

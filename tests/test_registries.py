@@ -165,7 +165,9 @@ def _spec_activations(node: object) -> set[str]:
 def test_every_activation_a_config_or_a_study_names_is_in_the_registry() -> None:
     assert set(config.choices("activation")) == set(NAMES)
     assert set(recurrent.FUSED_RNN_ACTIVATIONS) <= set(recurrent.RNN_ACTIVATIONS)  # nn.RNN's own: usable in an RNN
-    named = set().union(*(_spec_activations(yaml.safe_load(p.read_text())) for p in (ROOT / "studies" / "specs").glob("*.yaml")))
+    named = set().union(
+        *(_spec_activations(yaml.safe_load(p.read_text())) for p in (ROOT / "studies" / "specs").glob("*.yaml"))
+    )
     assert named and named <= set(NAMES)
 
 
@@ -220,8 +222,9 @@ def test_the_report_draws_exactly_the_registry_in_order(tmp_path: Path) -> None:
     written = report.render_figures(empty, tmp_path, ("val/loss", "minimize"))
     assert list(written) == list(figures.REGISTRY)  # nothing drawn: every figure says why
     assert all(isinstance(why, str) and why for why in written.values())
-    page = report.write_html("empty", pd.DataFrame({"run_id": []}), written, ("val/loss", "minimize"),
-                             tmp_path / "index.html").read_text()  # fmt: skip
+    page = report.write_html(
+        "empty", pd.DataFrame({"run_id": []}), written, ("val/loss", "minimize"), tmp_path / "index.html"
+    ).read_text()
     places = [page.find(f"<li>{entry.title}: ") for entry in figures.REGISTRY.values()]
     assert -1 not in places and places == sorted(places) and page.count("<li>") == len(places)
 
@@ -234,9 +237,15 @@ def _figure_modules() -> list:
 def test_no_figure_function_outside_the_registry() -> None:
     """A function of analysis/figures that returns `Figure | None` is a report figure: it must be registered."""
     registered = {entry.draw for entry in figures.REGISTRY.values()}
-    drawing = [obj for module in _figure_modules() for name, obj in vars(module).items()
-               if inspect.isfunction(obj) and obj.__module__ == module.__name__
-               and obj.__annotations__.get("return") == "Figure | None" and not name.startswith("_")]  # fmt: skip
+    drawing = [
+        obj
+        for module in _figure_modules()
+        for name, obj in vars(module).items()
+        if inspect.isfunction(obj)
+        and obj.__module__ == module.__name__
+        and obj.__annotations__.get("return") == "Figure | None"
+        and not name.startswith("_")
+    ]
     assert drawing and set(drawing) == registered
     themes = {m.__name__.rsplit(".", 1)[-1] for m in _figure_modules() if m.__name__.rsplit(".", 1)[-1] != "registry"}
     assert set(figure_registry.THEMES) <= themes  # every theme is a module

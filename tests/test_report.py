@@ -60,11 +60,15 @@ def test_page_inlines_each_png_and_links_each_run_id_to_its_run(built: Path, syn
         assert base64.b64decode(data) == (built.parent / name).read_bytes()
     with pointed_at(synthetic_store):
         client = MlflowClient()
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'trial'")  # fmt: skip
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'trial'",
+        )
     links = re.findall(r'<a href="([^"]+)" target="_blank">([0-9a-f]{8})</a>', page)
-    expected = {(f"{report.DEFAULT_UI}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}", r.info.run_id[:8])
-                for r in runs}  # fmt: skip
+    expected = {
+        (f"{report.DEFAULT_UI}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}", r.info.run_id[:8])
+        for r in runs
+    }
     assert len(runs) == 6 and set(links) == expected
 
 
@@ -72,8 +76,23 @@ def test_page_inlines_each_png_and_links_each_run_id_to_its_run(built: Path, syn
 def test_summary_has_config_outcome_verdict_and_gains(built: Path) -> None:
     table = pd.read_csv(built.parent / "summary.csv")
     assert len(table) == 6 and table["run_id"].is_unique and table["trial"].tolist() == list(range(6))
-    assert {"run_id", "trial", "model", "activation", "depth", "init", "optimizer", "clip", "outcome", "training",
-            "measured_gain", "predicted_gain", "theory", "verdict", "verdict_tolerance"} <= set(table.columns)  # fmt: skip
+    assert {
+        "run_id",
+        "trial",
+        "model",
+        "activation",
+        "depth",
+        "init",
+        "optimizer",
+        "clip",
+        "outcome",
+        "training",
+        "measured_gain",
+        "predicted_gain",
+        "theory",
+        "verdict",
+        "verdict_tolerance",
+    } <= set(table.columns)
     assert set(table["verdict"]) <= VERDICTS and (table["verdict_tolerance"] == 0.05).all()
     for row in table.itertuples():
         if math.isfinite(row.measured_gain):
@@ -93,8 +112,10 @@ def test_report_folder_is_logged_to_the_parent_run(built: Path, synthetic_store:
 def test_partial_study_still_makes_a_report(tracking: str, tmp_path: Path) -> None:
     client = MlflowClient()
     parent = client.create_run("0", tags={"study": "partial", "role": "parent"}).info.run_id
-    unfinished = client.create_run("0", tags={"study": "partial", "role": "trial", "trial": "0",
-                                              "mlflow.parentRunId": parent, "outcome": "completed"}).info.run_id  # fmt: skip
+    unfinished = client.create_run(
+        "0",
+        tags={"study": "partial", "role": "trial", "trial": "0", "mlflow.parentRunId": parent, "outcome": "completed"},
+    ).info.run_id
     index = report.build("partial", tmp_path / "reports")
     page = index.read_text(encoding="utf-8")
     assert images(page) == [] and "Not drawn" in page
@@ -126,15 +147,18 @@ def test_cli_rebuilds_into_out_dir_without_stale_figures(synthetic_store: str, t
 
 
 @pytest.mark.slow
-def test_under_mlflow_run_the_launcher_run_is_tagged_and_points_to_the_report(synthetic_store: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_under_mlflow_run_the_launcher_run_is_tagged_and_points_to_the_report(
+    synthetic_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pointed_at(synthetic_store):
         client = MlflowClient()
         own = client.create_run("0").info.run_id  # as `mlflow run . -e report` makes it
         monkeypatch.setenv("MLFLOW_RUN_ID", own)
         assert report.main(["--study", SYNTHETIC_STUDY, "--out-dir", str(tmp_path / "r")]) == 0
         run = client.get_run(own)
-        parent = client.search_runs([run.info.experiment_id], f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'parent'")
+        parent = client.search_runs(
+            [run.info.experiment_id], f"tags.study = '{SYNTHETIC_STUDY}' and tags.role = 'parent'"
+        )
     assert run.data.tags["study"] == SYNTHETIC_STUDY and run.data.tags["role"] == "report"
     assert run.info.status == "FINISHED" and run.info.run_name == f"report of {SYNTHETIC_STUDY}"
     assert f"runs/{parent[0].info.run_id})" in run.data.tags["mlflow.note.content"]
@@ -142,16 +166,24 @@ def test_under_mlflow_run_the_launcher_run_is_tagged_and_points_to_the_report(sy
 
 def test_mlproject_report_entry_point() -> None:
     entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["report"]
-    assert entry["parameters"] == {"study": {"type": "string", "default": "default"},
-                                   "out_dir": {"type": "string", "default": "reports"}}  # fmt: skip
+    assert entry["parameters"] == {
+        "study": {"type": "string", "default": "default"},
+        "out_dir": {"type": "string", "default": "reports"},
+    }
     assert entry["command"] == "python -m analysis.report --study {study} --out-dir {out_dir}"
 
 
 @pytest.mark.slow
 def test_command_line_process_exits_2(store_uri: str, tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": store_uri}
-    proc = subprocess.run([sys.executable, "-m", "analysis.report", "--study", "nope"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "--study", "nope"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: no MLflow runs")
 
 
@@ -173,8 +205,9 @@ n_trials: 2
     index = tmp_path / "reports" / "reported" / "index.html"  # the runner's default out_dir, in its cwd
     assert index.exists() and "backprop_by_layer.png" in images(index.read_text(encoding="utf-8"))
     client = MlflowClient()  # the study's runs are in its own experiment
-    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                "tags.study = 'reported' and tags.role = 'parent'")[0]
+    parent = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.study = 'reported' and tags.role = 'parent'"
+    )[0]
     assert {"index.html", "summary.csv", "backprop_by_layer.png"} <= artifacts(parent.info.run_id)
 
 
@@ -185,14 +218,24 @@ def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_ou
     parent = client.create_run("0", tags={"study": "ring", "role": "parent"}).info.run_id
     client.log_param(parent, "study_objective", "maximize val/modes")  # as studies.runner logs it
     for trial, (loss, modes) in enumerate((("gan_saturating", 0.0), ("gan_nonsaturating", 6.0))):
-        child = client.create_run("0", tags={"study": "ring", "role": "trial", "trial": str(trial),
-                                             "mlflow.parentRunId": parent, "outcome": "completed"}).info.run_id  # fmt: skip
+        child = client.create_run(
+            "0",
+            tags={
+                "study": "ring",
+                "role": "trial",
+                "trial": str(trial),
+                "mlflow.parentRunId": parent,
+                "outcome": "completed",
+            },
+        ).info.run_id
         for name, value in {"loss": loss, "dataset": "gmm", "model": "mlp", "depth": "3", "optimizer": "adam"}.items():
             client.log_param(child, name, value)
         client.log_metric(child, "val/modes", modes)
         stats = tmp_path / f"stats{trial}" / "gradient_stats.parquet"  # the recorder's table: one loss row
         stats.parent.mkdir()
-        pd.DataFrame({"step": [0], "layer": [""], "family": ["train"], "stat": ["loss"], "value": [1.0]}).to_parquet(stats)
+        pd.DataFrame({"step": [0], "layer": [""], "family": ["train"], "stat": ["loss"], "value": [1.0]}).to_parquet(
+            stats
+        )
         client.log_artifact(child, str(stats), artifact_path="stats")
         client.set_terminated(child)  # a run that never finished, or has no statistics, is skipped by the report
     index = report.build("ring", tmp_path / "reports")
@@ -202,13 +245,17 @@ def test_gan_study_report_states_its_objective_rules_and_why_figures_are_left_ou
     table = pd.read_csv(index.parent / "summary.csv")
     assert table["training"].tolist() == ["vanished", "trained"] and set(table["outcome"]) == {"completed"}
     assert "Trainability phase diagram: this study has no supervised feed-forward" in page
-    assert ("Optimizers: final result and cost: it compares optimizer setting, which this study's 2 runs do not "
-            "vary (optimizer setting = adam)") in page  # fmt: skip
+    assert (
+        "Optimizers: final result and cost: it compares optimizer setting, which this study's 2 runs do not "
+        "vary (optimizer setting = adam)"
+    ) in page
 
 
 def test_the_runs_table_escapes_what_the_store_holds() -> None:
     """Cells and headers come from runs' params and tags (a shared store): markup in them is shown, not run."""
-    table = pd.DataFrame({"run_id": ["a" * 32, "<b>"], "<i>metric": [0.5, 1.0], "activation": ["<script>x</script>", "relu"]})
+    table = pd.DataFrame(
+        {"run_id": ["a" * 32, "<b>"], "<i>metric": [0.5, 1.0], "activation": ["<script>x</script>", "relu"]}
+    )
     links = report.ui_links(pd.DataFrame({"run_id": ["a" * 32, "<b>"], "experiment_id": ["1", "1"]}), "http://h")
     page = report._table_html(table, links)
     assert "<script>" not in page and "<i>" not in page and "<b>" not in page

@@ -19,7 +19,10 @@ from studies.spec import list_specs, load_spec
 from studies.tree import PARENT_ATTR
 
 SMOKE = {"max_steps": 3, "log_every": 1, "val_every": 3, "metric_points": 0}
-FILE_SPECS = {"mnist": lambda root: _write_mnist(root, compress=True), "cifar10": _write_cifar}  # specs of file-based datasets: their writers
+FILE_SPECS = {
+    "mnist": lambda root: _write_mnist(root, compress=True),
+    "cifar10": _write_cifar,
+}  # specs of file-based datasets: their writers
 
 
 def write_spec(folder: Path, body: str) -> str:
@@ -53,8 +56,9 @@ def study_tree(study: str) -> tuple[dict, list]:
 
 
 def load(study: str, storage: str) -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(storage)))  # fmt: skip
+    return optuna.load_study(
+        study_name=study, storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    )
 
 
 def check_links(study: optuna.Study, parent, trials) -> None:
@@ -62,8 +66,12 @@ def check_links(study: optuna.Study, parent, trials) -> None:
     assert study.user_attrs[PARENT_ATTR] == parent.info.run_id
     by_trial = {int(r.data.tags["trial"]): r for r in trials}
     assert len(by_trial) == len(trials), "a trial has two MLflow runs"
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                and t.user_attrs.get("outcome") != DUPLICATE]  # a duplicate grid draw never trains  # fmt: skip
+    finished = [
+        t
+        for t in study.trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        and t.user_attrs.get("outcome") != DUPLICATE
+    ]  # a duplicate grid draw never trains
     assert sorted(by_trial) == sorted(t.number for t in finished)
     for t in finished:
         run = by_trial[t.number]
@@ -88,7 +96,9 @@ def test_two_trials_of_every_shipped_spec(spec: str, tracking: str, tmp_path: Pa
     assert all(r.info.status == "FINISHED" for r in trials)
     client = MlflowClient()
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {
-        "study/trials.csv", "study/summary.json"}  # fmt: skip
+        "study/trials.csv",
+        "study/summary.json",
+    }
     metrics = client.get_run(trials[0].info.run_id).data.metrics
     assert "grad/l2/L000" in metrics and "backprop/l2/L000" in metrics
 
@@ -141,7 +151,12 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
     experiment = "0" if chosen is None else client.create_experiment(chosen)
     own = client.create_run(experiment).info.run_id
     # Each worker's first run waits until both workers are in a trial: neither can do all four alone.
-    env = {**os.environ, "MLFLOW_RUN_ID": own, "MLFLOW_EXPERIMENT_ID": experiment, **hold_env(tmp_path / "hold", workers=2)}
+    env = {
+        **os.environ,
+        "MLFLOW_RUN_ID": own,
+        "MLFLOW_EXPERIMENT_ID": experiment,
+        **hold_env(tmp_path / "hold", workers=2),
+    }
     cmd = [sys.executable, "-m", "studies.run", "--spec", spec, "--storage", storage, "--workers", "2", "--no-report"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     study = load("tiny", storage)
@@ -151,7 +166,10 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
     if chosen is None:
         assert client.get_experiment(parent.info.experiment_id).name == "tiny" and parent.info.run_id != own
         assert launcher.info.status == "FINISHED" and launcher.data.tags[MOVED_TAG] == parent.info.experiment_id
-        assert launcher.data.tags["launched_study"] == "tiny" and parent.info.run_id in launcher.data.tags["mlflow.note.content"]
+        assert (
+            launcher.data.tags["launched_study"] == "tiny"
+            and parent.info.run_id in launcher.data.tags["mlflow.note.content"]
+        )
         assert [r.info.run_id for r in client.search_runs(["0"])] == [own]  # Default holds only that pointer
     else:
         assert parent.info.run_id == own and parent.info.experiment_id == experiment
@@ -163,9 +181,11 @@ def test_cli_under_mlflow_run_with_two_workers(tracking: str, tmp_path: Path, ch
 
 
 def test_diverged_trial_is_recorded_and_the_study_goes_on(tracking: str, tmp_path: Path) -> None:
-    body = TINY.replace("fixed: {", "fixed: {lr: 1000000.0, init: kaiming_normal, ").replace(
-        "init: [xavier_normal, kaiming_normal]", "init_gain: [1.0, 2.0]").replace(
-        "activation: [relu, tanh, sigmoid]", "activation: [linear]")  # fmt: skip
+    body = (
+        TINY.replace("fixed: {", "fixed: {lr: 1000000.0, init: kaiming_normal, ")
+        .replace("init: [xavier_normal, kaiming_normal]", "init_gain: [1.0, 2.0]")
+        .replace("activation: [relu, tanh, sigmoid]", "activation: [linear]")
+    )
     spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
     run_study(spec, storage=storage, report=False)
     study = load("tiny", storage)
@@ -188,9 +208,11 @@ def test_trial_that_raises_fails_alone(tracking: str, tmp_path: Path, monkeypatc
         return real(cfg, callbacks, progress_bar)
 
     monkeypatch.setattr(pipelines.train, "make_trainer", flaky)
-    body = TINY.replace("sampler: {type: random, seed: 3}", "sampler: grid").replace(
-        "activation: [relu, tanh, sigmoid]", "activation: [relu, tanh]").replace(
-        "init: [xavier_normal, kaiming_normal]", "init: [kaiming_normal]")  # fmt: skip
+    body = (
+        TINY.replace("sampler: {type: random, seed: 3}", "sampler: grid")
+        .replace("activation: [relu, tanh, sigmoid]", "activation: [relu, tanh]")
+        .replace("init: [xavier_normal, kaiming_normal]", "init: [kaiming_normal]")
+    )
     spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
     run_study(spec, storage=storage, report=False)
     study = load("tiny", storage)
@@ -220,8 +242,9 @@ def test_grid_with_two_workers_runs_every_point_exactly_once(tracking: str, tmp_
     study = load("tiny", storage)
     real = [t for t in study.trials if t.user_attrs.get("outcome") != DUPLICATE]
     points = [(t.params["activation"], t.params["init"]) for t in real]
-    assert sorted(points) == sorted((a, i) for a in ("relu", "tanh", "sigmoid") for i in ("xavier_normal",
-                                                                                       "kaiming_normal"))  # fmt: skip
+    assert sorted(points) == sorted(
+        (a, i) for a in ("relu", "tanh", "sigmoid") for i in ("xavier_normal", "kaiming_normal")
+    )
     assert all(t.state == TrialState.COMPLETE for t in real)
     for t in study.trials:
         if t.user_attrs.get("outcome") == DUPLICATE:
@@ -253,8 +276,10 @@ def test_grid_workers_share_one_grid_order(tmp_path: Path) -> None:
     """Workers alternate on one storage: their GridSamplers must agree on which index is which point."""
     spec = load_spec(write_spec(tmp_path, GRID))
     storage = optuna.storages.InMemoryStorage()
-    studies = [optuna.create_study(study_name="g", storage=storage, sampler=spec.make_sampler(w), load_if_exists=True)
-               for w in (0, 1)]  # fmt: skip
+    studies = [
+        optuna.create_study(study_name="g", storage=storage, sampler=spec.make_sampler(w), load_if_exists=True)
+        for w in (0, 1)
+    ]
     points = []
     for i in range(6):  # the grid's size, asked by worker 0, 1, 0, 1, …
         study = studies[i % 2]
@@ -318,7 +343,8 @@ def test_an_extended_seeded_study_proposes_new_points(sampler: str, tracking: st
 def test_a_random_study_stops_when_its_space_is_exhausted(tracking: str, tmp_path: Path) -> None:
     """Asked for more trials than the space has points: each point once, then the study stops."""
     body = TINY.replace("init: [xavier_normal, kaiming_normal]", "init: [kaiming_normal]").replace(
-        "activation: [relu, tanh, sigmoid]", "activation: [relu, tanh]")  # fmt: skip
+        "activation: [relu, tanh, sigmoid]", "activation: [relu, tanh]"
+    )
     spec, storage = write_spec(tmp_path, body), str(tmp_path / "optuna.journal")
     run_study(spec, n_trials=5, storage=storage, report=False)
     complete = [t for t in load("tiny", storage).trials if t.state == TrialState.COMPLETE]

@@ -38,8 +38,10 @@ OTHER_UID = 65534  # `nobody`: a user that is not the one running the tests
 
 def _hostile(marker: Path, tag: str) -> str:
     """A value that runs `touch marker` if any shell ever reads it as code, with spaces, quotes and a newline."""
-    return (f"{tag} a  b; touch {marker}; $(touch {marker}) `touch {marker}` && touch {marker} | touch {marker} "
-            f"'single' \"double\" \\ * ? > {marker}\nnext line")  # fmt: skip
+    return (
+        f"{tag} a  b; touch {marker}; $(touch {marker}) `touch {marker}` && touch {marker} | touch {marker} "
+        f"'single' \"double\" \\ * ? > {marker}\nnext line"
+    )
 
 
 # -- 1. MLproject ---------------------------------------------------------------------------------------------
@@ -70,8 +72,13 @@ def test_every_parameter_reaches_the_program_as_one_argument(entry: str, tmp_pat
     program = shlex.split(point.command)[:3]
     assert program[:2] == ["python", "-m"] and command.startswith(" ".join(program) + " ")
     echo = f"{shlex.quote(sys.executable)} -c {shlex.quote(ECHO)}"
-    done = subprocess.run(["bash", "-c", echo + command[len(" ".join(program)):]], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", echo + command[len(" ".join(program)) :]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert not marker.exists(), "a parameter value ran as shell code"
     expected = [values.get(token[1:-1], token) for token in shlex.split(point.command)[3:]]
@@ -81,15 +88,20 @@ def test_every_parameter_reaches_the_program_as_one_argument(entry: str, tmp_pat
 
 # -- 2. the fused kernels' cache ------------------------------------------------------------------------------
 
-PLANTED_C = '#include <stdio.h>\n__attribute__((constructor)) static void planted(void) { fclose(fopen(MARKER, "w")); }\n'
+PLANTED_C = (
+    '#include <stdio.h>\n__attribute__((constructor)) static void planted(void) { fclose(fopen(MARKER, "w")); }\n'
+)
 
 
 def _plant(target: Path, marker: Path) -> None:
     """Replace `target` by a library whose loading creates `marker` (its constructor runs inside dlopen)."""
     source = target.with_name("planted.c")
     source.write_text(PLANTED_C)
-    done = subprocess.run([fused.compiler(), "-shared", "-fPIC", f'-DMARKER="{marker}"', str(source), "-o", str(target)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [fused.compiler(), "-shared", "-fPIC", f'-DMARKER="{marker}"', str(source), "-o", str(target)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     source.unlink()
 
@@ -105,13 +117,17 @@ def _digest(library: Path) -> Path:
 def _load_in_a_fresh_process(cache: Path, marker: Path | None = None) -> tuple[str, list[str]]:
     """fused.enabled() in a new process with GPL_CACHE_DIR=cache: its answer and the warnings it gave;
     fails first if a planted library ran (created `marker`)."""
-    script = ("import warnings\nfrom gradprobe import fused\n"
-              "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
-              "    print(fused.enabled())\n"
-              "for w in caught:\n    print(str(w.message).replace(chr(10), ' '))\n")  # fmt: skip
+    script = (
+        "import warnings\nfrom gradprobe import fused\n"
+        "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
+        "    print(fused.enabled())\n"
+        "for w in caught:\n    print(str(w.message).replace(chr(10), ' '))\n"
+    )
     env = {**os.environ, "GPL_CACHE_DIR": str(cache)}
     env.pop(fused.ENV, None)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert marker is None or not marker.exists(), "a planted library was loaded (its constructor ran)"
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"  # -7 would be SIGBUS
     first, *warned = done.stdout.splitlines()
@@ -226,8 +242,16 @@ def _batch(n: int, seed: int) -> tuple[dict, np.ndarray, list[int]]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, 10, n)]
-    return ({b"batch_label": b"training batch", b"labels": labels, b"data": images,
-             b"filenames": [f"img{i}.png".encode() for i in range(n)]}, images, labels)  # fmt: skip
+    return (
+        {
+            b"batch_label": b"training batch",
+            b"labels": labels,
+            b"data": images,
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        },
+        images,
+        labels,
+    )
 
 
 def _write_batches(root: Path, first: bytes | None = None, numpy1_names: bool = False) -> list[tuple]:
@@ -277,9 +301,26 @@ def test_train_exits_2_with_one_line_for_a_malicious_batch(tmp_path: Path) -> No
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "pipelines.train", "--dataset", "cifar10", "--data-dir", str(data),
-                           "--model", "cnn", "--max-steps", "1"], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(data),
+            "--model",
+            "cnn",
+            "--max-steps",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1 and "data_dir=" in done.stderr and "data_batch_1" in done.stderr
     assert not marker.exists() and list(work.iterdir()) == []  # nothing ran, nothing written
@@ -292,8 +333,9 @@ def _tagged_study(name: str) -> None:
     """Runs in the shared store that carry `name` as their study tag (anyone can write such a tag)."""
     client = MlflowClient()
     parent = client.create_run("0", tags={"study": name, "role": "parent"}).info.run_id
-    client.create_run("0", tags={"study": name, "role": "trial", "trial": "0", "mlflow.parentRunId": parent,
-                                 "outcome": "completed"})  # fmt: skip
+    client.create_run(
+        "0", tags={"study": name, "role": "trial", "trial": "0", "mlflow.parentRunId": parent, "outcome": "completed"}
+    )
 
 
 @pytest.mark.parametrize("kind", ["parent", "absolute", "slash", "dots"])

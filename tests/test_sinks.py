@@ -15,7 +15,11 @@ from gradprobe.sinks import LoggerSink, ParquetSink, Tee, close_sink
 
 LAYERS = ["encoder.layers.0.linear1", "L000", "out"]  # a qualified module name and the zoo's ids
 BROWSABLE = [K.TRAIN_LOSS, *(K.key("grad", layer, "l2") for layer in LAYERS)]
-PARQUET_ONLY = [K.key("bptt", "L000", K.time_stat(0)), K.key(K.HIST, "out", "b-3.0"), K.key(K.HIST, "out", K.HIST_ZEROS)]
+PARQUET_ONLY = [
+    K.key("bptt", "L000", K.time_stat(0)),
+    K.key(K.HIST, "out", "b-3.0"),
+    K.key(K.HIST, "out", K.HIST_ZEROS),
+]
 STEPS = [0, 5, 9]
 
 
@@ -65,7 +69,12 @@ def test_logger_sink_to_tensorboard_and_csv(tmp_path) -> None:
     got = {(k, e.step): e.value for k in events.Tags()["scalars"] for e in events.Scalars(k)}
     assert got == pytest.approx(_expected(keys, browsable_only=True))  # TensorBoard stores float32
     table = pd.read_csv(tmp_path / "csv" / "run" / "version_0" / "metrics.csv")
-    got = {(k, int(row.step)): row[k] for _, row in table.iterrows() for k in table.columns if k != "step" and pd.notna(row[k])}
+    got = {
+        (k, int(row.step)): row[k]
+        for _, row in table.iterrows()
+        for k in table.columns
+        if k != "step" and pd.notna(row[k])
+    }
     assert got == _expected(keys, browsable_only=True)
 
 

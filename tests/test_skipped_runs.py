@@ -34,8 +34,14 @@ def damaged(tracking: str) -> dict[str, str]:
     _stats_file(client, trials[1]).unlink()
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    tags = {"study": "damaged", "role": "trial", "trial": "4", "mlflow.parentRunId": parent,
-            "host": socket.gethostname(), "pid": str(ended.pid)}  # fmt: skip
+    tags = {
+        "study": "damaged",
+        "role": "trial",
+        "trial": "4",
+        "mlflow.parentRunId": parent,
+        "host": socket.gethostname(),
+        "pid": str(ended.pid),
+    }
     dead = client.create_run("0", tags=tags).info.run_id
     return {"corrupt": trials[0], "missing": trials[1], "good": trials[2], "also good": trials[3], "dead": dead}
 
@@ -49,8 +55,9 @@ def test_the_loader_skips_and_names_bad_runs(damaged: dict[str, str]) -> None:
     assert data.skipped[damaged["dead"]].startswith("status RUNNING")
 
 
-def test_the_report_draws_the_rest_and_names_the_skipped(damaged: dict[str, str], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_the_report_draws_the_rest_and_names_the_skipped(
+    damaged: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     index = report.build("damaged", tmp_path / "reports")
     err = capsys.readouterr().err
     page = index.read_text()

@@ -65,8 +65,16 @@ BAD = [
     ({**GOOD, "space": {"depth": []}}, "space.depth", "empty"),
     ({**GOOD, "space": {"depth": [2, 0]}}, "space.depth", "depth=0"),
     ({**GOOD, "space": {"activation": ["relu", "swish"]}}, "space.activation", "swish"),
-    ({**GOOD, "sampler": "tpe", "n_trials": 3, "space": {"lr": {"float": [0.1, 0.01]}}}, "space.lr", "low=0.1 > high=0.01"),
-    ({**GOOD, "sampler": "tpe", "n_trials": 3, "space": {"lr": {"float": [0, 0.1], "log": True}}}, "space.lr", "log range"),
+    (
+        {**GOOD, "sampler": "tpe", "n_trials": 3, "space": {"lr": {"float": [0.1, 0.01]}}},
+        "space.lr",
+        "low=0.1 > high=0.01",
+    ),
+    (
+        {**GOOD, "sampler": "tpe", "n_trials": 3, "space": {"lr": {"float": [0, 0.1], "log": True}}},
+        "space.lr",
+        "log range",
+    ),
     ({**GOOD, "space": {"lr": {"float": [0.01, 0.1]}}}, "space.lr", "grid sampler"),
     ({**GOOD, "space": {"colour": ["red"]}}, "space.colour", "not a run-config field"),
     ({**GOOD, "fixed": {"dataset": "adding", "loss": "mse"}}, "objective.metric", "classification"),
@@ -119,15 +127,23 @@ def test_bad_spec_names_file_field_and_problem(raw: dict, where: str, problem: s
 
 @pytest.mark.parametrize(
     "text",
-    ["name: x\nspace: {depth: []}\nobjective: {metric: val/acc}\nn_trials: 2\n", "name: [unclosed\n", "- just a list\n"],
+    [
+        "name: x\nspace: {depth: []}\nobjective: {metric: val/acc}\nn_trials: 2\n",
+        "name: [unclosed\n",
+        "- just a list\n",
+    ],
 )
 def test_cli_refuses_bad_spec_with_exit_2_and_writes_nothing(tmp_path: Path, text: str) -> None:
     (tmp_path / "bad.yaml").write_text(text)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     proc = subprocess.run(
         [sys.executable, "-m", "studies.run", "--spec", "bad.yaml", "--storage", str(tmp_path / "optuna.journal")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.yaml" in lines[0], proc.stderr
@@ -147,9 +163,12 @@ def test_study_name_flag_follows_the_spec_name_rule(name: str, tmp_path, monkeyp
 
 
 def test_valid_pruner_arguments_are_accepted() -> None:
-    for pruner in ({"type": "median", "n_startup_trials": 0, "n_warmup_steps": 3, "interval_steps": 2, "n_min_trials": 1},
-                   {"type": "percentile", "percentile": 25.5}, {"type": "hyperband", "max_resource": "auto"},
-                   {"type": "hyperband", "min_resource": 2, "max_resource": 20, "reduction_factor": 3}):  # fmt: skip
+    for pruner in (
+        {"type": "median", "n_startup_trials": 0, "n_warmup_steps": 3, "interval_steps": 2, "n_min_trials": 1},
+        {"type": "percentile", "percentile": 25.5},
+        {"type": "hyperband", "max_resource": "auto"},
+        {"type": "hyperband", "min_resource": 2, "max_resource": 20, "reduction_factor": 3},
+    ):
         assert parse_spec({**GOOD, "pruner": pruner}, "ok.yaml").make_pruner() is not None
 
 
@@ -162,8 +181,14 @@ def _bomb(levels: int) -> str:
     return text
 
 
-@pytest.mark.parametrize("text, problem", [(_bomb(9), "expands to more than"), ("&a [*a]\n", "recursive alias"),
-                                           ("space: &s {depth: *s}\n", "recursive alias")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (_bomb(9), "expands to more than"),
+        ("&a [*a]\n", "recursive alias"),
+        ("space: &s {depth: *s}\n", "recursive alias"),
+    ],
+)
 def test_alias_bombs_and_recursive_aliases_are_refused_before_anything_is_built(
     tmp_path: Path, text: str, problem: str
 ) -> None:
@@ -176,7 +201,9 @@ def test_alias_bombs_and_recursive_aliases_are_refused_before_anything_is_built(
 
 
 def test_aliases_of_a_sane_size_still_load(tmp_path: Path) -> None:
-    (tmp_path / "ok.yaml").write_text("name: t\nfixed: {depth: &d 3, width: *d}\nspace: {activation: [relu, tanh]}\n"
-                                      "objective: {metric: val/acc}\nsampler: grid\n")  # fmt: skip
+    (tmp_path / "ok.yaml").write_text(
+        "name: t\nfixed: {depth: &d 3, width: *d}\nspace: {activation: [relu, tanh]}\n"
+        "objective: {metric: val/acc}\nsampler: grid\n"
+    )
     spec = load_spec(str(tmp_path / "ok.yaml"))
     assert spec.fixed == {"depth": 3, "width": 3}

@@ -171,9 +171,12 @@ def test_update_ratios() -> None:
     stacked = stats.Stacked(before)
     for scale in (0.1, 0.01):
         after = [b + scale * torch.randn(b.shape, generator=g, dtype=b.dtype) for b in before]
-        expected = [torch.linalg.norm((a - b).flatten()) / torch.linalg.norm(b.flatten()) for a, b in zip(after, before)]
-        torch.testing.assert_close(stats.update_ratios(stacked.copy_(before), after), torch.stack(expected),
-                                   rtol=1e-12, atol=0)  # fmt: skip
+        expected = [
+            torch.linalg.norm((a - b).flatten()) / torch.linalg.norm(b.flatten()) for a, b in zip(after, before)
+        ]
+        torch.testing.assert_close(
+            stats.update_ratios(stacked.copy_(before), after), torch.stack(expected), rtol=1e-12, atol=0
+        )
     assert stats.update_ratios(stacked.copy_(before), before).abs().max().item() == 0.0
     assert len(stacked.groups) == 3 and all(r.data_ptr() != b.data_ptr() for r, b in zip(stacked.rows, before))
 
@@ -199,15 +202,19 @@ SCALES = (1e-30, 1e-24, 1e-19, 1e-12, 1.0, 1e19, 1e25, 1e30)
 def _scaled(scale: float, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """A float32 tensor of entries of about `scale`, both signs, with a non-zero mean."""
     g = torch.Generator().manual_seed(seed)
-    return ((torch.rand(shape, generator=g, dtype=torch.float64) + 0.5) * torch.randn(shape, generator=g).sign()
-            * scale).float()  # fmt: skip
+    return (
+        (torch.rand(shape, generator=g, dtype=torch.float64) + 0.5) * torch.randn(shape, generator=g).sign() * scale
+    ).float()
 
 
 def _exact(t: torch.Tensor) -> dict[str, float]:
     """l2, rms and population std in float64 from the float32 entries (squares of 1e±30 are exact there)."""
     v = t.double().flatten()
-    return {"l2": v.square().sum().sqrt().item(), "rms": v.square().mean().sqrt().item(),
-            "std": (v - v.mean()).square().mean().sqrt().item()}  # fmt: skip
+    return {
+        "l2": v.square().sum().sqrt().item(),
+        "rms": v.square().mean().sqrt().item(),
+        "std": (v - v.mean()).square().mean().sqrt().item(),
+    }
 
 
 @pytest.mark.usefixtures("statistics_path")

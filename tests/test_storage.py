@@ -17,7 +17,7 @@ from studies.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat, is_rdb,
         (
             "postgresql://gpl@db/optuna?password=s3cret&sslmode=require",
             "postgresql://gpl@db/optuna?password=***&sslmode=require",
-        ),  # fmt: skip
+        ),
         ("http://user:s3cret@mlflow.lab:5000", "http://user:***@mlflow.lab:5000"),
         ("postgresql://gpl@db/optuna", "postgresql://gpl@db/optuna"),  # PGPASSWORD / ~/.pgpass: nothing to hide
         ("sqlite:///optuna.db", "sqlite:///optuna.db"),

@@ -53,8 +53,12 @@ def test_the_forget_bias_is_named_on_lstm_trials_only() -> None:
         return {**params["cell"].expand(cell), **params["seq_len"].expand(100), **params["training"].expand("adam")}
 
     names = {cell: naming.trial_name(spec, spec.config(point(cell))) for cell in ("rnn", "lstm", "lstm_fb0", "gru")}
-    assert names == {"rnn": "rnn-g1-adam0.01-noclip-T100", "lstm": "lstm-g1-adam0.01-noclip-fb1-T100",
-                     "lstm_fb0": "lstm-g1-adam0.01-noclip-fb0-T100", "gru": "gru-g1-adam0.01-noclip-T100"}  # fmt: skip
+    assert names == {
+        "rnn": "rnn-g1-adam0.01-noclip-T100",
+        "lstm": "lstm-g1-adam0.01-noclip-fb1-T100",
+        "lstm_fb0": "lstm-g1-adam0.01-noclip-fb0-T100",
+        "gru": "gru-g1-adam0.01-noclip-T100",
+    }
 
 
 @pytest.mark.parametrize(
@@ -72,8 +76,11 @@ def test_a_taken_name_gets_the_trial_number() -> None:
 def _table(values: np.ndarray) -> pd.DataFrame:
     """A recorder table of grad/l2/<layer> with values[layer, step] (steps 0, 2, 4, …)."""
     layers, steps = values.shape
-    rows = [{"step": 2 * s, "layer": f"L{layer:03d}", "family": "grad", "stat": "l2", "value": values[layer, s]}
-            for layer in range(layers) for s in range(steps)]  # fmt: skip
+    rows = [
+        {"step": 2 * s, "layer": f"L{layer:03d}", "family": "grad", "stat": "l2", "value": values[layer, s]}
+        for layer in range(layers)
+        for s in range(steps)
+    ]
     rows.append({"step": 0, "layer": "", "family": "train", "stat": "loss", "value": 1.0})  # run-wide: not a layer
     return pd.DataFrame(rows)
 

@@ -28,8 +28,9 @@ AT_INIT = {
 @pytest.mark.parametrize("name", list(AT_INIT))
 def test_measured_gain_at_initialization_agrees_with_theory(tracking: str, name: str) -> None:
     fields, tolerance, layer_tolerance = AT_INIT[name]
-    cfg = RunConfig(depth=12, width=128, batch_size=256, max_steps=1, log_every=1, val_every=1, metric_points=0,
-                    **fields)  # fmt: skip
+    cfg = RunConfig(
+        depth=12, width=128, batch_size=256, max_steps=1, log_every=1, val_every=1, metric_points=0, **fields
+    )
     train.run(cfg, tags={"study": "gains", "trial": "0", "role": "trial"}, progress_bar=False)
     data = load.study("gains")
     gains = summary.gain_table(data.runs, data.stats).iloc[0]
@@ -43,8 +44,18 @@ def test_measured_gain_at_initialization_agrees_with_theory(tracking: str, name:
 
 
 def _run(**fields) -> dict:
-    base = {"run_id": "r", "model": "mlp", "norm": "none", "activation": "relu", "init": "kaiming_normal",
-            "init_gain": 1.0, "res_scale": 1.0, "depth": 5, "width": 64, "batch_size": 64}  # fmt: skip
+    base = {
+        "run_id": "r",
+        "model": "mlp",
+        "norm": "none",
+        "activation": "relu",
+        "init": "kaiming_normal",
+        "init_gain": 1.0,
+        "res_scale": 1.0,
+        "depth": 5,
+        "width": 64,
+        "batch_size": 64,
+    }
     return {**base, **fields}
 
 
@@ -72,28 +83,49 @@ def test_theory_profile_is_anchored_at_the_last_hidden_layer() -> None:
 
 
 def _loss_rows(run_id: str, values: list[float]) -> pd.DataFrame:
-    return pd.DataFrame({"run_id": run_id, "step": range(len(values)), "layer": "", "family": "train",
-                         "stat": "loss", "value": values})  # fmt: skip
+    return pd.DataFrame(
+        {"run_id": run_id, "step": range(len(values)), "layer": "", "family": "train", "stat": "loss", "value": values}
+    )
 
 
 def test_training_outcome_rule() -> None:
-    runs = pd.DataFrame({"run_id": ["ok", "stuck", "boom", "nan", "untagged", "silent"],
-                         "outcome": ["completed", "completed", "diverged", "completed", None, "completed"]})  # fmt: skip
-    stats = pd.concat([_loss_rows("ok", [2.3, 1.5, 0.9, 0.5, 0.4]), _loss_rows("stuck", [2.3, 2.3, 2.25, 2.2, 2.2]),
-                       _loss_rows("boom", [2.3, math.inf]), _loss_rows("nan", [2.3, math.nan]),
-                       _loss_rows("untagged", [2.3, math.nan])])  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "run_id": ["ok", "stuck", "boom", "nan", "untagged", "silent"],
+            "outcome": ["completed", "completed", "diverged", "completed", None, "completed"],
+        }
+    )
+    stats = pd.concat(
+        [
+            _loss_rows("ok", [2.3, 1.5, 0.9, 0.5, 0.4]),
+            _loss_rows("stuck", [2.3, 2.3, 2.25, 2.2, 2.2]),
+            _loss_rows("boom", [2.3, math.inf]),
+            _loss_rows("nan", [2.3, math.nan]),
+            _loss_rows("untagged", [2.3, math.nan]),
+        ]
+    )
     outcome = summary.training_outcome(runs, stats)
     # A completed run is not called diverged (its tag says otherwise); a run without the tag is judged by its loss.
-    assert outcome.to_dict() == {"ok": "trained", "stuck": "vanished", "boom": "diverged", "nan": "unknown",
-                                 "untagged": "diverged", "silent": "unknown"}  # fmt: skip
+    assert outcome.to_dict() == {
+        "ok": "trained",
+        "stuck": "vanished",
+        "boom": "diverged",
+        "nan": "unknown",
+        "untagged": "diverged",
+        "silent": "unknown",
+    }
 
 
 def test_gan_training_outcome_by_modes_never_contradicts_the_outcome_tag() -> None:
     # The saturating generator loss log(1 − D) is negative: a loss ratio says nothing about a GAN.
-    runs = pd.DataFrame({"run_id": ["covers", "none", "boom", "unvalidated"],
-                         "loss": ["gan_saturating", "gan_nonsaturating", "gan_saturating", "gan_saturating"],
-                         "outcome": ["completed", "completed", "diverged", "completed"],
-                         "metrics.val/modes": [5.0, 0.0, math.nan, math.nan]})  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "run_id": ["covers", "none", "boom", "unvalidated"],
+            "loss": ["gan_saturating", "gan_nonsaturating", "gan_saturating", "gan_saturating"],
+            "outcome": ["completed", "completed", "diverged", "completed"],
+            "metrics.val/modes": [5.0, 0.0, math.nan, math.nan],
+        }
+    )
     stats = pd.concat([_loss_rows(r, [-0.7, -0.1, -0.05]) for r in ("covers", "none", "boom", "unvalidated")])
     outcome = summary.training_outcome(runs, stats).to_dict()
     assert outcome == {"covers": "trained", "none": "vanished", "boom": "diverged", "unvalidated": "unknown"}
@@ -104,13 +136,35 @@ def test_gan_training_outcome_by_modes_never_contradicts_the_outcome_tag() -> No
 def test_gan_verdict_is_the_generator_loss_gradient_factor() -> None:
     # ∂L_G/∂logit is −D(G(z)) for the saturating loss and −(1 − D(G(z))) for the non-saturating one.
     d_fake = {"sat-wins": 0.03, "nonsat-wins": 0.03, "sat-even": 0.5}
-    runs = pd.DataFrame([_run(run_id="sat-wins", loss="gan_saturating", depth=3),
-                         _run(run_id="nonsat-wins", loss="gan_nonsaturating", depth=3),
-                         _run(run_id="sat-even", loss="gan_saturating", depth=3)])  # fmt: skip
-    stats = pd.concat([pd.DataFrame({"run_id": r, "step": range(5), "layer": "", "family": "gan", "stat": "d_fake",
-                                     "value": [0.5, d, d, d, 0.4]}) for r, d in d_fake.items()])  # fmt: skip
-    norms = pd.DataFrame([{"run_id": r, "step": 0, "layer": f"L{i:03d}", "family": "backprop", "stat": "l2",
-                           "value": 4.0 ** -i} for r in d_fake for i in range(3)])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            _run(run_id="sat-wins", loss="gan_saturating", depth=3),
+            _run(run_id="nonsat-wins", loss="gan_nonsaturating", depth=3),
+            _run(run_id="sat-even", loss="gan_saturating", depth=3),
+        ]
+    )
+    stats = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "run_id": r,
+                    "step": range(5),
+                    "layer": "",
+                    "family": "gan",
+                    "stat": "d_fake",
+                    "value": [0.5, d, d, d, 0.4],
+                }
+            )
+            for r, d in d_fake.items()
+        ]
+    )
+    norms = pd.DataFrame(
+        [
+            {"run_id": r, "step": 0, "layer": f"L{i:03d}", "family": "backprop", "stat": "l2", "value": 4.0**-i}
+            for r in d_fake
+            for i in range(3)
+        ]
+    )
     table = summary.gain_table(runs, pd.concat([stats, norms])).set_index("run_id")
     assert table["verdict"].to_dict() == {"sat-wins": "vanishing", "nonsat-wins": "healthy", "sat-even": "healthy"}
     assert (table["measured_gain"] == 4.0).all()  # the per-layer gain is still measured and shown
@@ -118,8 +172,12 @@ def test_gan_verdict_is_the_generator_loss_gradient_factor() -> None:
 
 def test_gain_table_verdicts_and_unknown() -> None:
     rows = [("deep", f"L{i:03d}", v) for i, v in enumerate([1.0, 2.0, 4.0])] + [("one", "L000", 1.0)]
-    stats = pd.DataFrame([{"run_id": r, "step": 0, "layer": layer, "family": "backprop", "stat": "l2", "value": v}
-                          for r, layer, v in rows])  # fmt: skip
+    stats = pd.DataFrame(
+        [
+            {"run_id": r, "step": 0, "layer": layer, "family": "backprop", "stat": "l2", "value": v}
+            for r, layer, v in rows
+        ]
+    )
     runs = pd.DataFrame([_run(run_id="deep", depth=3), _run(run_id="one", depth=1)])
     table = summary.gain_table(runs, stats).set_index("run_id")
     assert table.loc["deep", "measured_gain"] == pytest.approx(0.5)
@@ -133,8 +191,12 @@ def test_the_gain_table_spans_the_same_layers_for_measurement_and_theory() -> No
     norms = [0.0, 1.0, 2.0, 4.0]
     rows = [("backprop", f"L{i:03d}", "l2", v) for i, v in enumerate(norms)]
     rows += [("act", "L000", "mean", 0.6), ("act", "L000", "std", 0.2)]
-    stats = pd.DataFrame([{"run_id": "s", "step": 0, "layer": layer, "family": family, "stat": stat, "value": v}
-                          for family, layer, stat, v in rows])  # fmt: skip
+    stats = pd.DataFrame(
+        [
+            {"run_id": "s", "step": 0, "layer": layer, "family": family, "stat": stat, "value": v}
+            for family, layer, stat, v in rows
+        ]
+    )
     runs = pd.DataFrame([_run(run_id="s", depth=4, activation="sigmoid", init="xavier_normal")])
     row = summary.gain_table(runs, stats).iloc[0]
     assert row["measured_gain"] == pytest.approx(0.5) and row["verdict"] == "vanishing"

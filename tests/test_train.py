@@ -24,9 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = ["L000", "L001", "L002", "out"]
 CONTRACT_METRICS = {
-    "grad/l2/L000", "backprop/l2/L000", "act/saturation/L000", "update/ratio/L000",
-    "grad/global_l2", "grad/global_l2_clipped", "train/loss", "val/loss", "val/acc",
-}  # fmt: skip
+    "grad/l2/L000",
+    "backprop/l2/L000",
+    "act/saturation/L000",
+    "update/ratio/L000",
+    "grad/global_l2",
+    "grad/global_l2_clipped",
+    "train/loss",
+    "val/loss",
+    "val/acc",
+}
 
 
 def _parquet(client: MlflowClient, run_id: str, dst: Path) -> pd.DataFrame:
@@ -82,8 +89,10 @@ def test_tiny_run_records_the_contract(tracking, tiny_cfg, tmp_path) -> None:
 def test_same_config_and_seed_give_identical_tables(tracking, tiny_cfg, tmp_path) -> None:
     cfg = tiny_cfg.replace(max_steps=4, norm="batch", activation="tanh")
     client = MlflowClient()
-    tables = [_parquet(client, train.run(c, progress_bar=False).run_id, tmp_path / f"dl{i}")
-              for i, c in enumerate([cfg, cfg, cfg.replace(seed=1)])]  # fmt: skip
+    tables = [
+        _parquet(client, train.run(c, progress_bar=False).run_id, tmp_path / f"dl{i}")
+        for i, c in enumerate([cfg, cfg, cfg.replace(seed=1)])
+    ]
     # time/elapsed and the probe's cost (probe/…) are wall-clock time, which cannot repeat; the rest must, bit for bit.
     tables = [t[~t.family.isin(["time", "probe"])].reset_index(drop=True) for t in tables]
     assert len(tables[0]) > 0
@@ -133,8 +142,12 @@ def test_divergence_from_the_command_line_exits_0(tmp_path, tiny_cfg, store_uri)
     cfg = _diverging(tiny_cfg)
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.train", *_flags(cfg)],
-        cwd=tmp_path, env=_env(tmp_path, store_uri), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=_env(tmp_path, store_uri),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     client = MlflowClient(store_uri)
@@ -170,9 +183,13 @@ def cli_results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedP
         tmp = tmp_path_factory.mktemp(f"cli-{name}")
         argv = [a.replace("{tmp}", str(tmp)) for a in args]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.train", *argv], cwd=tmp, env=_env(tmp),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "pipelines.train", *argv],
+            cwd=tmp,
+            env=_env(tmp),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         running.append((name, tmp, proc))
     for item in running:
         finish(*item)
@@ -215,9 +232,21 @@ def test_help_lists_every_field_as_a_flag(capsys) -> None:
 
 def test_main_in_process_parses_every_flag(tmp_path, monkeypatch) -> None:
     """config_from_args turns every flag back into the field value (types included)."""
-    cfg = RunConfig(dataset="adding", model="gru", loss="huber", depth=2, width=5, lr=0.125, init_gain=0.5,
-                    clip="value", clip_threshold=0.25, seq_len=7, metric_points=0, seed=3,
-                    histograms="on")  # fmt: skip
+    cfg = RunConfig(
+        dataset="adding",
+        model="gru",
+        loss="huber",
+        depth=2,
+        width=5,
+        lr=0.125,
+        init_gain=0.5,
+        clip="value",
+        clip_threshold=0.25,
+        seq_len=7,
+        metric_points=0,
+        seed=3,
+        histograms="on",
+    )
     assert train.config_from_args(_flags(cfg)) == cfg
     assert train.config_from_args([]) == RunConfig()
     assert [f.name for f in dataclasses.fields(RunConfig)] == field_names()
@@ -237,8 +266,12 @@ def test_mlflow_run_train_entry_point(tmp_path, store_uri) -> None:
     before = set(os.listdir(ROOT))
     proc = subprocess.run(
         [mlflow_cli, "run", ".", "-e", "train", "--env-manager", "local", "-P", "max_steps=3", "-P", "depth=2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(["0"])
     assert len(runs) == 1  # the entry point took over the run `mlflow run` created
@@ -259,8 +292,9 @@ def _hand_gain(table: pd.DataFrame) -> float:
 
 
 @pytest.mark.parametrize("activation, depth", [("sigmoid", 6), ("relu", 1)])
-def test_the_result_line_names_outcome_and_verdict_and_links_the_run(tracking, tmp_path, capsys,
-                                                                     activation: str, depth: int) -> None:  # fmt: skip
+def test_the_result_line_names_outcome_and_verdict_and_links_the_run(
+    tracking, tmp_path, capsys, activation: str, depth: int
+) -> None:
     cfg = RunConfig(depth=depth, width=16, max_steps=3, batch_size=32, activation=activation)
     assert train.main(_flags(cfg)) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()

@@ -26,16 +26,24 @@ if TYPE_CHECKING:
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing (Debian package `chromium`; `make test` installs it as root)",
-                allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        f"{CHROMIUM} is missing (Debian package `chromium`; `make test` installs it as root)", allow_module_level=True
+    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
 expect = sync_api.expect
 
 pytestmark = pytest.mark.slow
 
 # No sandbox: tests may run as root in a container; the rest keeps Chromium off the network but for 127.0.0.1.
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 WAIT = 30_000  # ms: the UI fetches everything through the server's REST API after the page loads
 STUDY = "ui_study"
 KEY = "grad/l2/L000"
@@ -87,9 +95,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Itera
         trials = {r.info.run_id: r.info.run_name for r in runs if r.data.tags.get("role") == "trial"}
         link = re.search(r"http://127\.0\.0\.1:5000/(#/\S+)", stderr.getvalue())
         assert link, f"the study printed no UI link:\n{stderr.getvalue()[-2000:]}"
-        yield Served(url, parent.info.experiment_id, parent.info.run_id, trials,
-                     sorted(a.path for a in client.list_artifacts(parent.info.run_id, "report")),
-                     link.group(1), client)  # fmt: skip
+        yield Served(
+            url,
+            parent.info.experiment_id,
+            parent.info.run_id,
+            trials,
+            sorted(a.path for a in client.list_artifacts(parent.info.run_id, "report")),
+            link.group(1),
+            client,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +139,9 @@ def test_runs_table_shows_the_study_parent_with_its_trials_nested(served: Served
     # ag-grid renders a row once per pinned/unpinned column block: pick the one with the name cell.
     parent = page.locator(f'[role=row][row-id="{served.parent}"]', has_text=STUDY)
     expect(parent).to_be_visible(timeout=WAIT)
-    rows = {run_id: page.locator(f'[role=row][row-id="{run_id}"]', has_text=name) for run_id, name in served.trials.items()}
+    rows = {
+        run_id: page.locator(f'[role=row][row-id="{run_id}"]', has_text=name) for run_id, name in served.trials.items()
+    }
     for row in rows.values():  # nested: hidden while the parent is collapsed
         expect(row).to_have_count(0)
     shot(page, tmp_path, "collapsed")
@@ -174,7 +190,9 @@ def section_headers(page: Page) -> list[tuple[str, int]]:
     return [(m.group(1), int(m.group(2))) for m in found]
 
 
-def test_chart_sections_follow_the_statistic_and_open_on_the_headline(served: Served, page: Page, tmp_path: Path) -> None:
+def test_chart_sections_follow_the_statistic_and_open_on_the_headline(
+    served: Served, page: Page, tmp_path: Path
+) -> None:
     run_id, name = sorted(served.trials.items())[0]
     metrics = served.client.get_run(run_id).data.metrics
     layers = sorted(k.rsplit("/", 1)[1] for k in metrics if k.startswith("grad/l2/"))
@@ -275,5 +293,11 @@ def test_the_report_preview_shows_its_figures(served: Served, page: Page, tmp_pa
 def test_optuna_plots_are_on_the_parent(served: Served) -> None:
     plots = {Path(a.path).name for a in served.client.list_artifacts(served.parent, "optuna")}
     # Two completed trials of one varying parameter: every plot can be drawn (intermediate values: the reports).
-    assert {"optimization_history.png", "param_importances.png", "slice.png", "parallel_coordinate.png",
-            "timeline.png", "intermediate_values.png"} <= plots  # fmt: skip
+    assert {
+        "optimization_history.png",
+        "param_importances.png",
+        "slice.png",
+        "parallel_coordinate.png",
+        "timeline.png",
+        "intermediate_values.png",
+    } <= plots

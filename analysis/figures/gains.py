@@ -33,8 +33,20 @@ from analysis.summary import arch, label, select, value
 # ------------------------------------------------------------------------- backprop by layer
 
 # What the step-0 gradient depends on (not the optimizer or clipping): runs equal in these share one line.
-STEP0_CONFIG = ("dataset", "loss", "model", "norm", "activation", "init", "init_gain", "res_scale", "depth",
-                "width", "batch_size", "seed")  # fmt: skip
+STEP0_CONFIG = (
+    "dataset",
+    "loss",
+    "model",
+    "norm",
+    "activation",
+    "init",
+    "init_gain",
+    "res_scale",
+    "depth",
+    "width",
+    "batch_size",
+    "seed",
+)
 
 
 def _one_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
@@ -113,8 +125,10 @@ def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         "nets at α = 1 measure above their prediction (see the previous figure: gradient independence fails). "
         "Runs without a closed-form prediction (NaN) are counted in the legend but not drawn."
     ),
-    needs=Needs("runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, "
-          "ReLU residual MLP)", "non-recurrent"),
+    needs=Needs(
+        "runs whose architecture has a closed-form prediction (plain MLP, batch-norm MLP, ReLU residual MLP)",
+        "non-recurrent",
+    ),
 )
 def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     """Measured vs predicted per-layer gain at step 0, one point per run, with y = x and the healthy band."""
@@ -130,8 +144,16 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     ax.axhspan(1 - tol, 1 + tol, color=OUTCOME_COLORS["trained"], alpha=0.15, lw=0)
     ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
     for (activation, rule), group in shown.groupby(["activation", "theory"], dropna=False):
-        ax.scatter(group["predicted_gain"], group["measured_gain"], s=42, alpha=0.85, edgecolor="white",
-                   linewidth=0.5, color=color_or_grey(ACTIVATION_COLORS, activation), marker=THEORY_MARKERS.get(rule, "o"))  # fmt: skip
+        ax.scatter(
+            group["predicted_gain"],
+            group["measured_gain"],
+            s=42,
+            alpha=0.85,
+            edgecolor="white",
+            linewidth=0.5,
+            color=color_or_grey(ACTIVATION_COLORS, activation),
+            marker=THEORY_MARKERS.get(rule, "o"),
+        )
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
     plain_log_ticks(ax.xaxis, max_span=math.inf)
     plain_log_ticks(ax.yaxis, max_span=math.inf)
@@ -140,10 +162,15 @@ def gain_scatter(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     fig.suptitle("Per-layer gradient gain at initialization: measured vs theory")
     acts = [a for a in ACTIVATION_COLORS if a in set(shown["activation"])]
     counts = shown["activation"].value_counts()  # points of equal gains overlap: the legend counts them
-    handles = [Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=f"{a} ({plural(int(counts[a]), 'run')})")
-               for a in acts]  # fmt: skip
-    handles += [Line2D([], [], color="0.3", marker=THEORY_MARKERS[t], ls="", label=t)
-                for t in THEORY_MARKERS if t in set(shown["theory"])]  # fmt: skip
+    handles = [
+        Line2D([], [], color=ACTIVATION_COLORS[a], marker="o", ls="", label=f"{a} ({plural(int(counts[a]), 'run')})")
+        for a in acts
+    ]
+    handles += [
+        Line2D([], [], color="0.3", marker=THEORY_MARKERS[t], ls="", label=t)
+        for t in THEORY_MARKERS
+        if t in set(shown["theory"])
+    ]
     handles.append(Line2D([], [], color="0.3", ls="--", label="y = x"))
     if lo < 1 + tol and hi > 1 - tol:  # the band is in view
         handles.append(Patch(color=OUTCOME_COLORS["trained"], alpha=0.3, label=f"healthy: 1 ± {tol:g}"))
@@ -188,8 +215,9 @@ def _edges(centers: np.ndarray) -> np.ndarray:
     ),
     needs=Needs("runs with per-layer weight-gradient norms"),
 )
-def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable[str] | None = None,
-                      max_runs: int = 6) -> Figure | None:  # fmt: skip
+def gradient_heatmaps(
+    runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable[str] | None = None, max_runs: int = 6
+) -> Figure | None:
     """log₁₀ ‖∇W‖ (grad/l2/<layer>) as layer × step heatmaps, one small panel per chosen run, one colour scale."""
     ids = list(run_ids) if run_ids is not None else pick_runs(runs, stats, max_runs)
     grads = select(stats, "grad", "l2")
@@ -207,8 +235,14 @@ def gradient_heatmaps(runs: pd.DataFrame, stats: pd.DataFrame, run_ids: Iterable
     for run_id, ax in axes.items():
         table = grads[grads["run_id"] == run_id].pivot_table(index="layer_index", columns="step", values="log")
         cells = np.ma.masked_invalid(table.to_numpy())
-        mesh = ax.pcolormesh(_edges(table.columns.to_numpy(float)), _edges(table.index.to_numpy(float)), cells,
-                             cmap=HEATMAP_CMAP, vmin=vmin, vmax=vmax)  # fmt: skip
+        mesh = ax.pcolormesh(
+            _edges(table.columns.to_numpy(float)),
+            _edges(table.index.to_numpy(float)),
+            cells,
+            cmap=HEATMAP_CMAP,
+            vmin=vmin,
+            vmax=vmax,
+        )
         ax.set_facecolor("0.85")  # masked (non-finite) cells show as grey
         run = info.loc[run_id].to_dict()
         ax.set_title(f"{label(run)}\n{_training_setup(run)}\n{_gain_text(run)}", fontsize="small")

@@ -49,16 +49,29 @@ def gan_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         median_line(left, group[np.isfinite(group["value"]) & (group["value"] > 0)], LOSS_COLORS.get(name, GREY))
     for name, group in d_fake.groupby("loss"):
         median_line(right, group[np.isfinite(group["value"])], LOSS_COLORS.get(name, GREY))
-    left.set(yscale="log", xlabel="training step", ylabel="generator ‖∂L_G/∂W_out‖ (grad/l2/out)",
-             title="the generator's output-layer gradient")  # fmt: skip
+    left.set(
+        yscale="log",
+        xlabel="training step",
+        ylabel="generator ‖∂L_G/∂W_out‖ (grad/l2/out)",
+        title="the generator's output-layer gradient",
+    )
     plain_log_ticks(left.yaxis)
-    right.set(yscale="log", xlabel="training step", ylabel="D(G(z)) (gan/d_fake, mean probability)",
-              title="how surely the discriminator rejects fakes")  # fmt: skip
+    right.set(
+        yscale="log",
+        xlabel="training step",
+        ylabel="D(G(z)) (gan/d_fake, mean probability)",
+        title="how surely the discriminator rejects fakes",
+    )
     plain_log_ticks(right.yaxis)
     counts = info["loss"].value_counts()
-    handles = [Line2D([], [], color=LOSS_COLORS[n], lw=2, label=f"{t} ({plural(int(counts[n]), 'run')})")
-               for n, t in (("gan_saturating", "saturating: min log(1 − D(G(z)))"),
-                            ("gan_nonsaturating", "non-saturating: min −log D(G(z))")) if n in counts]  # fmt: skip
+    handles = [
+        Line2D([], [], color=LOSS_COLORS[n], lw=2, label=f"{t} ({plural(int(counts[n]), 'run')})")
+        for n, t in (
+            ("gan_saturating", "saturating: min log(1 − D(G(z)))"),
+            ("gan_nonsaturating", "non-saturating: min −log D(G(z))"),
+        )
+        if n in counts
+    ]
     fig.legend(handles=handles, loc="outside lower center", fontsize="small", ncols=2, title="generator loss")
     fig.suptitle("GAN generator losses when the discriminator wins")
     return fig

@@ -47,8 +47,9 @@ def output_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     gains = sorted(chosen["init_gain"].dropna().unique())
     dashes = {g: "" if g == min(gains) else (4, 1.5) for g in gains}
     for col, activation in enumerate(activations):
-        for row, (rows, ylabel) in enumerate(((loss, "training loss / its value at step 0"),
-                                              (grad, "‖∂L/∂W_out‖ (grad/l2/out)"))):  # fmt: skip
+        for row, (rows, ylabel) in enumerate(
+            ((loss, "training loss / its value at step 0"), (grad, "‖∂L/∂W_out‖ (grad/l2/out)"))
+        ):
             ax = axes[row, col]
             for (name, gain), group in rows[rows["activation"] == activation].groupby(["loss", "init_gain"]):
                 group = group[np.isfinite(group["value"]) & (group["value"] > 0)]
@@ -58,10 +59,14 @@ def output_gradient(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             plain_log_ticks(ax.yaxis)
         axes[0, col].set_title(f"{activation} hidden units")
         axes[1, col].set_xlabel("training step")
-    handles = [Line2D([], [], color=LOSS_COLORS[n], lw=2, label=t)
-               for n, t in (("bce", "sigmoid + cross-entropy (bce)"), ("mse", "sigmoid + MSE"))]  # fmt: skip
-    handles += [Line2D([], [], color="0.3", lw=1.5, label=f"init_gain {g:g}", **({"dashes": d} if d else {}))
-                for g, d in dashes.items()]  # fmt: skip
+    handles = [
+        Line2D([], [], color=LOSS_COLORS[n], lw=2, label=t)
+        for n, t in (("bce", "sigmoid + cross-entropy (bce)"), ("mse", "sigmoid + MSE"))
+    ]
+    handles += [
+        Line2D([], [], color="0.3", lw=1.5, label=f"init_gain {g:g}", **({"dashes": d} if d else {}))
+        for g, d in dashes.items()
+    ]
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="loss · init\n(median, IQR)")
     fig.suptitle("The gradient side of the loss: sigmoid output with MSE learns slowly when saturated")
     return fig

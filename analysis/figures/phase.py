@@ -46,8 +46,14 @@ def _phase_panel(ax, cells: pd.DataFrame, depths: list, columns: list, ascending
         text += "" if counts[(depth, column)].endswith("/1") else f"\n{counts[(depth, column)]}"
         ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8, color=TEXT_ON[row["training"]])
     # pcolormesh + text rather than sns.heatmap, which redraws the whole figure per panel to pick text colours.
-    ax.pcolormesh(np.ma.masked_invalid(grid), cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=-0.5,
-                  vmax=2.5, edgecolors="white", linewidth=1.5)  # fmt: skip
+    ax.pcolormesh(
+        np.ma.masked_invalid(grid),
+        cmap=ListedColormap(list(OUTCOME_COLORS.values())),
+        vmin=-0.5,
+        vmax=2.5,
+        edgecolors="white",
+        linewidth=1.5,
+    )
     ax.set_xticks(np.arange(len(columns)) + 0.5, columns, fontsize=7)
     ax.set_yticks(np.arange(len(depths)) + 0.5, [str(int(d)) for d in depths])
     ax.set(xlim=(0, len(columns)), ylim=(0, len(depths)), facecolor=EMPTY_CELL)  # no run in the cell
@@ -66,22 +72,27 @@ def _phase_panel(ax, cells: pd.DataFrame, depths: list, columns: list, ascending
     needs=Needs("runs with a depth and a training outcome", "supervised", ("depth",)),
     takes_objective=True,
 )
-def phase_diagram(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/acc",
-                  direction: str = "maximize") -> Figure | None:  # fmt: skip
+def phase_diagram(
+    runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/acc", direction: str = "maximize"
+) -> Figure | None:
     """Depth × activation/init cells per architecture, coloured trained / vanished / diverged, with the best objective."""
     runs = non_recurrent(runs)
     runs = runs[runs["depth"].notna() & runs["training"].isin(list(OUTCOME_COLORS))]  # no loss record: no place
     if runs.empty:
         return None
     records = runs.to_dict("records")
-    table = runs.assign(arch=[arch(r) for r in records], column=[_cell_column(r) for r in records],
-                        objective=objective_values(runs, stats, objective).to_numpy())  # fmt: skip
+    table = runs.assign(
+        arch=[arch(r) for r in records],
+        column=[_cell_column(r) for r in records],
+        objective=objective_values(runs, stats, objective).to_numpy(),
+    )
     columns = sorted(table["column"].unique())
     depths = sorted(table["depth"].unique())  # shallow at the bottom, deep on top
     names = [a for a in arch_order(runs) if a in set(table["arch"])]
     # One architecture per row: the activation/init columns make each panel wide.
-    fig, axes = facet_axes(names, ncols=1, width=max(4.0, 0.85 * len(columns) + 1.5),
-                            height=max(2.2, 0.5 * len(depths) + 1.5))  # fmt: skip
+    fig, axes = facet_axes(
+        names, ncols=1, width=max(4.0, 0.85 * len(columns) + 1.5), height=max(2.2, 0.5 * len(depths) + 1.5)
+    )
     for name, ax in axes.items():
         _phase_panel(ax, table[table["arch"] == name], depths, columns, ascending=direction != "maximize")
         ax.set(title=name, xlabel="activation / init", ylabel="depth (hidden layers)")

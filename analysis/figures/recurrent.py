@@ -55,15 +55,23 @@ def bptt(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         return None
     last = rows.groupby("run_id")["step"].transform("max")
     fig, axes = new_figure(1, 2, width=5.0, height=3.8, sharey=True)
-    for ax, (title, mask) in zip(axes[0], (("at initialization (step 0)", rows["step"] == 0),
-                                           ("at the last logged step", rows["step"] == last))):  # fmt: skip
+    for ax, (title, mask) in zip(
+        axes[0], (("at initialization (step 0)", rows["step"] == 0), ("at the last logged step", rows["step"] == last))
+    ):
         for (model, ls, _), line in rows[mask].sort_values("t").groupby(["model", "ls", "run_id"]):
             ax.plot(line["t"], line["value"], color=color_or_grey(CELL_COLORS, model), ls=ls, lw=1.3, alpha=0.85)
-        ax.set(yscale="log", title=title, xlabel="time step t (the loss reads the last step)",
-               ylabel="‖∂L/∂h_t‖ (L2 over batch)")  # fmt: skip
+        ax.set(
+            yscale="log",
+            title=title,
+            xlabel="time step t (the loss reads the last step)",
+            ylabel="‖∂L/∂h_t‖ (L2 over batch)",
+        )
         plain_log_ticks(ax.yaxis)
     cells = rows.drop_duplicates("cell").sort_values(["order", "cell"])
-    handles = [Line2D([], [], color=color_or_grey(CELL_COLORS, c.model), ls=c.ls, lw=2, label=c.cell) for c in cells.itertuples()]
+    handles = [
+        Line2D([], [], color=color_or_grey(CELL_COLORS, c.model), ls=c.ls, lw=2, label=c.cell)
+        for c in cells.itertuples()
+    ]
     fig.legend(handles=handles, loc="outside right center", title="cell")
     fig.suptitle("Gradient through time: recurrent cells")
     return fig
@@ -109,8 +117,7 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     if rows.empty:
         return None
     lengths = sorted({int(v) for v in pd.to_numeric(recurrent["seq_len"], errors="coerce").dropna()})
-    fig, axes = facet_axes([f"seq_len {n}" for n in lengths] or ["runs"], ncols=3, width=4.2, height=3.4,
-                            sharey=True)  # fmt: skip
+    fig, axes = facet_axes([f"seq_len {n}" for n in lengths] or ["runs"], ncols=3, width=4.2, height=3.4, sharey=True)
     by_run = {run_id: group.sort_values("step") for run_id, group in rows.groupby("run_id")}
     # The scale comes from the runs that stayed finite: a diverging run's last losses (1e30 and up) would
     # flatten every other curve; it is drawn up to the top edge, with its × there.
@@ -135,14 +142,23 @@ def recurrent_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         if adding:
             ax.axhline(theory.ADDING_BASELINE_MSE, color="0.3", ls=":", lw=1.0)
             # Below the line at the left: early in training every curve sits above the baseline.
-            ax.text(0.02, theory.ADDING_BASELINE_MSE * 0.93, "predict the mean (MSE 1/6)", fontsize="x-small",
-                    ha="left", va="top", transform=ax.get_yaxis_transform())  # fmt: skip
+            ax.text(
+                0.02,
+                theory.ADDING_BASELINE_MSE * 0.93,
+                "predict the mean (MSE 1/6)",
+                fontsize="x-small",
+                ha="left",
+                va="top",
+                transform=ax.get_yaxis_transform(),
+            )
         plain_log_ticks(ax.yaxis)
     next(iter(axes.values())).set_ylabel(loss_name)
     cells = [c for c in CELL_COLORS if c in set(recurrent["model"])]
     handles = [Line2D([], [], color=CELL_COLORS[c], lw=2, label=c) for c in cells]
-    handles += [Line2D([], [], color="0.3", ls="-", label="no clipping"),
-                Line2D([], [], color="0.3", ls="--", label="clipped")]  # fmt: skip
+    handles += [
+        Line2D([], [], color="0.3", ls="-", label="no clipping"),
+        Line2D([], [], color="0.3", ls="--", label="clipped"),
+    ]
     if diverged:
         handles.append(Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="diverged"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="cell · clipping")

@@ -51,11 +51,13 @@ _REGISTERED: dict[str, FigureEntry] = {}
 TASKS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
     "any": ("", lambda runs: pd.Series(True, index=runs.index)),
     "non-recurrent": ("non-recurrent", lambda runs: ~runs["model"].isin(RECURRENT)),
-    "supervised": ("supervised feed-forward (not recurrent, not GAN)",
-                   lambda runs: ~runs["model"].isin(RECURRENT) & ~runs["loss"].isin(summary.GAN_LOSSES)),
+    "supervised": (
+        "supervised feed-forward (not recurrent, not GAN)",
+        lambda runs: ~runs["model"].isin(RECURRENT) & ~runs["loss"].isin(summary.GAN_LOSSES),
+    ),
     "recurrent": (f"recurrent ({', '.join(RECURRENT)})", lambda runs: runs["model"].isin(RECURRENT)),
     "gan": ("GAN (loss gan_saturating or gan_nonsaturating)", lambda runs: runs["loss"].isin(summary.GAN_LOSSES)),
-}  # fmt: skip
+}
 # Dimensions that are not one config column: name → the value of a run (themes add theirs with @dimension).
 DERIVED: dict[str, Callable[[dict], object]] = {"architecture": arch}
 
@@ -70,8 +72,9 @@ def dimension(name: str) -> Callable[[Callable[[dict], object]], Callable[[dict]
     return register
 
 
-def figure(*, title: str, caption: str, needs: Needs, takes_objective: bool = False,
-           name: str | None = None) -> Callable[[Draw], Draw]:  # fmt: skip
+def figure(
+    *, title: str, caption: str, needs: Needs, takes_objective: bool = False, name: str | None = None
+) -> Callable[[Draw], Draw]:
     """Register a figure function (runs, stats) → Figure | None under `name` (default: the function's name).
 
     The registered function gets complete `runs` (every config column and the per-run summary columns,

@@ -30,10 +30,19 @@ DPI = 110
 _CB = sns.color_palette("colorblind")
 GREY = "0.55"
 ACTIVATION_COLORS = {name: to_rgb(act.color) for name, act in ACTIVATIONS.items()}
-INIT_MARKERS = {"torch_default": "o", "xavier_uniform": "s", "xavier_normal": "D", "kaiming_uniform": "^",
-                "kaiming_normal": "v", "orthogonal": "P", "normal": "X", "identity": "*"}  # fmt: skip
-OPTIMIZER_COLORS = dict(zip(("sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw"),
-                            sns.color_palette("Dark2", 7)))  # fmt: skip
+INIT_MARKERS = {
+    "torch_default": "o",
+    "xavier_uniform": "s",
+    "xavier_normal": "D",
+    "kaiming_uniform": "^",
+    "kaiming_normal": "v",
+    "orthogonal": "P",
+    "normal": "X",
+    "identity": "*",
+}
+OPTIMIZER_COLORS = dict(
+    zip(("sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw"), sns.color_palette("Dark2", 7))
+)
 CELL_COLORS = {"rnn": _CB[3], "lstm": _CB[0], "gru": _CB[2]}
 OUTCOME_COLORS = {"trained": "#4daf4a", "vanished": "#80b1d3", "diverged": "#e41a1c"}
 TEXT_ON = {"trained": "white", "vanished": "black", "diverged": "white"}  # readable on each outcome colour
@@ -70,8 +79,16 @@ def styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
     return wrapper
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 5.0, height: float = 3.8, min_width: float = 8.5,
-               legend_room: float = 0.0, **subplots) -> tuple[Figure, np.ndarray]:  # fmt: skip
+def new_figure(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    width: float = 5.0,
+    height: float = 3.8,
+    min_width: float = 8.5,
+    legend_room: float = 0.0,
+    **subplots,
+) -> tuple[Figure, np.ndarray]:
     """A Figure on the Agg canvas with a 2-D array of axes, each about `width` × `height` inches."""
     # At least min_width wide: the title and an outside legend must fit beside a single panel; legend_room
     # inches more for a legend beside panels of any count.
@@ -137,7 +154,8 @@ def median_line(ax, rows: pd.DataFrame, color: object, dashes: tuple | str = "")
     """Median over runs of each run's rolling median of `value` at each step, with the interquartile band."""
     rows = rows.sort_values("step")
     smooth = rows.groupby("run_id")["value"].transform(
-        lambda v: v.rolling(SMOOTH_POINTS, center=True, min_periods=1).median())
+        lambda v: v.rolling(SMOOTH_POINTS, center=True, min_periods=1).median()
+    )
     q = rows.assign(value=smooth).groupby("step")["value"].quantile([0.25, 0.5, 0.75]).unstack()
     ax.plot(q.index, q[0.5], color=color, lw=1.6, **({"dashes": dashes} if dashes else {}))
     ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, lw=0)

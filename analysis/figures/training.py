@@ -59,8 +59,10 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
         return None
     # A step counts as clipped when clipping made the global norm smaller (works for norm and value clipping).
     both["clipped"] = both["value_after"] < both["value_before"] * (1 - 1e-6)
-    info = clipped_runs.assign(setting=[_clipping_name(r) for r in clipped_runs.to_dict("records")],
-                               optimizer=clipped_runs["optimizer"].fillna("?"))  # fmt: skip
+    info = clipped_runs.assign(
+        setting=[_clipping_name(r) for r in clipped_runs.to_dict("records")],
+        optimizer=clipped_runs["optimizer"].fillna("?"),
+    )
     fig, axes = new_figure(1, 2, width=5.4, height=4.0)
     left, right = axes[0]
     shown = info.drop_duplicates(["setting", "optimizer"]).head(max_runs)
@@ -72,8 +74,12 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
         left.plot(rows["step"], rows["value_after"], color=color, lw=1.5, ls="--")
         if value(run, "clip") == "norm":
             left.axhline(float(value(run, "clip_threshold")), color=color, lw=0.8, ls=":")
-    left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm",
-             title="before (solid) vs after (dashed) clipping")  # fmt: skip
+    left.set(
+        yscale="log",
+        xlabel="training step",
+        ylabel="global gradient L2 norm",
+        title="before (solid) vs after (dashed) clipping",
+    )
     plain_log_ticks(left.yaxis)
     left.legend(
         fontsize="x-small",
@@ -86,10 +92,23 @@ def clipping(runs: pd.DataFrame, stats: pd.DataFrame, max_runs: int = 6) -> Figu
     share = both.groupby("run_id")["clipped"].mean().rename("share").reset_index().merge(info, on="run_id")
     order = sorted(share["setting"].unique(), key=lambda s: (s.split()[0], float(s.split()[1])))
     hues = [o for o in OPTIMIZER_COLORS if o in set(share["optimizer"])] or sorted(set(share["optimizer"]))
-    sns.barplot(share, x="setting", y="share", hue="optimizer", order=order, hue_order=hues, ax=right,
-                palette={o: color_or_grey(OPTIMIZER_COLORS, o) for o in hues}, errorbar=None)  # fmt: skip
-    right.set(ylim=(0, 1.05), xlabel="clipping (algorithm, threshold)", ylabel="share of logged steps clipped",
-              title="how often clipping acted")  # fmt: skip
+    sns.barplot(
+        share,
+        x="setting",
+        y="share",
+        hue="optimizer",
+        order=order,
+        hue_order=hues,
+        ax=right,
+        palette={o: color_or_grey(OPTIMIZER_COLORS, o) for o in hues},
+        errorbar=None,
+    )
+    right.set(
+        ylim=(0, 1.05),
+        xlabel="clipping (algorithm, threshold)",
+        ylabel="share of logged steps clipped",
+        title="how often clipping acted",
+    )
     right.legend(
         fontsize="x-small",
         title="optimizer",
@@ -149,13 +168,18 @@ def update_ratio(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
         ax.set_yscale("log")
         ax.axhline(1e-3, color="0.3", ls="--", lw=0.9)
         plain_log_ticks(ax.yaxis)
-    left.set(xlabel="layer index (0 = input side, last = readout)", ylabel="update ratio ‖ΔW‖ / ‖W‖ per step",
-             title="by layer (median over training)")  # fmt: skip
+    left.set(
+        xlabel="layer index (0 = input side, last = readout)",
+        ylabel="update ratio ‖ΔW‖ / ‖W‖ per step",
+        title="by layer (median over training)",
+    )
     whole_ticks(left.xaxis)
     right.set(xlabel="training step", title="over training (median over layers)")
     handles = [Line2D([], [], color=palette[o], lw=2, marker="o", ms=4, label=o) for o in hues]
-    handles += [Line2D([], [], color="0.3", lw=1.5, label=f"depth {d}", **({"dashes": dash} if dash else {}))
-                for d, dash in dashes.items()]  # fmt: skip
+    handles += [
+        Line2D([], [], color="0.3", lw=1.5, label=f"depth {d}", **({"dashes": dash} if dash else {}))
+        for d, dash in dashes.items()
+    ]
     # In the legend, not beside the line: the curves cross 10⁻³ anywhere and would run through a label there.
     handles.append(Line2D([], [], color="0.3", ls="--", lw=0.9, label="10⁻³ rule of thumb"))
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
@@ -220,8 +244,13 @@ def optimizer_setting(run: dict) -> str:
 def _setting_style(run: dict) -> dict:
     """Colour by optimizer (black for full-batch GD, grey for batch-1 SGD), dashes by schedule."""
     setting = optimizer_setting(run)
-    color = ("0.1" if setting.startswith(FULL_BATCH) else GREY if setting.startswith(BATCH_ONE)
-             else color_or_grey(OPTIMIZER_COLORS, value(run, "optimizer")))  # fmt: skip
+    color = (
+        "0.1"
+        if setting.startswith(FULL_BATCH)
+        else GREY
+        if setting.startswith(BATCH_ONE)
+        else color_or_grey(OPTIMIZER_COLORS, value(run, "optimizer"))
+    )
     return {"color": color, "dashes": SCHEDULE_DASHES.get(value(run, "schedule", "none"), "")}
 
 
@@ -276,8 +305,11 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             plain_log_ticks(ax.yaxis)
     if not drew:
         return None
-    handles = [Line2D([], [], lw=2, label=f"{s} ({plural(drew[s], 'run')})", **_style_kwargs(styles[s]))
-               for s in order if s in drew]  # fmt: skip
+    handles = [
+        Line2D([], [], lw=2, label=f"{s} ({plural(drew[s], 'run')})", **_style_kwargs(styles[s]))
+        for s in order
+        if s in drew
+    ]
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="optimizer\n(median, IQR band)")
     fig.suptitle("Optimizers: loss against steps and against wall-clock time")
     return fig
@@ -315,10 +347,31 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     left, right = axes[0]
     palette = {s: styles[s]["color"] for s in order}
     for ax, column, xlabel in ((left, "final", f"final {metric}"), (right, "ms", "wall-clock ms per step")):
-        sns.barplot(table, y="setting", x=column, hue="setting", order=order, hue_order=order, palette=palette,
-                    errorbar=None, alpha=0.45, ax=ax, legend=False)  # fmt: skip
-        sns.stripplot(table, y="setting", x=column, hue="setting", order=order, hue_order=order, palette=palette,
-                      size=5, ax=ax, legend=False)  # fmt: skip
+        sns.barplot(
+            table,
+            y="setting",
+            x=column,
+            hue="setting",
+            order=order,
+            hue_order=order,
+            palette=palette,
+            errorbar=None,
+            alpha=0.45,
+            ax=ax,
+            legend=False,
+        )
+        sns.stripplot(
+            table,
+            y="setting",
+            x=column,
+            hue="setting",
+            order=order,
+            hue_order=order,
+            palette=palette,
+            size=5,
+            ax=ax,
+            legend=False,
+        )
         ax.set(xlabel=xlabel, ylabel="")
     left.set_ylabel("optimizer setting")
     right.set(yticklabels=[])
@@ -332,8 +385,11 @@ def optimizer_results(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     per_setting = table.groupby("setting").size()
     low, high = int(per_setting.min()), int(per_setting.max())
     runs_text = f"{low}" if low == high else f"{low}–{high}"
-    title = "one run per setting (bar = its value)" if high == 1 else \
-        f"bar = mean over each setting's {runs_text} runs, dots = runs"  # fmt: skip
+    title = (
+        "one run per setting (bar = its value)"
+        if high == 1
+        else f"bar = mean over each setting's {runs_text} runs, dots = runs"
+    )
     left.set_title(title + (f"; {plural(left_out, 'diverged run')} left out" if left_out else ""), fontsize="small")
     fig.suptitle("Optimizers: final result and cost per step")
     return fig
@@ -363,8 +419,10 @@ def _pair_label(pair: dict) -> str:
     off = {k[: -len("_off")]: v for k, v in pair.items() if k.endswith("_off")}
     seq = f" T={int(float(off['seq_len']))}" if value(off, "model") in RECURRENT and value(off, "seq_len") else ""
     on = pair
-    return (f"{label(off)}{seq} · {value(off, 'optimizer', '?')} {float(value(off, 'lr', math.nan)):g}"
-            f" · clip {on['clip_on']} {float(on['clip_threshold_on']):g}")
+    return (
+        f"{label(off)}{seq} · {value(off, 'optimizer', '?')} {float(value(off, 'lr', math.nan)):g}"
+        f" · clip {on['clip_on']} {float(on['clip_threshold_on']):g}"
+    )
 
 
 @figure(
@@ -383,8 +441,13 @@ def _pair_label(pair: dict) -> str:
     needs=Needs("pairs of runs that differ only in clipping (clip = none and clip = norm or value)"),
     takes_objective=True,
 )
-def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/loss", direction: str = "minimize",
-                    max_pairs: int = 4) -> Figure | None:  # fmt: skip
+def clipping_effect(
+    runs: pd.DataFrame,
+    stats: pd.DataFrame,
+    objective: str = "val/loss",
+    direction: str = "minimize",
+    max_pairs: int = 4,
+) -> Figure | None:
     """Runs that differ only by clipping: the gradient norm of the pairs with the largest one, and each pair's outcome."""
     pairs = clipping_pairs(runs)
     norms = select(stats, "grad", "global_l2")
@@ -406,11 +469,20 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
         name = _pair_label(pair)
         handles.append(Line2D([], [], color=color, lw=2, label=name))
     shown = min(len(pairs), max_pairs)
-    left.set(yscale="log", xlabel="training step", ylabel="global gradient L2 norm before clipping",
-             title=f"the {plural(shown, 'pair')} with the largest unclipped norm:\n"
-                   f"unclipped (solid) vs clipped (dashed)")  # fmt: skip
-    fig.legend(handles=handles, fontsize="x-small", loc="outside lower center", ncols=2,
-               title="pair (the clipped run's setting last)", title_fontsize="x-small")  # fmt: skip
+    left.set(
+        yscale="log",
+        xlabel="training step",
+        ylabel="global gradient L2 norm before clipping",
+        title=f"the {plural(shown, 'pair')} with the largest unclipped norm:\nunclipped (solid) vs clipped (dashed)",
+    )
+    fig.legend(
+        handles=handles,
+        fontsize="x-small",
+        loc="outside lower center",
+        ncols=2,
+        title="pair (the clipped run's setting last)",
+        title_fontsize="x-small",
+    )
     # Right: each pair's objective with vs without clipping; a diverged run has no objective and sits on the edge.
     final = objective_values(runs, stats, objective)
     x = pairs["run_id_off"].map(final).where(pairs["outcome_off"] != "diverged")
@@ -420,8 +492,15 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
     lo, hi, edge, limit = _paired_range(finite, log)
     for pair, xv, yv in zip(pairs.to_dict("records"), x, y):
         color = color_or_grey(CELL_COLORS, pair["model_off"]) if pair["model_off"] in CELL_COLORS else "0.3"
-        right.scatter(edge if pd.isna(xv) else xv, edge if pd.isna(yv) else yv, color=color, s=30,
-                      marker="x" if pd.isna(xv) or pd.isna(yv) else "o", zorder=3, clip_on=False)  # fmt: skip
+        right.scatter(
+            edge if pd.isna(xv) else xv,
+            edge if pd.isna(yv) else yv,
+            color=color,
+            s=30,
+            marker="x" if pd.isna(xv) or pd.isna(yv) else "o",
+            zorder=3,
+            clip_on=False,
+        )
     right.plot([lo, hi], [lo, hi], color="0.4", lw=0.9, ls=":")
     rule = math.sqrt(hi * edge) if log else (hi + edge) / 2  # the line between finite values and the edge
     right.axvline(rule, color="0.45", lw=0.9, ls="--")  # dashed: not a grid line
@@ -430,10 +509,15 @@ def clipping_effect(runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "v
     right.text(lo, edge, "diverged", ha="left", va="center", fontsize="x-small")
     scale = "log" if log else "linear"
     n = len(pairs)
-    right.set(xscale=scale, yscale=scale, xlim=(lo, limit), ylim=(lo, limit),
-              xlabel=f"{objective} without clipping", ylabel=f"{objective} with clipping",
-              title=f"{plural(n, 'pair')} ({'below' if direction == 'minimize' else 'above'} the diagonal: "
-                    f"clipping helped)")  # fmt: skip
+    right.set(
+        xscale=scale,
+        yscale=scale,
+        xlim=(lo, limit),
+        ylim=(lo, limit),
+        xlabel=f"{objective} without clipping",
+        ylabel=f"{objective} with clipping",
+        title=f"{plural(n, 'pair')} ({'below' if direction == 'minimize' else 'above'} the diagonal: clipping helped)",
+    )
     for axis in (left.yaxis, *((right.xaxis, right.yaxis) if log else ())):
         plain_log_ticks(axis)
     fig.suptitle("Gradient clipping: runs that differ only in clipping")

@@ -76,10 +76,19 @@ def saturation(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
             # Mean over runs with pandas: seaborn's per-x estimator is slow on hundreds of runs.
             means = panel.groupby(["init", "phase", "layer_index"])["value"].mean()
             for (init, phase), line in means.groupby(level=["init", "phase"]):
-                ax.plot(line.index.get_level_values("layer_index"), line.to_numpy(), color=phases[phase],
-                        marker=INIT_MARKERS.get(init, "o"), ms=4, lw=1.4)  # fmt: skip
-        ax.set(ylim=(-0.02, 1.02), xlabel="hidden layer index (0 = input side)" if i == len(depths) - 1 else "",
-               ylabel="share of units" if j == 0 else "")  # fmt: skip
+                ax.plot(
+                    line.index.get_level_values("layer_index"),
+                    line.to_numpy(),
+                    color=phases[phase],
+                    marker=INIT_MARKERS.get(init, "o"),
+                    ms=4,
+                    lw=1.4,
+                )
+        ax.set(
+            ylim=(-0.02, 1.02),
+            xlabel="hidden layer index (0 = input side)" if i == len(depths) - 1 else "",
+            ylabel="share of units" if j == 0 else "",
+        )
         whole_ticks(ax.xaxis)
     handles = [Line2D([], [], color=c, lw=2, label=f"{p} of training") for p, c in phases.items()]
     handles += [Line2D([], [], color="0.3", marker=INIT_MARKERS[k], ls="", label=k) for k in inits]

@@ -86,11 +86,14 @@ def _top_prob_change(p0: Tensor, p1: Tensor) -> float:
     return float((p1.gather(-1, top) - p0.gather(-1, top)).abs().double().mean())
 
 
-def accuracy_vs_shift(net: nn.Module, x: Tensor, y: Tensor, shifts: Iterable[int], *, circular: bool = True,
-                      fill: float = 0.0) -> dict[int, float]:  # fmt: skip
+def accuracy_vs_shift(
+    net: nn.Module, x: Tensor, y: Tensor, shifts: Iterable[int], *, circular: bool = True, fill: float = 0.0
+) -> dict[int, float]:
     """Accuracy on inputs shifted by each k."""
-    return {k: float((probabilities(net, shift(x, k, circular=circular, fill=fill)).argmax(-1) == y).double().mean())
-            for k in shifts}  # fmt: skip
+    return {
+        k: float((probabilities(net, shift(x, k, circular=circular, fill=fill)).argmax(-1) == y).double().mean())
+        for k in shifts
+    }
 
 
 def consistency(net: nn.Module, x: Tensor, k: int, *, circular: bool = True, fill: float = 0.0) -> float:
@@ -150,8 +153,10 @@ def equivariance_errors(net: nn.Module, x: Tensor, k: int) -> dict[str, float]:
     for (name, s), f, fk in zip(layer_strides(net).items(), plain, moved):
         dims = spatial_dims(f)
         steps = sorted({math.floor(k / s), math.ceil(k / s)})
-        best = min(float(torch.linalg.vector_norm(fk - torch.roll(f, js, dims)))
-                   for js in itertools.product(steps, repeat=len(dims)))  # fmt: skip
+        best = min(
+            float(torch.linalg.vector_norm(fk - torch.roll(f, js, dims)))
+            for js in itertools.product(steps, repeat=len(dims))
+        )
         errors[name] = best / max(float(torch.linalg.vector_norm(f)), 1e-30)
     return errors
 
@@ -181,8 +186,9 @@ def _owner(block: nn.Module, weight: nn.Parameter) -> nn.Module:
     return next(m for m in block.modules() if getattr(m, "weight", None) is weight)
 
 
-def _forward_backward(net: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn,
-                      params: Sequence[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:  # fmt: skip
+def _forward_backward(
+    net: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, params: Sequence[nn.Parameter]
+) -> tuple[Tensor, list[Tensor]]:
     net.zero_grad(set_to_none=True)
     out = net(x)
     loss_fn(out, y).backward()
@@ -206,8 +212,16 @@ def _float64_copies(net: nn.Module, x: Tensor, train_mode: bool) -> tuple[nn.Mod
     return base, copy.deepcopy(base), x.double()
 
 
-def batchnorm_scale_check(net: nn.Module, x: Tensor, y: Tensor, c: float, *, layer: int = 0,
-                          loss_fn: LossFn = F.cross_entropy, lr: float = 0.1) -> dict[str, float]:  # fmt: skip
+def batchnorm_scale_check(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    c: float,
+    *,
+    layer: int = 0,
+    loss_fn: LossFn = F.cross_entropy,
+    lr: float = 0.1,
+) -> dict[str, float]:
     """Scale the weight before block `layer`'s batch norm by c and measure what changes.
 
     Batch norm removes the scale: the output is unchanged and the weight's gradient is scaled by 1/c, so
@@ -242,8 +256,16 @@ def batchnorm_scale_check(net: nn.Module, x: Tensor, y: Tensor, c: float, *, lay
     }
 
 
-def relu_rescaling_check(net: nn.Module, x: Tensor, y: Tensor, c: float, *, layer: int = 0,
-                         loss_fn: LossFn = F.cross_entropy, lr: float = 0.1) -> dict[str, float]:  # fmt: skip
+def relu_rescaling_check(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    c: float,
+    *,
+    layer: int = 0,
+    loss_fn: LossFn = F.cross_entropy,
+    lr: float = 0.1,
+) -> dict[str, float]:
     """Scale block `layer`'s weight and bias by c > 0 and the next layer's weight by 1/c and measure.
 
     ReLU (and max-pooling, zero padding, averaging) is positively homogeneous, φ(c·z) = c·φ(z), so the

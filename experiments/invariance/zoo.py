@@ -46,8 +46,7 @@ MODEL_ARTIFACT = "model/state_dict.pt"  # torch.save(net.state_dict()): loading 
 
 # ------------------------------------------------------------------------------------------ the zoo
 
-BASE = dict(depth=3, width=32, activation="relu", optimizer="adam", lr=0.01, batch_size=64, max_steps=300,
-            log_every=10)  # fmt: skip
+BASE = dict(depth=3, width=32, activation="relu", optimizer="adam", lr=0.01, batch_size=64, max_steps=300, log_every=10)
 PER_DATASET = {"mnist1d": dict(kernel_size=5), "digits": dict(kernel_size=3)}  # receptive field 13 of 40, 7 of 8
 # One change at a time from the exactly invariant model (circular padding, stride 1, global average pool).
 ZOO: dict[str, dict[str, Any]] = {
@@ -133,8 +132,9 @@ def measure(cfg: RunConfig, run_id: str) -> pd.DataFrame:
         net, data, loss_fn = load_net(cfg, run_id if state == "trained" else None)
         x, y = data.val.tensors
         xt, yt = (t[:GRAD_EXAMPLES] for t in data.train.tensors)
-        found = shift_metrics(net, x, y, MAX_SHIFT.get(cfg.dataset, max(1, min(x.shape[2:]) // 4)),
-                              background(data.train.tensors[0]))  # fmt: skip
+        found = shift_metrics(
+            net, x, y, MAX_SHIFT.get(cfg.dataset, max(1, min(x.shape[2:]) // 4)), background(data.train.tensors[0])
+        )
         if hasattr(net, "features"):
             found += equivariance_rows(net, x[:EQ_EXAMPLES])
         found += gradient_rows(net, xt, yt, loss_fn, SCALES)
@@ -178,8 +178,12 @@ def attach(client: MlflowClient) -> tuple[str, str, str]:
     own = os.environ.pop("MLFLOW_RUN_ID", None)  # train.run's start_run must not take it over
     experiment_id = _experiment_id(client, own)
     tree.close_dead_runs(client, experiment_id, STUDY)
-    parents = client.search_runs([experiment_id], f"tags.study = '{STUDY}' and tags.role = '{tree.PARENT}'",
-                                 order_by=["attributes.start_time ASC"], max_results=1)  # fmt: skip
+    parents = client.search_runs(
+        [experiment_id],
+        f"tags.study = '{STUDY}' and tags.role = '{tree.PARENT}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
     parents = [p for p in parents if p.info.run_id != own]
     if own is None:
         own = client.create_run(experiment_id, run_name=STUDY).info.run_id
@@ -190,16 +194,16 @@ def attach(client: MlflowClient) -> tuple[str, str, str]:
     return parents[0].info.run_id, own, experiment_id
 
 
-def _zoo_run(client: MlflowClient, experiment_id: str, parent: str, name: str, cfg: RunConfig,
-             retrain: bool) -> dict[str, Any]:  # fmt: skip
+def _zoo_run(
+    client: MlflowClient, experiment_id: str, parent: str, name: str, cfg: RunConfig, retrain: bool
+) -> dict[str, Any]:
     """Train (or reuse) zoo model `name`, measure it and log the numbers to its run; its zoo row."""
     t0 = time.perf_counter()
     run_id = None if retrain else find_trained(client, experiment_id, name, cfg)
     reused = run_id is not None
     if not reused:
         tags = {**tree.trial_tags(STUDY, _trial_number(name, cfg.dataset)), ZOO_TAG: name}
-        result = train.run(cfg, parent_run_id=parent, tags=tags, on_trained=_log_model(name, cfg),
-                           progress_bar=False)  # fmt: skip
+        result = train.run(cfg, parent_run_id=parent, tags=tags, on_trained=_log_model(name, cfg), progress_bar=False)
         run_id = result.run_id
     table = measure(cfg, run_id)
     log_measurements(client, run_id, table)
@@ -211,13 +215,22 @@ def _log_zoo(client: MlflowClient, own: str, frame: pd.DataFrame, seconds: float
     with tempfile.TemporaryDirectory() as tmp:
         frame.to_csv(Path(tmp) / Path(ZOO_ARTIFACT).name, index=False)
         client.log_artifact(own, str(Path(tmp) / Path(ZOO_ARTIFACT).name), Path(ZOO_ARTIFACT).parent.as_posix())
-    client.log_batch(own, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in {
-        "invariance/trained_runs": int((~frame["reused"]).sum()), "invariance/reused_runs": int(frame["reused"].sum()),
-        "invariance/seconds": seconds}.items()])  # fmt: skip
+    client.log_batch(
+        own,
+        metrics=[
+            Metric(k, float(v), int(time.time() * 1000), 0)
+            for k, v in {
+                "invariance/trained_runs": int((~frame["reused"]).sum()),
+                "invariance/reused_runs": int(frame["reused"].sum()),
+                "invariance/seconds": seconds,
+            }.items()
+        ],
+    )
 
 
-def run_zoo(names: Sequence[str], datasets: Sequence[str], *, retrain: bool = False, report: bool = True,
-            **overrides: Any) -> pd.DataFrame:  # fmt: skip
+def run_zoo(
+    names: Sequence[str], datasets: Sequence[str], *, retrain: bool = False, report: bool = True, **overrides: Any
+) -> pd.DataFrame:
     """Train (or reuse) and test every zoo model on every dataset; returns the zoo table (one row per run)."""
     for name in names:
         if name not in ZOO:
@@ -257,17 +270,25 @@ def _summary_row(name: str, cfg: RunConfig, run_id: str, reused: bool, table: pd
         return float(rows["value"].max()) if len(rows) else math.nan
 
     acc = table[(table["state"] == "trained") & (table["metric"] == "acc") & (table["shift"] == 0)]
-    return {"dataset": cfg.dataset, "model": name, "run_id": run_id, "reused": reused,
-            "accuracy": float(acc["value"].iloc[0]),
-            **{f"consistency_{m}_{s}": pick(s, "consistency", m) for s in K.INVARIANCE_STATES for m in K.SHIFT_MODES},
-            **{f"eqerr_max_{s}": pick(s, "eqerr") for s in K.INVARIANCE_STATES}, "seconds": round(seconds, 1)}  # fmt: skip
+    return {
+        "dataset": cfg.dataset,
+        "model": name,
+        "run_id": run_id,
+        "reused": reused,
+        "accuracy": float(acc["value"].iloc[0]),
+        **{f"consistency_{m}_{s}": pick(s, "consistency", m) for s in K.INVARIANCE_STATES for m in K.SHIFT_MODES},
+        **{f"eqerr_max_{s}": pick(s, "eqerr") for s in K.INVARIANCE_STATES},
+        "seconds": round(seconds, 1),
+    }
 
 
 def _describe(row: dict) -> str:
-    return (f"{row['dataset']:>8} {row['model']:<17} {'reused ' if row['reused'] else 'trained'} acc {row['accuracy']:.3f}"
-            f"  consistency circ/zero: init {row['consistency_circ_init']:.3f}/{row['consistency_zero_init']:.3f}"
-            f" trained {row['consistency_circ_trained']:.3f}/{row['consistency_zero_trained']:.3f}"
-            f"  max eqerr init {row['eqerr_max_init']:.2g} trained {row['eqerr_max_trained']:.2g}  {row['seconds']} s")  # fmt: skip
+    return (
+        f"{row['dataset']:>8} {row['model']:<17} {'reused ' if row['reused'] else 'trained'} acc {row['accuracy']:.3f}"
+        f"  consistency circ/zero: init {row['consistency_circ_init']:.3f}/{row['consistency_zero_init']:.3f}"
+        f" trained {row['consistency_circ_trained']:.3f}/{row['consistency_zero_trained']:.3f}"
+        f"  max eqerr init {row['eqerr_max_init']:.2g} trained {row['eqerr_max_trained']:.2g}  {row['seconds']} s"
+    )
 
 
 def _bool(text: str) -> bool:
@@ -282,15 +303,19 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
     names = list(allowed) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"{what}={text!r} is not allowed; allowed: all or a comma list of "
-                                         f"{', '.join(allowed)}")  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"{what}={text!r} is not allowed; allowed: all or a comma list of {', '.join(allowed)}"
+        )
     return names
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Flags mirroring the MLproject `invariance` parameters."""
-    parser = OneLineParser(prog="python -m experiments.invariance", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(
+        prog="python -m experiments.invariance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--retrain", type=_bool, default=False, help="train again even when MLflow holds the run")
     parser.add_argument("--max-steps", type=int, default=BASE["max_steps"], help="training steps of every zoo model")
     parser.add_argument("--width", type=int, default=BASE["width"], help="units or channels of every zoo model")

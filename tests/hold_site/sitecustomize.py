@@ -29,7 +29,7 @@ def _patch(module) -> None:
     folder = Path(os.environ["GPL_TEST_HOLD_DIR"])
     real = module.Recorder.record
 
-    def record(self, step, keys, values):  # noqa: ANN001, ANN202
+    def record(self, step, keys, values):
         real(self, step, keys, values)
         marker = folder / f"started-{os.getpid()}-{self.run_id}"
         if marker.exists():
@@ -42,7 +42,7 @@ def _patch(module) -> None:
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
+    def find_spec(self, name, path, target=None):
         if name != TARGET:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
@@ -50,7 +50,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             return spec
         run = spec.loader.exec_module
 
-        def exec_module(module) -> None:  # noqa: ANN001
+        def exec_module(module) -> None:
             run(module)
             _patch(module)
 
