@@ -379,7 +379,7 @@ def missing_files(dataset: str, data_dir: str) -> str | None:
         if absent:
             return (
                 f"a folder whose mnist/ holds the IDX files {', '.join(n + '[.gz]' for n in MNIST_FILES)}; "
-                f"{folder}/ lacks {', '.join(absent)} (see the README, 'Datasets')"
+                f"{folder}/ lacks {', '.join(absent)} (see docs/data.md, linked from the README)"
             )
     if DATASETS[dataset].files == "cifar10":
         folder = cifar_dir(data_dir)
@@ -387,7 +387,7 @@ def missing_files(dataset: str, data_dir: str) -> str | None:
         if absent:
             return (
                 f"a folder whose cifar-10-batches-py/ holds the python batches {', '.join(CIFAR_FILES)}; "
-                f"{folder}/ lacks {', '.join(absent)} (see the README, 'Datasets')"
+                f"{folder}/ lacks {', '.join(absent)} (see docs/data.md, linked from the README)"
             )
         return _unreadable_cifar(str(folder))
     return None

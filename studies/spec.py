@@ -1,7 +1,7 @@
 """Study specs: YAML files that declare a sweep as data, validated before anything runs.
 
 A spec has a `name`, `fixed` run-config fields, a search `space`, a `sampler`, a `pruner`, an
-`objective` and `n_trials` (see the README, 'Writing a study'). A parameter of the space is one of
+`objective` and `n_trials` (see the README's 'Studies' and docs/studies.md). A parameter of the space is one of
     [a, b, c]                                   categorical shorthand
     {choices: [a, b, c]}                        categorical
     {int: [low, high], log: false, step: 1}     integer range
