@@ -382,7 +382,7 @@ def _pick(rows: pd.DataFrame, state: str, metric: str, mode: str | None = None, 
 
 
 def summary_table(zoo: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """One row per zoo run: dataset, model, accuracy, one-step consistency and probability change, equivariance errors."""
+    """A row per zoo run: dataset, model, accuracy, one-step consistency and probability change, equivariance errors."""
     out = []
     for run in zoo.to_dict("records"):
         rows = table[table["run_id"] == run["run_id"]]
@@ -426,10 +426,12 @@ def write_html(invocation: pd.Series, summary: pd.DataFrame, written: dict[str, 
         )
     exact = exact_invariance(summary)
     verdict = "".join(
-        f"<li>{html.escape(r['dataset'])} / {html.escape(label(r['model']))}: consistency {r['consistency_circ_init']:.3f}"
+        f"<li>{html.escape(r['dataset'])} / {html.escape(label(r['model']))}: consistency "
+        f"{r['consistency_circ_init']:.3f}"
         f" (init), {r['consistency_circ_trained']:.3f} (trained); probability change ≤ "
         f"{_short(max(r['prob_change_circ_init'], r['prob_change_circ_trained']))}; equivariance error ≤ "
-        f"{_short(max(r['eqerr_k1_max_init'], r['eqerr_k1_max_trained']))}: <b>{'exactly invariant' if r['exact'] else 'NOT exact'}"
+        f"{_short(max(r['eqerr_k1_max_init'], r['eqerr_k1_max_trained']))}: "
+        f"<b>{'exactly invariant' if r['exact'] else 'NOT exact'}"
         f"</b></li>"
         for r in exact.to_dict("records")
     )
@@ -463,7 +465,10 @@ equivariance error over conv layers at k = 1; eqerr_ks_max: at k = s over the st
 
 
 def write_report(invocation: pd.Series, zoo: pd.DataFrame, metrics: pd.DataFrame, folder: Path) -> Path:
-    """Figures, summary.csv and index.html into `folder` (what an earlier build wrote removed first); returns index.html."""
+    """Figures, summary.csv and index.html into `folder`; returns index.html.
+
+    What an earlier build wrote there is removed first.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     remove_own_outputs(folder, FIGURES)
     table = tidy(zoo, metrics)

@@ -1,4 +1,5 @@
-"""The study report: every figure that has data, a per-run summary table and an HTML page, logged to the study's parent run.
+"""The study report: every figure that has data, a per-run summary table and an HTML page, \
+logged to the study's parent run.
 
     python -m analysis.report --study vanishing [--out-dir reports]
     mlflow run . -e report -P study=vanishing --env-manager local
@@ -177,7 +178,8 @@ def write_html(
 outcome: {_counts(table, "outcome")}; training: {_counts(table, "training")}; verdict:
 {_counts(table, "verdict")}. Objective: {objective[1]} <code>{objective[0]}</code>.</p>
 <p class="rule"><b>Verdict</b>: {html.escape(VERDICT_RULE)}.<br><b>Training outcome</b>:
-{html.escape(summary.OUTCOME_RULE)}.<br>{html.escape(_gain_notes(table))}The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
+{html.escape(summary.OUTCOME_RULE)}.<br>{html.escape(_gain_notes(table))}\
+The per-run table is also in <a href="summary.csv">summary.csv</a>.</p>
 {_skipped_html(skipped or {})}
 {"".join(sections)}
 {not_drawn}

@@ -39,7 +39,7 @@ def _stat_fields(pid: int) -> list[str]:
 
 
 def process_start(pid: int) -> str | None:
-    """The start time of process `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None where unknown."""
+    """Start time of process `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None where unknown."""
     fields = _stat_fields(pid)
     return fields[19] if len(fields) > 19 else None
 

@@ -13,5 +13,5 @@ STUDY_NAME_RULE = "letters, digits and _ . - (not first)"
 
 
 def valid_study_name(name: Any) -> bool:
-    """Whether `name` may name a study: it is the study's tag in MLflow filter strings and the folder reports/<name>/."""
+    """Whether `name` may name a study: it's the study's tag in MLflow filter strings and the folder reports/<name>/."""
     return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None

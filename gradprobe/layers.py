@@ -117,7 +117,7 @@ def _walk(module: nn.Module, prefix: str = "") -> Iterable[Layer]:
 
 
 def _block(name: str, module: nn.Module) -> Layer:
-    """A user module chosen as one layer: its `main_weight` (else its first layer's), its `act`, its recurrent module."""
+    """A user module taken as one layer: its `main_weight` (else its first layer's), its `act`, its recurrent module."""
     inner = list(_walk(module, name))
     weight = getattr(module, "main_weight", None)
     if weight is None:

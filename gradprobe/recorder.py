@@ -8,7 +8,8 @@ so training never waits on the tracking store; the thread gathers what arrives w
 into one round of calls. Run-wide keys (train/loss, global norms, validation)
 are sent as they come, for live curves; the per-layer keys (hundreds per step on a deep net) are sent
 when the run ends: sending them during training cost the training thread up to 2× its step time
-(SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md). Downsampling (only when needed): of the R recorded
+(SQLAlchemy's Python work shares the GIL and the cores; benchmarks/README.md).
+Downsampling (only when needed): of the R recorded
 steps, every ⌈R / metric_points⌉-th goes to MLflow, and always step 0 and the last recorded step.
 Per-time-step BPTT norms go to the parquet table only (`keys.browsable`); the headline keys (loss, accuracy,
 global norm) also go to MLflow as copies under `keys.HEADLINE`, the UI's first chart section (not to parquet).

@@ -27,6 +27,6 @@ class Family(nn.Module):
         return [(layer_name(i), b) for i, b in enumerate(self.layers)] + [(READOUT, self.readout)]
 
     def probe_names(self) -> dict[str, str]:
-        """The probed blocks' qualified names → their contract ids (`layers.0` → L000, `readout` → out), for gradprobe."""
+        """Probed blocks' qualified names → their contract ids (`layers.0` → L000, `readout` → out), for gradprobe."""
         named = {id(module): name for name, module in self.named_modules()}
         return {named[id(block)]: name for name, block in self.named_blocks()}

@@ -60,7 +60,7 @@ class LitModel(pl.LightningModule):
             self.val_outputs.append((out.detach(), y))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """The official test split, once after training (pipelines/train.py): loss, and accuracy where the task has one."""
+        """Official test split, once after training (pipelines/train.py): loss, and accuracy where the task has one."""
         x, y = batch
         out = self.net(x)
         self.log(K.TEST_LOSS, self.loss_fn(out, y), on_epoch=True, batch_size=len(x))

@@ -1,4 +1,4 @@
-"""How far a study is: the trials that count towards its total, the stop at the total, a bar over every worker's trials."""
+"""How far a study is: the trials that count toward its total, the stop at the total, a bar over all workers' trials."""
 
 from __future__ import annotations
 

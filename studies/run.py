@@ -44,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
-    """Set-up messages of the lab (and MLflow's) at INFO, or WARNING with --quiet; Optuna's per-trial lines with --verbose.
+    """Lab and MLflow set-up messages at INFO, or WARNING with --quiet; Optuna's per-trial lines with --verbose.
 
     Optuna's INFO lines (one per trial) would tear the study's progress bar, which already shows the count and best.
     """

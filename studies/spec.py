@@ -136,7 +136,7 @@ class StudySpec:
         return {p.name: p.grid_values() for p in self.space}
 
     def make_sampler(self, worker: int = 0) -> optuna.samplers.BaseSampler:
-        """Optuna's sampler; each worker gets its own seed (but one grid order) so parallel workers do not propose alike."""
+        """Optuna's sampler, seeded per worker (but with one grid order) so parallel workers do not propose alike."""
         kind = self.sampler["type"]
         # GridSampler's seed shuffles the grid, and it tracks points by their index in that order: every worker
         # must share one order, or the same index names different points and workers skip or repeat points.
@@ -353,7 +353,8 @@ def _objective(raw: dict[str, Any], source: str) -> tuple[str, str]:
         raise SpecError(
             source,
             "objective.metric",
-            f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; allowed: {', '.join(OBJECTIVE_METRICS)}",
+            f"{objective.get('metric') if isinstance(objective, dict) else objective!r}; "
+            f"allowed: {', '.join(OBJECTIVE_METRICS)}",
         )
     maximized = objective["metric"] in TASK_METRICS
     direction = objective.get("direction", "maximize" if maximized else "minimize")
@@ -374,7 +375,8 @@ def _check_sampler_options(sampler: dict[str, Any], space: tuple[Param, ...], so
         raise SpecError(
             source,
             "sampler",
-            f"unknown keys {sorted(map(str, set(sampler) - {'type', 'seed', 'n_startup_trials'}))}; allowed: type, seed, n_startup_trials",
+            f"unknown keys {sorted(map(str, set(sampler) - {'type', 'seed', 'n_startup_trials'}))}; "
+            "allowed: type, seed, n_startup_trials",
         )
     for key, top in (("seed", 2**31), ("n_startup_trials", math.inf)):  # numpy takes seeds below 2**32, one per worker
         value = sampler.get(key, 0)
@@ -412,7 +414,8 @@ def _check_runnable(spec: StudySpec) -> None:
         raise SpecError(
             spec.source,
             "objective.metric",
-            f"{spec.metric} needs a {' or '.join(TASK_METRICS[spec.metric])} dataset, not {spec.config({}).dataset!r} ({task})",
+            f"{spec.metric} needs a {' or '.join(TASK_METRICS[spec.metric])} dataset, "
+            f"not {spec.config({}).dataset!r} ({task})",
         )
     try:
         spec.make_pruner()

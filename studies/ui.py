@@ -1,4 +1,4 @@
-"""What the MLflow UI shows of a study: its own experiment, the parent run's answer, a picture per trial, Optuna's plots.
+"""What MLflow's UI shows of a study: its own experiment, the parent run's answer, a picture per trial, Optuna's plots.
 
 * Experiment: a study's runs go to an experiment named after the study, unless MLFLOW_EXPERIMENT_NAME or
   `mlflow run --experiment-name/--experiment-id` chose one. `mlflow run` makes its run before the entry

@@ -1,4 +1,7 @@
-"""Helpers for tests that kill or interrupt real processes mid-run, in a fixed order (tests/hold_site/sitecustomize.py)."""
+"""Helpers for tests that kill or interrupt real processes mid-run, in a fixed order.
+
+See tests/hold_site/sitecustomize.py.
+"""
 
 from __future__ import annotations
 

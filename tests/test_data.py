@@ -267,7 +267,7 @@ def test_mnist_from_idx_files(tmp_path: Path, compress: bool) -> None:
 def _write_cifar(
     root: Path, per_batch: int = 2, n_test: int = 3
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """CIFAR-10's python batches: pickled dicts, b'data' (N, 3072) uint8 = 1024 red, 1024 green, 1024 blue, row-major."""
+    """CIFAR-10 python batches: pickled dicts, b'data' (N, 3072) uint8 = 1024 red, 1024 green, 1024 blue, row-major."""
     rng = np.random.default_rng(4)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -344,7 +344,7 @@ def test_validation_indices_are_a_seeded_disjoint_split_of_the_training_data(n: 
 
 
 def test_mnist1d_validates_on_training_data_and_keeps_its_test_split_apart() -> None:
-    """Validation examples are training examples (held out), none is a test example; the test split is the official one."""
+    """Validation examples are held-out training examples, none a test example; the test split is the official one."""
     x_train, y_train, x_test, y_test = D.load_mnist1d()
     data = TaskData("mnist1d", batch_size=32)
     assert [d.official_test for d in DATASETS.values()].count(True) == 3

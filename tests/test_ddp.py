@@ -63,7 +63,10 @@ SCRIPT = (
     class Applied(pl.Callback):
         # Which samples each rank's batch holds (Lightning's DistributedSampler picks them).
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            np.save(os.path.join(OUT, f"samples_rank{trainer.global_rank}_step{trainer.global_step}.npy"), batch[2].numpy())
+            np.save(
+                os.path.join(OUT, f"samples_rank{trainer.global_rank}_step{trainer.global_step}.npy"),
+                batch[2].numpy(),
+            )
 
         # The gradients each rank's optimizer is about to apply (after DDP's all-reduce).
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -79,7 +82,9 @@ SCRIPT = (
 
     if __name__ == "__main__":
         x, y = data()
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, torch.arange(len(x))), batch_size=PER_RANK, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y, torch.arange(len(x))), batch_size=PER_RANK, shuffle=False
+        )
         trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=STEPS, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              callbacks=[GradientProbe(sink=sink, log_every=1, record_cost=True), Applied()])

@@ -1,4 +1,7 @@
-"""The MNIST and CIFAR-10 study specs run end to end on tiny files in the real formats, and say clearly when the files are absent."""
+"""The MNIST and CIFAR-10 study specs run end to end on tiny files in the real formats.
+
+They say clearly when the files are absent.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""forget_bias as a study dimension: the recurrent spec sweeps it, and the gradient-through-time figure tells its runs apart."""
+"""forget_bias as a study dimension: the recurrent spec sweeps it.
+
+The gradient-through-time figure tells its runs apart.
+"""
 
 from __future__ import annotations
 

@@ -236,7 +236,10 @@ def test_a_read_only_cache_falls_back_to_a_fresh_private_temporary_folder(
 
 def test_workers_building_at_once_share_one_library(tmp_path) -> None:
     """Study workers start together on a fresh machine: each builds, each gets a whole library, one remains."""
-    script = "import sys; from pathlib import Path; from gradprobe import fused; print(fused.build('serial', Path(sys.argv[1])))"
+    script = (
+        "import sys; from pathlib import Path; from gradprobe import fused; "
+        "print(fused.build('serial', Path(sys.argv[1])))"
+    )
     procs = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         for _ in range(3)

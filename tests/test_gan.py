@@ -95,7 +95,10 @@ def _grad(fn, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     ids=["saturating", "nonsaturating"],
 )
 def test_generator_gradient_is_the_closed_form(loss, naive, closed_form) -> None:
-    """∂/∂l of the mean over B logits: −σ(l)/B (saturating), −(1 − σ(l))/B (non-saturating); = autograd of the naive formula."""
+    """∂/∂l of the mean over B logits: −σ(l)/B (saturating), −(1 − σ(l))/B (non-saturating).
+
+    Equal to autograd of the naive formula.
+    """
     logits = torch.linspace(-6, 6, 13, dtype=torch.float64)
     (ours,) = _grad(loss, logits)
     (reference,) = _grad(naive, logits)

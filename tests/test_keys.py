@@ -1,4 +1,4 @@
-"""The metric-key contract: per-layer keys `<family>/<stat>/<layer>`, the previous `<family>/<layer>/<stat>` still read."""
+"""Metric-key contract: per-layer keys `<family>/<stat>/<layer>`, the previous `<family>/<layer>/<stat>` still read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`make lint` in the test suite, so CI (which runs `make test`) checks what `make lint` checks: ruff's rules and format."""
+"""`make lint` in the test suite, so CI (running `make test`) checks what `make lint` checks: ruff rules and format."""
 
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ def test_sigkill_mid_trial_then_restart_on_postgres(pg: Postgres, tracking_serve
 
 
 def test_dead_runs_are_closed_through_the_tracking_server(tracking_server: str) -> None:
-    """The liveness rule on a PostgreSQL-backed server: another host's run with a stale heartbeat is closed, a fresh one kept."""
+    """Liveness rule on a PostgreSQL-backed server: another host's stale-heartbeat run is closed, a fresh one kept."""
     from common import liveness
 
     client = MlflowClient(tracking_server)

@@ -282,7 +282,7 @@ class Attention(nn.Module):
 
 @pytest.mark.parametrize("separate", [False, True], ids=["packed-in-proj", "q-k-v-weights"])
 def test_multihead_attention_projections_match_autograd(separate: bool) -> None:
-    """in_proj: its weight's gradient (its output is internal to the attention); out_proj: also ∂L/∂(attention output)."""
+    """in_proj: its weight's gradient (its output is internal to attention); out_proj: also ∂L/∂(attention output)."""
     torch.manual_seed(0)
     model = Attention(separate)
     model0 = copy.deepcopy(model)
@@ -671,7 +671,10 @@ def test_by_default_a_diverged_step_is_recorded_with_one_warning_and_training_go
 
 
 def test_importing_gradprobe_does_not_import_lightning() -> None:
-    code = "import sys, gradprobe; assert 'pytorch_lightning' not in sys.modules; gradprobe.GradientProbe; assert 'pytorch_lightning' in sys.modules"
+    code = (
+        "import sys, gradprobe; assert 'pytorch_lightning' not in sys.modules; "
+        "gradprobe.GradientProbe; assert 'pytorch_lightning' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,4 @@
-"""The probe's public API: the sink protocol, history, cost, the schedule, bad arguments, the definitions' completeness."""
+"""The probe's public API: sink protocol, history, cost, the schedule, bad arguments, the definitions' completeness."""
 
 from __future__ import annotations
 

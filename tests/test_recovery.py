@@ -147,7 +147,7 @@ TWO_WORKERS = (
 
 @pytest.mark.slow
 def test_sigkill_of_a_two_worker_study_leaves_no_trial_running(tmp_path: Path, store_uri: str) -> None:
-    """The invocation is killed while both its workers are inside a trial; run again to its total, nothing stays RUNNING."""
+    """The invocation is killed while both workers are inside a trial; run again to its total, nothing stays RUNNING."""
     (tmp_path / "spec.yaml").write_text(TWO_WORKERS)
     proc = start(tmp_path, store_uri, workers=2, hold=True)
     held = {}

@@ -95,7 +95,7 @@ def test_the_forget_gate_bias_is_forget_bias_after_init(value: float, init: str)
 
 
 def _lstm_state_gradient_ratio(forget_bias: float, steps: int = 100) -> float:
-    """‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ of a freshly built LSTM on one adding batch, by autograd through the step-by-step cell."""
+    """‖∂L/∂h_0‖ / ‖∂L/∂h_T−1‖ of a fresh LSTM on one adding batch, by autograd through the step-by-step cell."""
     cfg = RunConfig(
         model="lstm",
         dataset="adding",

@@ -124,7 +124,7 @@ def test_fused_kind_counts_the_same_saturated_units_as_the_eager_path(name: str,
 
 
 def test_fused_kinds_are_the_kernel_branches() -> None:
-    """fused.KINDS is the registry's; each kind other than 0 (fused.c's `else`: none saturate) is a branch of fused.c."""
+    """fused.KINDS is the registry's; each kind but 0 (fused.c's `else`: none saturate) is a branch of fused.c."""
     assert fused.KINDS == {n: a.fused_kind for n, a in ACTIVATIONS.items() if a.fused_kind is not None}
     branches = {int(k) for k in re.findall(r"kind == (\d+)", (ROOT / "gradprobe" / "fused.c").read_text())}
     assert set(fused.KINDS.values()) - {0} <= branches

@@ -1,4 +1,4 @@
-"""One bad run spoils no report: a corrupt or missing statistics table, a run that never finished (real MLflow store)."""
+"""One bad run spoils no report: a corrupt or missing statistics table, an unfinished run (real MLflow store)."""
 
 from __future__ import annotations
 

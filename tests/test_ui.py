@@ -49,7 +49,8 @@ STUDY = "ui_study"
 KEY = "grad/l2/L000"
 SPEC = f"""
 name: {STUDY}
-fixed: {{dataset: digits, model: mlp, depth: 3, width: 16, batch_size: 32, max_steps: 12, log_every: 2, metric_points: 0}}
+fixed: {{dataset: digits, model: mlp, depth: 3, width: 16, batch_size: 32, \
+max_steps: 12, log_every: 2, metric_points: 0}}
 space:
   activation: [relu, tanh]
 sampler: {{type: grid}}

@@ -75,7 +75,7 @@ def _one_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
     needs=Needs("runs with at least two hidden layers measured at step 0", "non-recurrent"),
 )
 def backprop_by_layer(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
-    """‖∂L/∂x_l‖ at step 0 by layer, one line per configuration, with the mean-field line anchored at the output side."""
+    """‖∂L/∂x_l‖ at step 0 by layer, a line per configuration, with the mean-field line anchored at the output side."""
     norms = summary.step0_backprop(stats)
     chosen = _one_per_configuration(non_recurrent(runs))
     chosen = chosen[chosen["run_id"].isin(norms.groupby("run_id").size().loc[lambda n: n >= 2].index)]

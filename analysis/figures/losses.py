@@ -23,7 +23,8 @@ from analysis.summary import select
     caption=(
         "Binary classification with one sigmoid output (breast_cancer): the training loss relative to its value "
         "at step 0 (top) and the norm of the readout's weight gradient (bottom, grad/l2/out), median and "
-        "interquartile band over runs of each run's rolling median over 5 logged steps, a column per hidden activation; dashed lines start from a larger "
+        "interquartile band over runs of each run's rolling median over 5 logged steps, "
+        "a column per hidden activation; dashed lines start from a larger "
         "init_gain, so the output starts saturated. With MSE on σ(z) the output delta is (σ − y)·σ′(z): "
         "when the unit saturates on the wrong side σ′ ≈ 0 and learning crawls (the learning slowdown); "
         "cross-entropy cancels σ′, its delta is σ − y, largest exactly when the output is most wrong."

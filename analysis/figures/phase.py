@@ -65,7 +65,8 @@ def _phase_panel(ax, cells: pd.DataFrame, depths: list, columns: list, ascending
     caption=(
         "Cells are depth × activation/init, one panel per architecture; the colour is the outcome of the best "
         "run in the cell, the number its objective (and k/n = how many of n runs trained, when there are "
-        "several); light grey cells are combinations no run sampled. Rule: {rule}. Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
+        "several); light grey cells are combinations no run sampled. Rule: {rule}. "
+        "Mean-field theory predicts that plain networks away from χ₁ = 1 (sigmoid; tanh "
         "or ReLU with a too-small or too-large init) fail more often as depth grows, that batch norm without "
         "skips explodes with depth, and that residual connections with a small α keep deep nets trainable."
     ),
@@ -75,7 +76,7 @@ def _phase_panel(ax, cells: pd.DataFrame, depths: list, columns: list, ascending
 def phase_diagram(
     runs: pd.DataFrame, stats: pd.DataFrame, objective: str = "val/acc", direction: str = "maximize"
 ) -> Figure | None:
-    """Depth × activation/init cells per architecture, coloured trained / vanished / diverged, with the best objective."""
+    """Depth × activation/init cells per architecture, coloured trained/vanished/diverged, with the best objective."""
     runs = non_recurrent(runs)
     runs = runs[runs["depth"].notna() & runs["training"].isin(list(OUTCOME_COLORS))]  # no loss record: no place
     if runs.empty:

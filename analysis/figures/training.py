@@ -274,7 +274,8 @@ def _style_kwargs(style: dict) -> dict:
         "Training loss (every logged step) and validation loss against step and against wall-clock seconds "
         "(time/elapsed, the median clock of the runs at each step), the median and interquartile band over the "
         "runs of each optimizer setting (colour = optimizer, black = full-batch GD, grey = SGD with batch 1, "
-        "dashes = learning-rate schedule), each run interpolated inside its own range and a point drawn only where at least "
+        "dashes = learning-rate schedule), each run interpolated inside its own range and "
+        "a point drawn only where at least "
         "half the runs have data. Compare per step for sample efficiency and per second for cost; diverged runs "
         "drop out where their loss stopped being finite."
     ),
@@ -319,7 +320,8 @@ def optimizer_curves(runs: pd.DataFrame, stats: pd.DataFrame) -> Figure | None:
     title="Optimizers: final result and cost",
     caption=(
         "The final validation accuracy (validation loss where there is no accuracy) of every run, by optimizer "
-        "setting (dots = runs, e.g. seeds; bars = their mean; the panel title says how many runs each bar holds), and the wall-clock milliseconds per training step "
+        "setting (dots = runs, e.g. seeds; bars = their mean; the panel title says how many runs each bar holds), "
+        "and the wall-clock milliseconds per training step "
         "(time/elapsed at the last step over the steps). Full-batch gradient descent is SGD whose batch holds the "
         "whole training set (tag n_train): each step costs the most and is the least noisy; SGD with batch 1 is "
         "the cheapest and noisiest step. Adaptive methods (RMSprop, Adagrad, Adam, AdamW) reach a low loss "
@@ -448,7 +450,7 @@ def clipping_effect(
     direction: str = "minimize",
     max_pairs: int = 4,
 ) -> Figure | None:
-    """Runs that differ only by clipping: the gradient norm of the pairs with the largest one, and each pair's outcome."""
+    """Runs differing only by clipping: the gradient norm of the pairs with the largest one, and each pair's outcome."""
     pairs = clipping_pairs(runs)
     norms = select(stats, "grad", "global_l2")
     if pairs.empty or norms.empty:

@@ -1,1 +1,4 @@
-"""Shift invariance and equivariance of the zoo, and the invariances that shape gradients (python -m experiments.invariance)."""
+"""Shift invariance and equivariance of the zoo, and the invariances that shape gradients.
+
+Run with `python -m experiments.invariance`.
+"""

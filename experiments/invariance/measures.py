@@ -226,7 +226,8 @@ def batchnorm_scale_check(
 
     Batch norm removes the scale: the output is unchanged and the weight's gradient is scaled by 1/c, so
     SGD's step on that weight is 1/c² smaller relative to it. The identity is exact for eps = 0, so it is
-    measured with the batch norms' eps set to 1e-30 (≈ 0 in float64; PyTorch refuses 0); `out_change_eps` is the output change with the network's
+    measured with the batch norms' eps set to 1e-30 (≈ 0 in float64; PyTorch refuses 0); `out_change_eps` is the
+    output change with the network's
     own eps (PyTorch's 1e-5 adds a relative change of order eps/Var, largest for small c). Returns
     out_change = ‖f'−f‖/‖f‖, grad_scale = ‖g'‖/‖g‖ (expect 1/c), grad_err = ‖c·g' − g‖/‖g‖ (expect 0),
     step_change = ‖f'−f‖/‖f‖ after one SGD step (lr) on both, and out_change_eps. Works on float64
