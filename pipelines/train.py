@@ -67,6 +67,7 @@ class RunResult:
     metrics: dict[str, float]  # the last train/val metrics
     diverged_step: int | None = None
     seconds: float = 0.0
+    probe_share: float = math.nan  # the share of training time the probe took (probe/cost_share)
 
 
 class ValidationRelay(pl.Callback):
@@ -262,12 +263,13 @@ def run(
         probe = make_probe(cfg, lit, recorder.record)
         relay = ValidationRelay(recorder, on_validation)
         trainer = make_trainer(cfg, [probe, relay], progress_bar)
-        interrupted = False
+        interrupted, probe_share = False, math.nan
         try:
             trainer.fit(lit, datamodule=data)
             # The probe's price (probe/seconds, probe/cost_share) as a run-level record: not a logging step's.
             if (cost := probe.probe.cost_record()) is not None:
                 recorder.log_metrics(cost[0], dict(zip(cost[1], cost[2])))
+                probe_share = dict(zip(cost[1], cost[2]))[K.PROBE_COST_SHARE]
             if probe.diverged_step is None and not relay.pruned and relay.step != trainer.global_step:
                 trainer.validate(lit, datamodule=data, verbose=False)
         except (KeyboardInterrupt, SystemExit):
@@ -301,6 +303,7 @@ def run(
         metrics={**last, **relay.metrics},
         diverged_step=probe.diverged_step,
         seconds=time.perf_counter() - started,
+        probe_share=probe_share,
     )
 
 
@@ -395,8 +398,9 @@ def result_line(result: RunResult, cfg: RunConfig, gain: float, experiment_id: s
         judged = "verdict: none (needs two hidden layers with finite step-0 gradients)"
     else:
         judged = f"per-layer gradient gain at init {gain:.3g}: {verdict(gain)}"
+    price = f" (the probe {100 * result.probe_share:.1f} % of training)" if math.isfinite(result.probe_share) else ""
     return (
-        f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s; "
+        f"run {result.run_id}: {result.outcome} after {result.steps} steps in {result.seconds:.1f} s{price}; "
         f"{metrics}; {judged}; {ui_base()}/{run_link(experiment_id, result.run_id)}"
     )
 

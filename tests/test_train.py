@@ -302,6 +302,9 @@ def test_the_result_line_names_outcome_and_verdict_and_links_the_run(
     (run,) = client.search_runs(["0"])
     run_id = run.info.run_id
     assert line.startswith(f"run {run_id}: {run.data.tags['outcome']} after 3 steps")
+    # The probe's price, as the run recorded it (probe/cost_share), in percent to one decimal.
+    share = float(re.search(r"\(the probe (\S+) % of training\)", line).group(1))
+    assert share == pytest.approx(100 * run.data.metrics["probe/cost_share"], abs=0.051)
     # A local store: the link is to `mlflow ui`'s default address, on the run's page.
     assert line.endswith(f"; http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}")
     if depth == 1:
